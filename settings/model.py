@@ -1,0 +1,269 @@
+"""The typed configuration: every section, every key, its default and its meaning.
+
+Durations are ``float`` seconds (see :mod:`settings.durations`). Unknown keys are errors
+(``extra="forbid"``), so a typo can never fall back to a default. Cross-field rules live
+in :mod:`settings.checks`, not here, so that each one reports its own problem record.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+
+from settings.durations import parse_duration
+
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+PositiveSeconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+#: Subjects Fechatter's server publishes durable domain events on (see fechatter-events.md);
+#: the seed's ``fechatter.messages.>``/``fechatter.chats.>`` plus what the server uses today.
+DEFAULT_DOMAIN_SUBJECTS = [
+    "fechatter.messages.>",
+    "fechatter.chats.>",
+    "fechatter.message.>",
+    "fechatter.chat.>",
+    "fechatter.user.>",
+    "fechatter.broadcast",
+]
+#: Core NATS (non-persistent) realtime subjects.
+DEFAULT_REALTIME_SUBJECTS = ["fechatter.realtime.>"]
+#: The JetStream stream name unless the file names one.
+DEFAULT_STREAM = "FECHATTER_EVENTS"
+#: The durable pull consumer's name.
+DEFAULT_DURABLE = "notification_processor"
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, values are immutable after load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class TLS(Section):
+    """TLS towards nats-server. Paths to PEM files."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+class NatsConnection(Section):
+    """How every process connects to NATS."""
+
+    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1)
+    name: str = "fechatter-notify"
+    connect_timeout: PositiveSeconds = 10.0
+    #: Client PING interval; with max_outstanding_pings it bounds stale-connection detection.
+    ping_interval: PositiveSeconds = 30.0
+    max_outstanding_pings: int = Field(default=2, ge=1)
+    #: Reconnect delay is min(base * 2^attempt, cap) with +-jitter (fraction).
+    reconnect_backoff_base: PositiveSeconds = 1.0
+    reconnect_backoff_cap: PositiveSeconds = 30.0
+    reconnect_jitter: float = Field(default=0.2, ge=0, le=1)
+    #: -1 means never give up (the seed's 10 left a dead process reporting healthy).
+    max_reconnects: int = Field(default=-1, ge=-1)
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    creds_file: str | None = None
+    nkey_seed: SecretStr | None = None
+    tls: TLS = Field(default_factory=TLS)
+
+
+class Stream(Section):
+    """A JetStream stream that captures Fechatter's domain subjects."""
+
+    name: str = DEFAULT_STREAM
+    subjects: list[str] = Field(default_factory=lambda: list(DEFAULT_DOMAIN_SUBJECTS), min_length=1)
+    storage: Literal["file", "memory"] = "file"
+    retention: Literal["limits", "interest", "workqueue"] = "limits"
+    replicas: int = Field(default=1, ge=1, le=5)
+    max_age: Seconds = 24 * 3600.0
+    #: -1 means unlimited (nats-server's own default).
+    max_bytes: int = Field(default=-1, ge=-1)
+    max_msg_size: int = Field(default=-1, ge=-1)
+    duplicate_window: Seconds = 120.0
+
+
+class Consumer(Section):
+    """A durable pull consumer the bridge reads from.
+
+    ``idle_heartbeat`` is sent in **each pull request**, never set on the consumer (nats-server
+    rejects a consumer-level heartbeat on pull consumers with error 10088).
+    """
+
+    durable: str = DEFAULT_DURABLE
+    stream: str = DEFAULT_STREAM
+    #: Empty means the whole stream (cheapest: one filter costs nothing, two cost ~19%).
+    filter_subjects: list[str] = Field(default_factory=list)
+    ack_wait: PositiveSeconds = 45.0
+    max_deliver: int = Field(default=3, ge=-1)
+    #: Redelivery delays; no longer than max_deliver.
+    backoff: list[PositiveSeconds] = Field(default_factory=list)
+    max_ack_pending: int = Field(default=1000, ge=1)
+    #: Messages asked for per pull request.
+    batch: int = Field(default=100, ge=1, le=10000)
+    #: Pull request expiry; unset means 2 x idle_heartbeat, the smallest value the server accepts.
+    expires: PositiveSeconds | None = None
+    idle_heartbeat: PositiveSeconds = 45.0
+    #: Local cap on fetched-but-not-yet-acked messages in this bridge process.
+    max_in_flight: int = Field(default=2000, ge=1)
+
+    @property
+    def pull_expiry(self) -> float:
+        """The expiry of each pull request, in seconds."""
+        return self.expires if self.expires is not None else 2 * self.idle_heartbeat
+
+
+class JetStream(Section):
+    """Durable domain events: streams and their durable pull consumers."""
+
+    #: auto: create or update streams/consumers; verify: refuse to start when they differ.
+    provision: Literal["auto", "verify"] = "auto"
+    streams: list[Stream] = Field(default_factory=lambda: [Stream()])
+    consumers: list[Consumer] = Field(default_factory=lambda: [Consumer()])
+    #: Misses in a row before the bridge reports itself not ready.
+    max_missed_heartbeats: int = Field(default=3, ge=1)
+
+
+class Realtime(Section):
+    """Core NATS realtime subjects (at-most-once), shared by bridge replicas via a queue group."""
+
+    subjects: list[str] = Field(default_factory=lambda: list(DEFAULT_REALTIME_SUBJECTS))
+    queue_group: str = "fechatter-notify-bridge"
+    #: Only from a Fechatter-layout file; checked against the seed's rule, not used on core NATS.
+    idle_heartbeat: PositiveSeconds | None = None
+    #: Enqueue a batch after this long or this many events, whichever first.
+    batch_window: PositiveSeconds = 0.005
+    batch_size: int = Field(default=500, ge=1)
+    typing_ttl: PositiveSeconds = 5.0
+    presence_ttl: PositiveSeconds = 60.0
+    #: Per-subscription pending limit before the client drops messages (slow consumer).
+    pending_msgs_limit: int = Field(default=65536, ge=1)
+
+
+class Redis(Section):
+    """The Redis that holds dramatiq's queues, dedupe markers, membership and inboxes."""
+
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    namespace: str = "fechatter-notify"
+    socket_timeout: PositiveSeconds = 5.0
+    socket_connect_timeout: PositiveSeconds = 5.0
+    #: How long an enqueued event's key blocks a second enqueue (>= ack_wait x max_deliver).
+    dedupe_window: PositiveSeconds = 24 * 3600.0
+
+
+class Queues(Section):
+    """dramatiq queue names: realtime jobs never wait behind a burst of messages."""
+
+    realtime: str = "realtime"
+    domain: str = "domain"
+
+
+class DeadLetters(Section):
+    """Where the bridge stores payloads it cannot turn into jobs."""
+
+    #: A Redis stream (under the namespace) holding subject, headers, raw bytes and the reason.
+    stream: str = "dead-letters"
+    max_len: int = Field(default=100_000, ge=1)
+
+
+class Delivery(Section):
+    """Per-user inboxes the workers write and the gateway reads."""
+
+    inbox_max_len: int = Field(default=1000, ge=1)
+    inbox_max_age: PositiveSeconds = 7 * 24 * 3600.0
+    #: How long (chat_id, message_id) -> user dedupe markers live.
+    dedupe_ttl: PositiveSeconds = 7 * 24 * 3600.0
+    membership_ttl: PositiveSeconds = 24 * 3600.0
+    max_retries: int = Field(default=5, ge=0)
+    min_backoff: PositiveSeconds = 0.1
+    max_backoff: PositiveSeconds = 30.0
+    time_limit: PositiveSeconds = 60.0
+
+
+class Sentry(Section):
+    """Error reporting. Nothing is sent unless ``dsn`` is set."""
+
+    dsn: SecretStr | None = None
+    environment: str = "production"
+    release: str | None = None
+    traces_sample_rate: float = Field(default=0.0, ge=0, le=1)
+    send_default_pii: bool = False
+
+
+class Jwt(Section):
+    """How the gateway verifies Fechatter's access tokens (EdDSA)."""
+
+    #: Ed25519 public key, PEM; literal ``\\n`` escapes are accepted.
+    public_key: str | None = None
+    audience: str = "fechatter-web"
+    issuer: str = "fechatter-server"
+    leeway: Seconds = 60.0
+
+    @field_validator("public_key")
+    @classmethod
+    def _unescape_newlines(cls, value: str | None) -> str | None:
+        # Env vars and one-line YAML often carry the PEM with literal "\n" escapes.
+        return value.replace("\\n", "\n").strip() + "\n" if value else value
+
+
+class Gateway(Section):
+    """The SSE endpoint browsers connect to."""
+
+    host: str = "0.0.0.0"
+    port: Port = 6687
+    jwt: Jwt = Field(default_factory=Jwt)
+    #: SSE comment interval; proxies close idle streams at ~100 s.
+    keep_alive: PositiveSeconds = 20.0
+    cors_allow_origin: str = "*"
+    #: Frames buffered per stream before a slow client is disconnected.
+    stream_buffer: int = Field(default=256, ge=1)
+    presence_ttl: PositiveSeconds = 60.0
+
+
+class Health(Section):
+    """Liveness/readiness HTTP endpoint of the bridge and workers."""
+
+    host: str = "0.0.0.0"
+    port: Port = 8081
+
+
+class Metrics(Section):
+    """Prometheus text endpoint."""
+
+    host: str = "0.0.0.0"
+    port: Port = 9091
+
+
+class Database(Section):
+    """Fechatter's PostgreSQL, read only for the membership fallback."""
+
+    url: SecretStr | None = None
+    pool_min: int = Field(default=1, ge=0)
+    pool_max: int = Field(default=4, ge=1)
+
+
+class Settings(Section):
+    """The whole configuration of fechatter-notify, loaded once and passed to every process."""
+
+    nats: NatsConnection = Field(default_factory=NatsConnection)
+    jetstream: JetStream = Field(default_factory=JetStream)
+    realtime: Realtime = Field(default_factory=Realtime)
+    redis: Redis = Field(default_factory=Redis)
+    queues: Queues = Field(default_factory=Queues)
+    dead_letters: DeadLetters = Field(default_factory=DeadLetters)
+    delivery: Delivery = Field(default_factory=Delivery)
+    sentry: Sentry = Field(default_factory=Sentry)
+    gateway: Gateway = Field(default_factory=Gateway)
+    health: Health = Field(default_factory=Health)
+    metrics: Metrics = Field(default_factory=Metrics)
+    database: Database = Field(default_factory=Database)
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        # SecretStr already hides passwords, tokens and DSNs; this also hides URL credentials.
+        from settings.redact import redacted
+
+        yield from redacted(self.model_dump()).items()

@@ -1,0 +1,51 @@
+"""Secret redaction for ``config show``, reprs and log lines.
+
+A value is secret when its field is a ``SecretStr`` (passwords, tokens, DSNs, seeds) or its
+key names a secret; a URL keeps its host so the operator can still read where it points.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import SecretStr
+
+MASK = "***"
+_SECRET_KEY = re.compile(r"(password|passwd|token|secret|dsn|seed|private|(^|_)sk$|api_key)", re.I)
+
+
+def redact_url(url: str) -> str:
+    """Hide the password (and a DSN's public key) in ``url``; keep scheme, host, port and path."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    if not parts.netloc or "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0]
+    masked = f"{user}:{MASK}" if ":" in userinfo and user else MASK
+    return urlunsplit((parts.scheme, f"{masked}@{host}", parts.path, parts.query, parts.fragment))
+
+
+def _redact_value(key: str, value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        raw = value.get_secret_value()
+        return redact_url(raw) if "://" in raw else MASK
+    if isinstance(value, dict):
+        return redacted(value)
+    if isinstance(value, list):
+        return [_redact_value(key, item) for item in value]
+    if isinstance(value, str):
+        if "://" in value:
+            return redact_url(value)
+        if _SECRET_KEY.search(key) or "PRIVATE KEY" in value:
+            return MASK
+    return value
+
+
+def redacted(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` (a ``model_dump()``) with every secret masked."""
+    return {key: _redact_value(key, value) for key, value in data.items()}

@@ -1,0 +1,134 @@
+"""Shared fixtures: real nats-server / redis-server / PostgreSQL per test (see tests/servers.py).
+
+A missing server binary skips the test locally and FAILS it in CI (``CI=true``).
+When a test fails, the tail of each server's log is attached to its report.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+import pytest
+
+from tests.servers import (
+    NatsServer,
+    PostgresServer,
+    PostgresUnavailable,
+    RedisServer,
+    ServerBinaryNotFound,
+    reap_orphans,
+)
+
+IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+_SERVERS_KEY = pytest.StashKey[list[NatsServer | RedisServer]]()
+
+
+def _unavailable(reason: str) -> NoReturn:
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing server is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Servers orphaned by an earlier session that was SIGKILLed (atexit never ran).
+    reap_orphans()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        for server in item.stash.get(_SERVERS_KEY, []):
+            report.sections.append((f"{server.kind} log tail ({server.log_path})", server.log_tail()))
+    return report
+
+
+def _track(request: pytest.FixtureRequest, server: NatsServer | RedisServer) -> None:
+    request.node.stash.setdefault(_SERVERS_KEY, []).append(server)
+
+
+@pytest.fixture
+def nats_server_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., NatsServer]]:
+    """``factory(**NatsServer kwargs) -> started NatsServer``; all stopped after the test."""
+    servers: list[NatsServer] = []
+
+    def factory(**kwargs: Any) -> NatsServer:
+        try:
+            server = NatsServer(**kwargs)
+        except ServerBinaryNotFound as exc:
+            _unavailable(str(exc))
+        servers.append(server)
+        _track(request, server)
+        return server.start()
+
+    try:
+        yield factory
+    finally:
+        for server in servers:
+            server.close(kill=True)  # its data dir is deleted: no graceful shutdown needed
+
+
+@pytest.fixture
+def redis_server_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., RedisServer]]:
+    """``factory(**RedisServer kwargs) -> started RedisServer``; all stopped after the test."""
+    servers: list[RedisServer] = []
+
+    def factory(**kwargs: Any) -> RedisServer:
+        try:
+            server = RedisServer(**kwargs)
+        except ServerBinaryNotFound as exc:
+            _unavailable(str(exc))
+        servers.append(server)
+        _track(request, server)
+        return server.start()
+
+    try:
+        yield factory
+    finally:
+        for server in servers:
+            server.close(kill=True)  # its data dir is deleted: no graceful shutdown needed
+
+
+@pytest.fixture
+def nats_server(nats_server_factory: Callable[..., NatsServer]) -> NatsServer:
+    """A fresh nats-server with JetStream (temp store dir) on a free port."""
+    return nats_server_factory()
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    return nats_server.url
+
+
+@pytest.fixture
+def redis_server(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
+    """A fresh, empty redis-server (no persistence) on a free port."""
+    return redis_server_factory()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_server_aof(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
+    """A fresh redis-server with ``appendonly yes`` + ``appendfsync always``."""
+    return redis_server_factory(aof=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """``$DATABASE_URL`` if set, else a private PostgreSQL 16 started with pgserver."""
+    server = PostgresServer()
+    try:
+        url = server.start()
+    except PostgresUnavailable as exc:
+        _unavailable(str(exc))
+    try:
+        yield url
+    finally:
+        server.stop()
