@@ -1,0 +1,78 @@
+"""The event contract shared by the bridge and the workers.
+
+The bridge calls :func:`parse_event` on every NATS message, then enqueues
+``job_to_args(job)`` for :func:`actor_name_for` on :func:`lane_for`, or
+dead-letters an :class:`EventRejected` with its ``code`` and ``reason``.
+Workers call :func:`decode_job` on that argument. Nothing here does I/O.
+"""
+
+from events.codec import decode_job, encode_job, job_to_args
+from events.errors import EventError, EventRejected, InvalidJob, RejectCode
+from events.jobs import (
+    DEFAULT_PRESENCE_TTL_S,
+    DEFAULT_TYPING_TTL_S,
+    JOB_TYPES,
+    Broadcast,
+    Dialect,
+    DuplicateMessage,
+    Job,
+    MemberJoined,
+    MemberLeft,
+    MessageDeleted,
+    MessageEdited,
+    MessagesRead,
+    MessageUnread,
+    NewMessage,
+    Origin,
+    TypingStarted,
+    TypingStopped,
+    UserPresence,
+    dedupe_key,
+)
+from events.lanes import ACTORS, ActorSpec, Lane, actor_name_for, lane_for
+from events.parse import parse_event
+from events.routes import ROUTES, Route, Status, route_for
+
+__all__ = [
+    # Parsing (bridge)
+    "DEFAULT_PRESENCE_TTL_S",
+    "DEFAULT_TYPING_TTL_S",
+    "parse_event",
+    # Jobs
+    "JOB_TYPES",
+    "Broadcast",
+    "Dialect",
+    "DuplicateMessage",
+    "Job",
+    "MemberJoined",
+    "MemberLeft",
+    "MessageDeleted",
+    "MessageEdited",
+    "MessageUnread",
+    "MessagesRead",
+    "NewMessage",
+    "Origin",
+    "TypingStarted",
+    "TypingStopped",
+    "UserPresence",
+    "dedupe_key",
+    # Lanes and transport (bridge and workers)
+    "ACTORS",
+    "ActorSpec",
+    "Lane",
+    "actor_name_for",
+    "decode_job",
+    "encode_job",
+    "job_to_args",
+    "lane_for",
+    # Routing table
+    "ROUTES",
+    "Route",
+    "Status",
+    "route_for",
+    # Errors
+    "EventError",
+    "EventRejected",
+    "InvalidJob",
+    "RejectCode",
+]

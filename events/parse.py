@@ -1,0 +1,67 @@
+"""The bridge's entry point: one NATS message in, one job out (or a dead letter)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from events.errors import EventRejected, RejectCode
+from events.jobs import DEFAULT_PRESENCE_TTL_S, DEFAULT_TYPING_TTL_S, Job
+from events.received import Received
+from events.routes import route_for
+
+__all__ = ["parse_event"]
+
+
+def parse_event(
+    subject: str,
+    data: bytes,
+    headers: Mapping[str, str] | None = None,
+    *,
+    stream: str | None = None,
+    stream_seq: int | None = None,
+    delivered: int | None = None,
+    received_at: datetime | None = None,
+    typing_ttl_s: float = DEFAULT_TYPING_TTL_S,
+    presence_ttl_s: float = DEFAULT_PRESENCE_TTL_S,
+) -> Job:
+    """Turn one NATS message into the job it asks for.
+
+    The subject picks a decoder from :data:`events.routes.ROUTES`; the
+    payload is decoded once and normalised (int ids, aware datetimes).
+
+    Parameters:
+      subject(str): The NATS subject the message arrived on.
+      data(bytes): The raw payload.
+      headers(Mapping[str, str] | None): NATS headers; ``Nats-Msg-Id`` becomes
+        ``origin.event_id`` when the payload has no event id of its own.
+      stream(str | None): JetStream stream name, None for core NATS.
+      stream_seq(int | None): JetStream stream sequence.
+      delivered(int | None): JetStream delivery count.
+      received_at(datetime | None): Timezone-aware arrival time; now (UTC) if None.
+      typing_ttl_s(float): Lifetime of typing jobs after ``received_at``, in seconds.
+      presence_ttl_s(float): Lifetime of presence jobs after ``received_at``, in seconds.
+
+    Returns:
+      The job, with ``origin`` describing this delivery.
+
+    Raises:
+      EventRejected: the message cannot become a job; ``code`` says why and
+        ``reason`` names the subject, field or value. Nothing else is raised
+        for any ``data``.
+      ValueError: ``received_at`` is naive (a caller bug, not a bad message).
+    """
+    route = route_for(subject)
+    if route is None:
+        raise EventRejected(f"no route for subject {subject!r}", RejectCode.NO_ROUTE)
+    rx = Received(
+        subject,
+        headers,
+        received_at=datetime.now(UTC) if received_at is None else received_at,
+        typing_ttl_s=typing_ttl_s,
+        presence_ttl_s=presence_ttl_s,
+        stream=stream,
+        stream_seq=stream_seq,
+        delivered=delivered,
+    )
+    return route.decode(data, rx)
