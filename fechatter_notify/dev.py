@@ -44,9 +44,9 @@ def _dev_keys(workdir: Path) -> tuple[str, str]:
     key = Ed25519PrivateKey.generate()
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     now = datetime.now(UTC)
+    user = {"id": 1, "workspace_id": 1, "fullname": "Dev User", "email": "dev@example.invalid", "status": "Active"}
     claims = {"sub": "1", "iss": "fechatter-server", "aud": "fechatter-web", "iat": now,
-              "exp": now + timedelta(minutes=30), "user": {"id": 1, "workspace_id": 1, "fullname": "Dev User", "email": "dev@example.invalid",
-                       "status": "Active"}}
+              "exp": now + timedelta(minutes=30), "user": user}
     token = jwt.encode(claims, key, algorithm="EdDSA")
     (workdir / "dev-token.txt").write_text(token + "\n")
     return public.decode(), token
