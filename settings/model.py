@@ -152,7 +152,7 @@ class Redis(Section):
     socket_timeout: PositiveSeconds = 5.0
     socket_connect_timeout: PositiveSeconds = 5.0
     #: How long an enqueued event's key blocks a second enqueue (>= ack_wait x max_deliver).
-    dedupe_window: PositiveSeconds = 24 * 3600.0
+    dedupe_window: PositiveSeconds = 3600.0
 
 
 class Queues(Section):

@@ -1,0 +1,101 @@
+"""Settling JetStream messages: ack, nak with a delay, term, in-progress.
+
+Every one of these is a fire-and-forget publish on the message's reply subject (pitfalls §9):
+a lost ack means a redelivery, which the idempotent enqueue absorbs. A nak always carries a
+delay from the consumer's backoff schedule - an instant nak would burn ``max_deliver`` in
+milliseconds. nats-py exceptions stop here: a failed settle is counted, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from settings.model import Consumer
+
+__all__ = ["DEFAULT_NAK_BASE", "DEFAULT_NAK_CAP", "Settler", "nak_delay"]
+
+log = logging.getLogger("bridge.acks")
+
+#: Nak delay of a first delivery when the consumer has no ``backoff``, in seconds (doubles per delivery).
+DEFAULT_NAK_BASE: Final = 1.0
+#: Largest nak delay without a ``backoff`` schedule, in seconds.
+DEFAULT_NAK_CAP: Final = 30.0
+
+
+def nak_delay(consumer: Consumer, delivered: int) -> float:
+    """The redelivery delay of a message delivered ``delivered`` times, in seconds.
+
+    The consumer's ``backoff`` schedule when it has one (its last entry repeats), else
+    ``min(DEFAULT_NAK_BASE * 2**(delivered-1), DEFAULT_NAK_CAP)``.
+    """
+    index = max(delivered, 1) - 1
+    if consumer.backoff:
+        return float(consumer.backoff[min(index, len(consumer.backoff) - 1)])
+    return float(min(DEFAULT_NAK_BASE * 2 ** min(index, 16), DEFAULT_NAK_CAP))
+
+
+class Settler:
+    """Settles messages of one consumer; returns how many settles were handed to the client.
+
+    Parameters:
+      consumer(Consumer): Its settings (for the nak schedule).
+    """
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+        self.lost = 0
+
+    def _lost(self, what: str, exc: Exception) -> None:
+        self.lost += 1
+        if self.lost in (1, 10) or self.lost % 1000 == 0:
+            log.warning("%s not sent (%s: %s); JetStream redelivers after ack_wait and the dedupe absorbs it",
+                        what, type(exc).__name__, exc)
+
+    async def ack(self, msgs: Iterable[Msg]) -> int:
+        """Ack each message."""
+        sent = 0
+        for msg in msgs:
+            try:
+                await msg.ack()
+            except nats.errors.Error as exc:
+                self._lost("ack", exc)
+            else:
+                sent += 1
+        return sent
+
+    async def term(self, msgs: Iterable[Msg]) -> int:
+        """Term each message: never redeliver it (its dead letter is stored)."""
+        sent = 0
+        for msg in msgs:
+            try:
+                await msg.term()
+            except nats.errors.Error as exc:
+                self._lost("term", exc)
+            else:
+                sent += 1
+        return sent
+
+    async def nak(self, msgs: Sequence[Msg], delivered: Sequence[int], *, at_least: float = 0.0) -> int:
+        """Nak each message with the delay its delivery count calls for, but ``at_least`` seconds."""
+        sent = 0
+        for msg, count in zip(msgs, delivered, strict=True):
+            try:
+                await msg.nak(delay=max(nak_delay(self._consumer, count), at_least))
+            except nats.errors.Error as exc:
+                self._lost("nak", exc)
+            else:
+                sent += 1
+        return sent
+
+    async def in_progress(self, msgs: Iterable[Msg]) -> None:
+        """Reset ``ack_wait`` of each message (+WPI) while a long enqueue runs."""
+        for msg in msgs:
+            try:
+                await msg.in_progress()
+            except nats.errors.Error as exc:
+                self._lost("in_progress", exc)

@@ -1,0 +1,157 @@
+"""Max-deliveries advisories become dead letters.
+
+When a message was delivered ``max_deliver`` times without an ack, JetStream gives up on it
+and publishes ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`` with its
+stream sequence. The bridge fetches the original message (``STREAM.MSG.GET``) and stores it as
+a dead letter (code ``max_deliveries``), so nothing is silently dropped. The subscription uses
+a queue group so replicas share advisories; the dead letter's dedupe marker stores it once even
+if two replicas both see one. A dead letter that cannot be written yet (Redis down) is retried
+with backoff, up to :data:`MAX_PENDING` of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from bridge.backoff import backoff_delay
+from bridge.dead_letters import MAX_DELIVERIES, dead_letter_fields
+from bridge.enqueue import DEDUPE_PREFIX, Enqueuer
+from bridge.errors import JetStreamError, RedisUnavailable
+from bridge.jsapi import JetStreamApi
+from bridge.metrics import Metrics
+from fechatter_notify.log import log_event
+from settings.model import Consumer
+
+__all__ = ["MAX_PENDING", "MaxDeliveries", "advisory_subject", "parse_headers"]
+
+log = logging.getLogger("bridge.advisories")
+
+#: Dead letters from advisories waiting for Redis, at most.
+MAX_PENDING: Final = 10_000
+
+
+def advisory_subject(consumer: Consumer) -> str:
+    """The max-deliveries advisory subject of ``consumer``."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{consumer.stream}.{consumer.durable}"
+
+
+def parse_headers(raw: bytes) -> dict[str, str]:
+    """Headers of a stored message (``NATS/1.0\\r\\nKey: Value\\r\\n...``) as a dict."""
+    headers: dict[str, str] = {}
+    for line in raw.decode(errors="replace").split("\r\n")[1:]:
+        key, sep, value = line.partition(":")
+        if sep:
+            headers[key.strip()] = value.strip()
+    return headers
+
+
+class MaxDeliveries:
+    """Listens to the advisories of every consumer and records dead letters.
+
+    Parameters:
+      nc(NATS), api(JetStreamApi), enqueuer(Enqueuer), metrics(Metrics): Shared parts.
+      consumers(list[Consumer]): The consumers whose advisories to follow.
+      queue_group(str): Shared by bridge replicas.
+    """
+
+    def __init__(self, nc: NATS, api: JetStreamApi, enqueuer: Enqueuer, metrics: Metrics,
+                 consumers: list[Consumer], queue_group: str) -> None:
+        self._nc = nc
+        self._api = api
+        self._enqueuer = enqueuer
+        self._metrics = metrics
+        self._consumers = consumers
+        self._queue_group = queue_group
+        self._subs: list[Subscription] = []
+        self._pending: list[list[Any]] = []
+        self._retry: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Subscribe to every consumer's advisory subject."""
+        for consumer in self._consumers:
+            self._subs.append(await self._nc.subscribe(advisory_subject(consumer), queue=self._queue_group,
+                                                       cb=self._on_advisory))
+
+    async def stop(self) -> None:
+        """Unsubscribe and stop retrying."""
+        for sub in self._subs:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        for task in [*self._tasks, *([self._retry] if self._retry else [])]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _on_advisory(self, msg: Msg) -> None:
+        task = asyncio.get_running_loop().create_task(self._record(msg.data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _record(self, data: bytes) -> None:
+        try:
+            advisory = json.loads(data)
+            stream, durable = str(advisory["stream"]), str(advisory["consumer"])
+            seq, deliveries = int(advisory["stream_seq"]), int(advisory.get("deliveries", 0))
+        except (ValueError, KeyError, TypeError):
+            log_event(log, "advisory_unreadable", logging.WARNING, data=data[:200])
+            return
+        self._metrics.advisories.labels(durable).inc()
+        subject, payload, headers, note = "", b"", {}, ""
+        try:
+            stored = (await self._api.stream_msg_get(stream, seq))["message"]
+            subject = stored.get("subject", "")
+            payload = base64.b64decode(stored.get("data") or "")
+            headers = parse_headers(base64.b64decode(stored["hdrs"])) if stored.get("hdrs") else {}
+        except (JetStreamError, KeyError, ValueError) as exc:
+            note = f"; the original could not be read: {exc}"
+        reason = f"delivered {deliveries} times without an ack (max_deliver reached){note}"
+        fields = dead_letter_fields(subject, payload, headers, consumer=durable, code=MAX_DELIVERIES, reason=reason,
+                                    at=datetime.now(UTC), stream=stream, stream_seq=seq, delivered=deliveries)
+        dedupe = f"{self._enqueuer.namespace}:{DEDUPE_PREFIX}:{stream}:{seq}:{MAX_DELIVERIES}"
+        log_event(log, "max_deliveries", logging.WARNING, subject=subject, stream=stream, consumer=durable, seq=seq,
+                  delivered=deliveries)
+        await self._write([dedupe, fields, durable])
+
+    async def _write(self, item: list[Any]) -> bool:
+        batch = self._enqueuer.new_batch()
+        batch.add_dead_letter(item[0], item[1])
+        try:
+            flags = await self._enqueuer.run(batch)
+        except RedisUnavailable:
+            if len(self._pending) < MAX_PENDING:
+                self._pending.append(item)
+            if self._retry is None or self._retry.done():
+                self._retry = asyncio.get_running_loop().create_task(self._retry_pending())
+            return False
+        if flags == b"1":
+            self._metrics.dead_lettered.labels(item[2], MAX_DELIVERIES).inc()
+        return True
+
+    async def _retry_pending(self) -> None:
+        attempt = 0
+        while self._pending:
+            await asyncio.sleep(backoff_delay(attempt, 0.1, 5.0))
+            attempt += 1
+            item = self._pending.pop(0)
+            batch = self._enqueuer.new_batch()
+            batch.add_dead_letter(item[0], item[1])
+            try:
+                flags = await self._enqueuer.run(batch)
+            except RedisUnavailable:
+                self._pending.insert(0, item)
+                continue
+            attempt = 0
+            if flags == b"1":
+                self._metrics.dead_lettered.labels(item[2], MAX_DELIVERIES).inc()

@@ -1,0 +1,104 @@
+"""One batch of NATS events turned into script entries: a dramatiq message or a dead letter each.
+
+Shared by the JetStream path (:mod:`bridge.process`) and the core NATS path (:mod:`bridge.core`).
+For every event it records what became of it (job type or reject) at the same index, so the
+caller can settle (ack/term) and count without a second pass over the payloads.
+
+Identity of a JetStream event: its ``Nats-Msg-Id`` header when present (the publisher's id;
+JetStream itself dedupes on it within ``duplicate_window``), else stream name + stream sequence.
+The dedupe marker and the deterministic dramatiq ``message_id`` both derive from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from bridge.dead_letters import dead_letter_fields
+from bridge.enqueue import DEDUPE_PREFIX, Batch
+from bridge.messages import StampedBatch, message_id_for, random_message_id
+from events import ACTORS, EventRejected, Lane, parse_event
+
+__all__ = ["EventBatch"]
+
+_MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+class EventBatch:
+    """Builds one :class:`~bridge.enqueue.Batch` from raw NATS events.
+
+    Parameters:
+      batch(Batch): The empty script batch to fill.
+      stamped(StampedBatch): Encodes jobs as dramatiq messages (middleware options stamped).
+      queues(Mapping[Lane, str]): Lane -> dramatiq queue name (``settings.queues``).
+      received_at(datetime): Arrival time stamped on every job of the batch (aware, UTC).
+      typing_ttl(float): Typing jobs' lifetime, in seconds.
+      presence_ttl(float): Presence jobs' lifetime, in seconds.
+    """
+
+    __slots__ = ("_queue_index", "_ttls", "batch", "job_types", "received_at", "rejects", "stamped")
+
+    def __init__(
+        self,
+        batch: Batch,
+        stamped: StampedBatch,
+        queues: Mapping[Lane, str],
+        received_at: datetime,
+        typing_ttl: float,
+        presence_ttl: float,
+    ) -> None:
+        self.batch = batch
+        self.stamped = stamped
+        self.received_at = received_at
+        self._ttls = (typing_ttl, presence_ttl)
+        self._queue_index = {lane: (queue, batch.queue_index(queue)) for lane, queue in queues.items()}
+        #: Per entry: the job type's name, or None for a dead letter.
+        self.job_types: list[str | None] = []
+        #: Per entry: the reject of a dead letter, or None for a job.
+        self.rejects: list[EventRejected | None] = []
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def add(
+        self,
+        subject: str,
+        data: bytes,
+        headers: Mapping[str, str] | None,
+        *,
+        consumer: str,
+        stream: str | None = None,
+        stream_seq: int | None = None,
+        delivered: int | None = None,
+    ) -> None:
+        """Parse one event and add its job (or its dead letter) to the batch.
+
+        JetStream events (``stream`` set) get a dedupe marker and a deterministic message id;
+        core NATS events neither (no redelivery exists to deduplicate).
+        """
+        if stream is not None:
+            msg_id = headers.get(_MSG_ID_HEADER) if headers else None
+            identity = f"{stream}:id:{msg_id}" if msg_id else f"{stream}:{stream_seq}"
+            dedupe_key = f"{self.batch.namespace}:{DEDUPE_PREFIX}:{identity}"
+        else:
+            identity = None
+            dedupe_key = ""
+        try:
+            job = parse_event(
+                subject, data, headers, stream=stream, stream_seq=stream_seq, delivered=delivered,
+                received_at=self.received_at, typing_ttl_s=self._ttls[0], presence_ttl_s=self._ttls[1],
+            )
+        except EventRejected as reject:
+            self.batch.add_dead_letter(dedupe_key, dead_letter_fields(
+                subject, data, headers, consumer=consumer, code=str(reject.code), reason=reject.reason,
+                at=self.received_at, stream=stream, stream_seq=stream_seq, delivered=delivered,
+            ))
+            self.job_types.append(None)
+            self.rejects.append(reject)
+            return
+        spec = ACTORS[type(job)]
+        queue, index = self._queue_index[spec.lane]
+        message_id = message_id_for(identity) if identity is not None else random_message_id()
+        self.batch.add_job(dedupe_key, index, message_id, self.stamped.encode(job, queue, spec.actor_name, message_id))
+        self.job_types.append(type(job).__name__)
+        self.rejects.append(None)

@@ -1,0 +1,212 @@
+"""The NATS connection: settings' options, capped exponential backoff, one log line per state change.
+
+nats-py exceptions stop here. Connection events fan out to listeners (the pull loops pause on
+disconnect and re-issue their pulls on reconnect, ADR-37). The initial connect retries with
+``min(base * 2**n, cap)`` +- jitter; reconnects use the same schedule through nats-py's
+``reconnect_to_server_handler``. ``max_reconnects: -1`` never gives up (the seed's 10 left a
+dead process reporting healthy, pitfalls §10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.client import Server
+
+from bridge.backoff import backoff_delay
+from bridge.errors import NatsUnavailable
+from bridge.metrics import Metrics
+from fechatter_notify.log import log_event
+from settings.model import NatsConnection
+
+__all__ = ["Connection"]
+
+log = logging.getLogger("bridge.connection")
+
+
+def _tls(settings: NatsConnection) -> ssl.SSLContext | None:
+    tls = settings.tls
+    if not (tls.ca_file or tls.cert_file):
+        return None
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
+
+
+class Connection:
+    """Owns the NATS client of one bridge process.
+
+    Parameters:
+      settings(NatsConnection): The ``nats`` section.
+      metrics(Metrics): Reconnect and connection-event counters.
+    """
+
+    def __init__(self, settings: NatsConnection, metrics: Metrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self.nc: NATS = NATS()
+        self.on_disconnected: list[Callable[[], None]] = []
+        self.on_reconnected: list[Callable[[], None]] = []
+        self.on_closed: list[Callable[[], None]] = []
+        self._slow_logged = 0
+        self._closing = False
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is up."""
+        return bool(self.nc.is_connected)
+
+    def _server(self) -> str:
+        url = self.nc.connected_url
+        return f"{url.hostname}:{url.port}" if url is not None else "-"
+
+    def _options(self) -> dict[str, Any]:
+        s = self._settings
+        options: dict[str, Any] = {
+            "servers": list(s.servers),
+            "name": s.name,
+            "connect_timeout": s.connect_timeout,
+            "ping_interval": s.ping_interval,
+            "max_outstanding_pings": s.max_outstanding_pings,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": s.max_reconnects,
+            "reconnect_time_wait": s.reconnect_backoff_base,
+            "reconnect_to_server_handler": self._next_server,
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+            "closed_cb": self._on_closed,
+            "lame_duck_mode_cb": self._on_lame_duck,
+            "tls": _tls(s),
+            # Subjects come from validated settings and from the server (ack replies): checking
+            # each publish with a regex costs ~2 us per ack on the hot path.
+            "skip_subject_validation": True,
+        }
+        if s.user:
+            options["user"] = s.user
+        if s.password:
+            options["password"] = s.password.get_secret_value()
+        if s.token:
+            options["token"] = s.token.get_secret_value()
+        if s.creds_file:
+            options["user_credentials"] = s.creds_file
+        if s.nkey_seed:
+            options["nkeys_seed_str"] = s.nkey_seed.get_secret_value()
+        return options
+
+    def _next_server(self, servers: list[Server], info: dict[str, Any]) -> tuple[Server | None, float]:
+        # The least-tried server, after min(base * 2**n, cap) +- jitter.
+        server = min(servers, key=lambda srv: srv.reconnects)
+        s = self._settings
+        return server, backoff_delay(server.reconnects, s.reconnect_backoff_base, s.reconnect_backoff_cap,
+                                     s.reconnect_jitter)
+
+    async def connect(self, stop: asyncio.Event | None = None) -> NATS:
+        """Connect, retrying with capped exponential backoff and jitter.
+
+        Parameters:
+          stop(asyncio.Event | None): Give up when set (shutdown during start).
+
+        Raises:
+          NatsUnavailable: ``max_reconnects`` attempts failed (never with -1), or ``stop`` was set.
+        """
+        s = self._settings
+        attempt = 0
+        while True:
+            self.nc = NATS()
+            try:
+                await self.nc.connect(**self._options())
+            except (TimeoutError, nats.errors.Error, OSError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                if 0 <= s.max_reconnects <= attempt:
+                    raise NatsUnavailable(f"no NATS server answered after {attempt + 1} attempts ({reason})") from None
+                delay = backoff_delay(attempt, s.reconnect_backoff_base, s.reconnect_backoff_cap, s.reconnect_jitter)
+                log_event(log, "nats_connect_failed", logging.WARNING, servers=",".join(s.servers),
+                          attempt=attempt + 1, retry_in_s=round(delay, 3), reason=reason)
+                attempt += 1
+                with contextlib.suppress(nats.errors.Error):
+                    await self.nc.close()
+                if stop is None:
+                    await asyncio.sleep(delay)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    raise NatsUnavailable(f"stopped while connecting ({reason})") from None
+                continue
+            self._metrics.connection_events.labels("connected").inc()
+            log_event(log, "nats_connected", server=self._server(), attempt=attempt + 1,
+                      server_version=str(self.nc.connected_server_version))
+            return self.nc
+
+    async def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            subject = exc.sub.subject if exc.sub is not None else exc.subject
+            self._metrics.slow_consumer.labels(subject).inc()
+            self._slow_logged += 1
+            if self._slow_logged in (1, 10) or self._slow_logged % 1000 == 0:
+                log_event(log, "nats_slow_consumer", logging.WARNING, server=self._server(), subject=subject,
+                          drops_so_far=self._slow_logged, reason="pending limit reached; messages dropped")
+            return
+        self._metrics.connection_events.labels("error").inc()
+        log_event(log, "nats_error", logging.WARNING, server=self._server(), reason=f"{type(exc).__name__}: {exc}")
+
+    async def _on_disconnected(self) -> None:
+        self._metrics.connection_events.labels("disconnected").inc()
+        err = self.nc.last_error
+        if self._closing:
+            log_event(log, "nats_disconnected", server=self._server(), reason="shutdown")
+        else:
+            log_event(log, "nats_disconnected", logging.WARNING, server=self._server(),
+                      reason=f"{type(err).__name__}: {err}" if err else "connection lost")
+        for callback in self.on_disconnected:
+            callback()
+
+    async def _on_reconnected(self) -> None:
+        self._metrics.reconnects.inc()
+        self._metrics.connection_events.labels("reconnected").inc()
+        log_event(log, "nats_reconnected", server=self._server(), attempt=self.nc.stats.get("reconnects", 0))
+        for callback in self.on_reconnected:
+            callback()
+
+    async def _on_closed(self) -> None:
+        self._metrics.connection_events.labels("closed").inc()
+        err = self.nc.last_error
+        log_event(log, "nats_closed", server=self._server(), reason=f"{type(err).__name__}: {err}" if err else "closed")
+        for callback in self.on_closed:
+            callback()
+
+    async def _on_lame_duck(self) -> None:
+        self._metrics.connection_events.labels("lame_duck").inc()
+        log_event(log, "nats_lame_duck", logging.WARNING, server=self._server(),
+                  reason="server is shutting down; the client will move to another server")
+
+    async def flush(self, within: float) -> None:
+        """Flush what is buffered (acks), waiting at most ``within`` seconds; errors are logged."""
+        try:
+            await self.nc.flush(timeout=max(math.ceil(within), 1))
+        except (TimeoutError, nats.errors.Error) as exc:
+            log_event(log, "nats_flush_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
+
+    async def close(self, within: float) -> None:
+        """Drain and close (within ``within`` seconds), falling back to a plain close."""
+        if self.nc.is_closed:
+            return
+        self._closing = True
+        try:
+            await asyncio.wait_for(self.nc.drain(), within)
+        except (TimeoutError, nats.errors.Error) as exc:
+            log_event(log, "nats_drain_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
+        if not self.nc.is_closed:
+            with contextlib.suppress(nats.errors.Error):
+                await self.nc.close()

@@ -1,0 +1,59 @@
+"""Dead letters: what the bridge could not turn into a job, stored with everything needed to replay it.
+
+Each one is an entry of the Redis stream ``{namespace}:{dead_letters.stream}`` (exact MAXLEN
+``dead_letters.max_len``), written by the same script and round trip as the batch's jobs, so
+it is idempotent too (a redelivered poison message is stored once). Fields:
+
+=============  ==============================================================
+``subject``    NATS subject
+``headers``    JSON object of the NATS headers (``{}`` when none)
+``data``       the raw payload bytes, unchanged
+``stream``     JetStream stream (empty on core NATS)
+``seq``        stream sequence (empty on core NATS)
+``delivered``  JetStream delivery count (empty on core NATS)
+``consumer``   durable name, or ``core``
+``code``       stable reason code (:class:`events.RejectCode` or ``max_deliveries``)
+``reason``     text for an operator
+``at``         when the bridge stored it (RFC 3339, UTC)
+=============  ==============================================================
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Final
+
+__all__ = ["MAX_DELIVERIES", "dead_letter_fields"]
+
+#: The code of a dead letter recorded from a max-deliveries advisory.
+MAX_DELIVERIES: Final = "max_deliveries"
+
+
+def dead_letter_fields(
+    subject: str,
+    data: bytes,
+    headers: Mapping[str, str] | None,
+    *,
+    consumer: str,
+    code: str,
+    reason: str,
+    at: datetime,
+    stream: str | None = None,
+    stream_seq: int | None = None,
+    delivered: int | None = None,
+) -> list[str | bytes]:
+    """The stream entry's alternating field names and values."""
+    return [
+        "subject", subject,
+        "headers", json.dumps(dict(headers) if headers else {}, separators=(",", ":")),
+        "data", data,
+        "stream", stream or "",
+        "seq", "" if stream_seq is None else str(stream_seq),
+        "delivered", "" if delivered is None else str(delivered),
+        "consumer", consumer,
+        "code", code,
+        "reason", reason,
+        "at", at.isoformat(),
+    ]  # fmt: skip

@@ -1,0 +1,94 @@
+"""Helpers for tests and the benchmark: test settings, an in-process bridge, reading queued jobs.
+
+Nothing here is used by the running bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+import yaml
+
+from bridge.app import Bridge
+from settings import load_settings
+from settings.model import Settings
+
+__all__ = ["bridge_settings", "deep_merge", "queued_messages", "running_bridge", "settings_yaml"]
+
+#: Short durations so every fault is seen within seconds (seed rule: heartbeat > ping).
+TEST_CONSUMER: dict[str, Any] = {
+    "durable": "notification_processor",
+    "stream": "FECHATTER_EVENTS",
+    "ack_wait": "3s",
+    "idle_heartbeat": "1s",
+    "expires": "2s",
+    "max_deliver": 3,
+    "batch": 100,
+}
+
+
+def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated recursively with ``over`` (lists replaced)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def settings_yaml(nats_url: str, redis_url: str, overrides: Mapping[str, Any] | None = None) -> str:
+    """A notify.yml for tests: the given servers, short timings, free HTTP ports."""
+    base: dict[str, Any] = {
+        "nats": {"servers": [nats_url], "ping_interval": "500ms", "max_outstanding_pings": 2,
+                 "connect_timeout": "2s", "reconnect_backoff_base": "100ms", "reconnect_backoff_cap": "500ms"},
+        "jetstream": {"provision": "auto", "streams": [{"name": "FECHATTER_EVENTS"}], "consumers": [TEST_CONSUMER]},
+        "realtime": {"queue_group": "fechatter-notify-bridge"},
+        "redis": {"url": redis_url, "namespace": "test-notify", "socket_timeout": "500ms",
+                  "socket_connect_timeout": "500ms"},
+        "health": {"host": "127.0.0.1", "port": 0},
+        "metrics": {"host": "127.0.0.1", "port": 0},
+    }
+    return yaml.safe_dump(deep_merge(base, overrides or {}), sort_keys=False)
+
+
+def bridge_settings(nats_url: str, redis_url: str, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Validated :class:`Settings` from :func:`settings_yaml` (every config check runs)."""
+    return load_settings(text=settings_yaml(nats_url, redis_url, overrides), env={}).settings
+
+
+@contextlib.asynccontextmanager
+async def running_bridge(settings: Settings, **kwargs: Any) -> AsyncIterator[Bridge]:
+    """Run a :class:`Bridge` as a task until the block ends (then a graceful stop).
+
+    Raises whatever the bridge's start raised (e.g. :class:`bridge.errors.ProvisionRefused`).
+    """
+    bridge = Bridge(settings, **kwargs)
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(bridge.run(stop))
+    started = asyncio.get_running_loop().create_task(bridge.started.wait())
+    await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        started.cancel()
+        task.result()
+    try:
+        yield bridge
+    finally:
+        stop.set()
+        await task
+
+
+async def queued_messages(client: aioredis.Redis, namespace: str, queue: str) -> list[dict[str, Any]]:
+    """The dramatiq messages waiting on ``queue``, in queue order, decoded."""
+    key = f"{namespace}:{queue}"
+    ids = await client.lrange(key, 0, -1)
+    if not ids:
+        return []
+    data = await client.hmget(f"{key}.msgs", ids)
+    return [json.loads(d) for d in data if d is not None]

@@ -1,0 +1,179 @@
+"""The bridge as a real process (``python -m fechatter_notify bridge``): refusal, SIGTERM, kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+import redis
+
+from bridge.testing import settings_yaml
+from tests.servers import NatsServer, RedisServer, async_wait_until, free_port
+
+NS = "test-notify"
+STREAM = "FECHATTER_EVENTS"
+DURABLE = "notification_processor"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def created(i: int) -> bytes:
+    return json.dumps({
+        "version": "V1", "kind": "Created",
+        "msg": {"id": i, "chat_id": 42, "sender_id": 7, "content": f"m{i}", "files": [],
+                "created_at": "2025-06-27T02:45:46.782538Z", "idempotency_key": None},
+        "members": [7, 9], "occurred_at": "2025-06-27T02:45:46.790112345Z"}).encode()
+
+
+class BridgeProcess:
+    """``fechatter-notify bridge --config FILE`` in a subprocess, its stderr in a file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("NOTIFY") and k not in {"NATS_URL", "REDIS_URL", "SENTRY_DSN"}}
+        self._log = log.open("ab")
+        self.log_path = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "fechatter_notify", "bridge", "--config", str(config)],
+                                     cwd=ROOT, env=env, stdout=self._log, stderr=self._log)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, nats_server: NatsServer, redis_server_aof: RedisServer) -> Path:
+    path = tmp_path / "notify.yml"
+    port = free_port()
+    path.write_text(settings_yaml(nats_server.url, redis_server_aof.url, {
+        "health": {"port": port}, "metrics": {"port": port},
+        "jetstream": {"consumers": [{"durable": DURABLE, "stream": STREAM, "ack_wait": "3s", "idle_heartbeat": "1s",
+                                     "expires": "2s", "batch": 50, "max_in_flight": 200}]},
+    }))
+    return path
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[list[BridgeProcess]]:
+    started: list[BridgeProcess] = []
+    yield started
+    for proc in started:
+        if proc.proc.poll() is None:
+            proc.stop(signal.SIGKILL)
+
+
+def queued_ids(client: redis.Redis) -> list[int]:
+    ids = client.lrange(f"{NS}:domain", 0, -1)
+    data = client.hmget(f"{NS}:domain.msgs", ids) if ids else []
+    return [json.loads(d)["args"][0]["message_id"] for d in data if d is not None]
+
+
+async def publish(url: str, ids: range) -> None:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for i in ids:
+        await js.publish("fechatter.message.created", created(i))
+    await nc.close()
+
+
+async def consumer_info(url: str) -> dict[str, Any]:
+    nc = await nats.connect(url)
+    try:
+        msg = await nc.request(f"$JS.API.CONSUMER.INFO.{STREAM}.{DURABLE}", b"", timeout=2)
+        info: dict[str, Any] = json.loads(msg.data)
+        return info
+    finally:
+        await nc.close()
+
+
+def test_verify_with_the_stream_missing_exits_with_a_clear_refusal(tmp_path: Path, nats_server: NatsServer,
+                                                                   redis_server: RedisServer,
+                                                                   processes: list[BridgeProcess]) -> None:
+    path = tmp_path / "notify.yml"
+    path.write_text(settings_yaml(nats_server.url, redis_server.url, {
+        "jetstream": {"provision": "verify"}, "health": {"port": free_port()}, "metrics": {"port": free_port()}}))
+    proc = BridgeProcess(path, tmp_path / "bridge.log")
+    processes.append(proc)
+    assert proc.stop(sig=0, timeout=20) == 3
+    assert f"stream {STREAM} does not exist" in proc.log()
+    assert "bridge_refused_to_start" in proc.log()
+
+
+@pytest.mark.slow
+async def test_sigterm_stops_gracefully_with_exit_0_and_nothing_is_lost(
+    tmp_path: Path, config_file: Path, nats_server: NatsServer, redis_server_aof: RedisServer,
+    processes: list[BridgeProcess],
+) -> None:
+    client = redis_server_aof.client()
+    proc = BridgeProcess(config_file, tmp_path / "bridge.log")
+    processes.append(proc)
+    await async_wait_until(lambda: ready(nats_server.url), timeout=20, message=proc.log)
+    await publish(nats_server.url, range(1, 101))
+    await async_wait_until(lambda: len(queued_ids(client)) >= 100, timeout=20, message=proc.log)
+    # When SIGTERM arrives while events keep coming
+    publishing = asyncio.get_running_loop().create_task(publish(nats_server.url, range(101, 1001)))
+    await async_wait_until(lambda: len(queued_ids(client)) > 150, timeout=20)
+    code = await asyncio.to_thread(proc.stop, signal.SIGTERM, 15)
+    await publishing
+    # Then it exits 0 within the bound, logging its stop
+    assert code == 0, proc.log()
+    assert "bridge_stopped" in proc.log()
+    # and a second bridge delivers the rest: all 1000 exactly once
+    second = BridgeProcess(config_file, tmp_path / "bridge2.log")
+    processes.append(second)
+    await async_wait_until(lambda: sorted(queued_ids(client)) == list(range(1, 1001)), timeout=30,
+                           message=lambda: f"{len(queued_ids(client))} jobs, {len(set(queued_ids(client)))} distinct")
+    assert second.stop() == 0
+
+
+@pytest.mark.slow
+async def test_killed_mid_batch_and_restarted_nothing_is_lost_or_duplicated(
+    tmp_path: Path, config_file: Path, nats_server: NatsServer, redis_server_aof: RedisServer,
+    processes: list[BridgeProcess],
+) -> None:
+    client = redis_server_aof.client()
+    proc = BridgeProcess(config_file, tmp_path / "bridge.log")
+    processes.append(proc)
+    await async_wait_until(lambda: ready(nats_server.url), timeout=20, message=proc.log)
+    publishing = asyncio.get_running_loop().create_task(publish(nats_server.url, range(1, 3001)))
+    # When the bridge is SIGKILLed while it works
+    await async_wait_until(lambda: len(queued_ids(client)) >= 300, timeout=20, interval=0.002, message=proc.log)
+    assert proc.stop(signal.SIGKILL) == -signal.SIGKILL
+    await publishing
+    done_before = len(queued_ids(client))
+    assert done_before < 3000, "the kill came too late"
+    # Then a restarted bridge delivers everything exactly once (enqueued-but-unacked ones are deduplicated)
+    second = BridgeProcess(config_file, tmp_path / "bridge2.log")
+    processes.append(second)
+    await async_wait_until(lambda: len(queued_ids(client)) >= 3000, timeout=40, message=second.log)
+    await async_wait_until(lambda: _all_acked(nats_server.url, 3000), timeout=20)
+    ids = queued_ids(client)
+    assert sorted(ids) == list(range(1, 3001)), f"{len(ids)} jobs, {len(set(ids))} distinct"
+    assert second.stop() == 0
+
+
+async def ready(url: str) -> bool:
+    """The bridge provisioned its durable (it pulls from then on)."""
+    try:
+        return "error" not in await consumer_info(url)
+    except (nats.errors.Error, OSError):
+        return False
+
+
+async def _all_acked(url: str, seq: int) -> bool:
+    info = await consumer_info(url)
+    return bool("error" not in info and info["ack_floor"]["stream_seq"] >= seq and info["num_ack_pending"] == 0)
