@@ -1,0 +1,459 @@
+"""Benchmark one gateway process: N concurrent SSE streams, fan-out rate, latency, memory.
+
+    python bench/gateway.py                       # 10,000 streams over 2,000 users
+    python bench/gateway.py --streams 2000 --users 400 --burst 10000 --rate 2000
+
+What it does, all on 127.0.0.1 and free ports:
+
+1. starts its own redis-server (tests/servers.py's RedisServer) and one gateway subprocess
+   (``python -m fechatter_notify gateway``);
+2. starts ``--clients`` client processes (so their CPU is not the gateway's) that open the
+   streams with raw sockets, like browsers would: ``GET /events?access_token=...``;
+3. burst phase: publishes ``--burst`` notifications as fast as Redis takes them (XADD + PUBLISH
+   in one Lua call per notification, pipelined, exactly the worker's contract) and measures
+   frames/s delivered from the first publish to the last frame received;
+4. paced phase: publishes ``--rate`` notifications/s for ``--duration`` s and measures the
+   publish-to-frame latency (each notification carries its publish time; clients and publisher
+   share the clock);
+5. prints the numbers measured next to the targets (10,000 streams within 300 MB RSS,
+   >= 50,000 frames/s), plus the CPU each party used, so a client-bound run is visible.
+
+Users get ``streams / users`` streams each (the web client opens one per chat switch), so each
+notification fans out to that many frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import resource
+import signal
+import sys
+import tempfile
+import time
+from array import array
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TARGET_STREAMS = 10_000
+TARGET_RSS_MB = 300
+TARGET_FRAMES_PER_S = 50_000
+#: Concurrent connection attempts per client process (the listen backlog is 4096).
+CONNECT_CONCURRENCY = 500
+_T = re.compile(rb'"t":([0-9.]+)')
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE := hard limit (each stream is one descriptor on each side)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _read(path: Path) -> str:
+    # Small local files, read once: not worth a thread.
+    return path.read_text()
+
+
+def proc_stat(pid: int) -> dict[str, float]:
+    """RSS now and peak (MB) and CPU seconds used, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return {
+        "rss_mb": int(fields["VmRSS"].split()[0]) / 1024,
+        "hwm_mb": int(fields["VmHWM"].split()[0]) / 1024,
+        "cpu_s": (int(stat[11]) + int(stat[12])) / ticks,
+    }
+
+
+# ---------------------------------------------------------------------------- client side
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.confirmed = 0
+        self.failed = 0
+        self.closed = 0
+        self.frames = 0
+        self.first_frame = 0.0
+        self.last_frame = 0.0
+        self.latencies = array("d")
+
+
+class _SseConnection(asyncio.Protocol):
+    """Counts notification frames (``id:`` lines) and samples their publish time."""
+
+    def __init__(
+        self, request: bytes, stats: _Stats, confirmed: asyncio.Future[None], timed: bool
+    ) -> None:
+        self.request, self.stats, self.confirmed = request, stats, confirmed
+        #: Only some streams parse publish times: the clients' CPU is not free either.
+        self.timed = timed
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self.buffer = buffer
+            return
+        chunk, self.buffer = buffer[: end + 2], buffer[end + 2:]
+        if not self.confirmed.done():
+            if b"connection_confirmed" in chunk:
+                self.confirmed.set_result(None)
+            elif b" 401 " in chunk[:20]:
+                self.confirmed.set_exception(RuntimeError("401"))
+        frames = chunk.count(b"id: ")
+        if frames:
+            now = time.time()
+            stats = self.stats
+            if not stats.frames:
+                stats.first_frame = now
+            stats.frames += frames
+            stats.last_frame = now
+            if self.timed:
+                stats.latencies.extend(now - float(t) for t in _T.findall(chunk))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stats.closed += 1
+        if not self.confirmed.done():
+            self.confirmed.set_exception(ConnectionError("closed before confirmation"))
+
+
+async def client_main(args: argparse.Namespace) -> None:
+    """One client process: opens its share of streams, then reports on request (stdin)."""
+    raise_fd_limit()
+    tokens: list[str] = json.loads(_read(Path(args.tokens)))
+    stats = _Stats()
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    host = "127.0.0.1"
+    connections: list[_SseConnection] = []
+
+    async def open_one(index: int) -> None:
+        token = tokens[index % len(tokens)]
+        request = (f"GET /events?access_token={token} HTTP/1.1\r\nHost: {host}:{args.port}\r\n"
+                   f"Accept: text/event-stream\r\n\r\n").encode()
+        confirmed: asyncio.Future[None] = loop.create_future()
+        async with gate:
+            try:
+                _, protocol = await loop.create_connection(
+                    lambda: _SseConnection(request, stats, confirmed, index % args.sample == 0),
+                    host, args.port)
+                connections.append(protocol)
+                await asyncio.wait_for(confirmed, 60)
+                stats.confirmed += 1
+            except (OSError, RuntimeError, TimeoutError):
+                stats.failed += 1
+
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def say(**fields: Any) -> None:
+        sys.stdout.write(json.dumps(fields) + "\n")
+        sys.stdout.flush()
+
+    while line := await reader.readline():
+        command = line.decode().strip()
+        if command == "connect":
+            started = time.time()
+            await asyncio.gather(*(open_one(i) for i in range(args.first, args.first + args.count)))
+            say(confirmed=stats.confirmed, failed=stats.failed, started=started, done=time.time())
+        elif command == "reset":
+            stats.frames, stats.first_frame, stats.last_frame = 0, 0.0, 0.0
+            stats.latencies = array("d")
+            say(ok=True)
+        elif command == "report":
+            say(frames=stats.frames, first=stats.first_frame, last=stats.last_frame,
+                closed=stats.closed, latencies=list(stats.latencies),
+                cpu_s=proc_stat(os.getpid())["cpu_s"])
+        elif command == "quit":
+            break
+    for connection in connections:
+        if connection.transport is not None:
+            connection.transport.abort()
+
+
+# ---------------------------------------------------------------------------- orchestrator
+
+_PUBLISH = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'n', ARGV[1])
+redis.call('PUBLISH', KEYS[2], id .. '\\n' .. ARGV[1])
+return id
+"""
+
+
+class _Client:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    async def ask(self, command: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        await self.proc.stdin.drain()
+        line = await self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"client exited ({command})")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+
+async def _settle(clients: list[_Client], expected: int) -> tuple[list[dict[str, Any]], int]:
+    """Poll the clients until ``expected`` frames arrived or none arrived for 3 s."""
+    got, last_change, last_got = 0, time.time(), -1
+    while True:
+        reports = await asyncio.gather(*(c.ask("report") for c in clients))
+        got = sum(r["frames"] for r in reports)
+        if got != last_got:
+            last_got, last_change = got, time.time()
+        if got >= expected or time.time() - last_change > 3.0:
+            return reports, got
+        await asyncio.sleep(0.2)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _wait_ready(url: str, gateway: asyncio.subprocess.Process, log: Path) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        for _ in range(400):
+            if gateway.returncode is not None:
+                raise RuntimeError(f"gateway exited:\n{_read(log)[-3000:]}")
+            try:
+                async with session.get(url + "/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError("gateway not ready after 20 s")
+
+
+async def _metrics(url: str) -> dict[str, float]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
+        text = await response.text()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("fechatter_notify_gateway_"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def _publisher(redis_url: str, users: int, max_len: int) -> Any:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    script = client.register_script(_PUBLISH)
+    counter = {"n": 0}
+
+    def publish(count: int) -> None:
+        pipe = client.pipeline(transaction=False)
+        for _ in range(count):
+            n = counter["n"]
+            counter["n"] = n + 1
+            user = n % users + 1
+            body = json.dumps({"type": "new_message", "id": n, "chat_id": 1, "sender_id": 1,
+                               "content": "bench", "t": time.time()}, separators=(",", ":"))
+            script(keys=[f"bench:inbox:{user}", f"bench:live:{user}"], args=[body, max_len],
+                   client=pipe)
+        pipe.execute()
+
+    return publish
+
+
+async def orchestrate(args: argparse.Namespace) -> None:
+    from gateway.testing import UNREACHABLE_NATS, SigningKey
+    from tests.servers import RedisServer, free_port
+
+    soft, hard = raise_fd_limit()
+    print(f"fd limit (this process): soft={soft} hard={hard}; cpus={os.cpu_count()}")
+    work = Path(tempfile.mkdtemp(prefix="fechatter-notify-bench-"))
+    key = SigningKey.generate()
+    tokens = [key.token(user, lifetime=3600 * 4) for user in range(1, args.users + 1)]
+    (work / "tokens.json").write_text(json.dumps(tokens))
+    port = free_port()
+    escaped = key.public_pem.strip().replace("\n", "\\n")
+    clients: list[_Client] = []
+    with RedisServer() as redis_server:
+        (work / "notify.yml").write_text(
+            f"redis:\n  url: {redis_server.url}\n  namespace: bench\n"
+            f"nats:\n  servers: [{UNREACHABLE_NATS}]\n"
+            f"gateway:\n  host: 127.0.0.1\n  port: {port}\n"
+            f'  jwt:\n    public_key: "{escaped}"\n'
+        )
+        log = work / "gateway.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY")}
+        with log.open("wb") as out:
+            profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+            gateway = await asyncio.create_subprocess_exec(
+                sys.executable, *profile, "-m", "fechatter_notify", "--config",
+                str(work / "notify.yml"), "gateway", stdout=out, stderr=out, env=env, cwd=ROOT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            await _wait_ready(url, gateway, log)
+            fd_line = next((ln for ln in _read(log).splitlines() if "event=fd_limit" in ln), "")
+            print(f"gateway pid {gateway.pid} ready on {url}; {fd_line.split('event=')[-1]}")
+            idle = proc_stat(gateway.pid)
+            share = args.streams // args.clients
+            for i in range(args.clients):
+                count = share if i < args.clients - 1 else args.streams - share * i
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, __file__, "--role", "client", "--port", str(port),
+                    "--tokens", str(work / "tokens.json"), "--first", str(i * share),
+                    "--count", str(count), "--sample", str(args.sample),
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+                    limit=1 << 30)  # a report carries every sampled latency on one line
+                clients.append(_Client(proc))
+
+            # -- connect
+            answers = await asyncio.gather(*(c.ask("connect") for c in clients))
+            confirmed = sum(a["confirmed"] for a in answers)
+            connect_s = max(a["done"] for a in answers) - min(a["started"] for a in answers)
+            await asyncio.sleep(1.0)  # let presence updates settle before measuring memory
+            connected = proc_stat(gateway.pid)
+            print(f"connected {confirmed}/{args.streams} streams in {connect_s:.2f} s "
+                  f"({sum(a['failed'] for a in answers)} failed)")
+
+            publish = _publisher(redis_server.url, args.users, args.max_len)
+            loop = asyncio.get_running_loop()
+            fanout = args.streams / args.users
+
+            # -- burst (streams that failed to connect get nothing: expect only the others)
+            fanout = confirmed / args.users
+            expected = int(args.burst * fanout)
+            await asyncio.gather(*(c.ask("reset") for c in clients))
+            cpu0 = proc_stat(gateway.pid)["cpu_s"]
+            started = time.time()
+            for offset in range(0, args.burst, 1000):
+                await loop.run_in_executor(None, publish, min(1000, args.burst - offset))
+            published_s = time.time() - started
+            reports, got = await _settle(clients, expected)
+            burst_cpu = proc_stat(gateway.pid)["cpu_s"] - cpu0
+            last = max(r["last"] for r in reports)
+            burst_s = last - started
+            burst_rate = got / burst_s if burst_s > 0 else 0.0
+            print(f"burst: {args.burst} notifications published in {published_s:.2f} s, "
+                  f"{got}/{expected} frames delivered in {burst_s:.2f} s")
+
+            # -- paced
+            await asyncio.gather(*(c.ask("reset") for c in clients))
+            client_cpu0 = sum(r["cpu_s"] for r in await asyncio.gather(*(c.ask("report") for c in clients)))
+            cpu0 = proc_stat(gateway.pid)["cpu_s"]
+            tick = 0.005
+            started = time.time()
+            sent = 0
+            while time.time() - started < args.duration:
+                due = int((time.time() - started) * args.rate)
+                if sent < due:
+                    batch = min(due - sent, max(1, args.rate // 20))
+                    await loop.run_in_executor(None, publish, batch)
+                    sent += batch
+                else:
+                    await asyncio.sleep(tick)
+            expected_paced = int(sent * fanout)
+            reports, got_paced = await _settle(clients, expected_paced)
+            paced_span = max(r["last"] for r in reports) - started
+            paced_cpu = proc_stat(gateway.pid)["cpu_s"] - cpu0
+            client_cpu = sum(r["cpu_s"] for r in reports) - client_cpu0
+            latencies = [x for r in reports for x in r["latencies"]]
+            end = proc_stat(gateway.pid)
+            metrics = await _metrics(url)
+        finally:
+            for client in clients:
+                with contextlib.suppress(Exception):
+                    assert client.proc.stdin is not None
+                    client.proc.stdin.write(b"quit\n")
+                    await asyncio.wait_for(client.proc.wait(), 10)
+            if gateway.returncode is None:
+                gateway.terminate()
+                await asyncio.wait_for(gateway.wait(), 20)
+
+    ms = 1000.0
+    rows = [
+        ("streams connected", f"{confirmed} / {args.streams}", f"{TARGET_STREAMS}"),
+        ("connect time (all streams)", f"{connect_s:.2f} s", "-"),
+        ("gateway RSS idle (0 streams)", f"{idle['rss_mb']:.0f} MB", "-"),
+        (f"gateway RSS with {confirmed} streams", f"{connected['rss_mb']:.0f} MB",
+         f"<= {TARGET_RSS_MB} MB at {TARGET_STREAMS}"),
+        ("gateway RSS peak (whole run)", f"{end['hwm_mb']:.0f} MB", "-"),
+        (f"burst fan-out ({args.burst} notif. x {fanout:g})", f"{burst_rate:,.0f} frames/s",
+         f">= {TARGET_FRAMES_PER_S:,} frames/s"),
+        ("  gateway CPU during burst", f"{burst_cpu / burst_s * 100:.0f} % of one core", "-"),
+        ("  gateway CPU per frame (burst)", f"{burst_cpu / max(got, 1) * 1e6:.1f} us "
+         f"= {max(got, 1) / max(burst_cpu, 1e-9):,.0f} frames per CPU-s", "-"),
+        (f"paced: {args.rate}/s x {fanout:g} for {args.duration:g} s",
+         f"{got_paced:,}/{expected_paced:,} frames, {got_paced / paced_span:,.0f} frames/s", "-"),
+        ("  publish->frame latency p50", f"{_percentile(latencies, 0.50) * ms:.1f} ms", "-"),
+        ("  publish->frame latency p90", f"{_percentile(latencies, 0.90) * ms:.1f} ms", "-"),
+        ("  publish->frame latency p99", f"{_percentile(latencies, 0.99) * ms:.1f} ms", "-"),
+        ("  publish->frame latency max", f"{max(latencies, default=float('nan')) * ms:.1f} ms", "-"),
+        ("  gateway CPU while paced", f"{paced_cpu / paced_span * 100:.0f} % of one core", "-"),
+        ("  gateway CPU per frame (paced)", f"{paced_cpu / max(got_paced, 1) * 1e6:.1f} us", "-"),
+        ("  client processes CPU while paced", f"{client_cpu / paced_span * 100:.0f} % of one core",
+         "-"),
+        ("slow clients dropped", f"{metrics.get('fechatter_notify_gateway_slow_clients_dropped_total', 0):.0f}",
+         "0"),
+    ]
+    width = max(len(r[0]) for r in rows) + 2
+    print(f"\n{'metric':<{width}}{'measured':<34}target")
+    for name, measured, target in rows:
+        print(f"{name:<{width}}{measured:<34}{target}")
+    print(f"\n(latency samples: {len(latencies):,}, all frames of every {args.sample}th stream; "
+          f"gateway log: {log})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--role", choices=("orchestrator", "client"), default="orchestrator")
+    parser.add_argument("--streams", type=int, default=TARGET_STREAMS)
+    parser.add_argument("--users", type=int, default=2000, help="streams are spread over them")
+    parser.add_argument("--clients", type=int, default=2, help="client processes")
+    parser.add_argument("--burst", type=int, default=20_000, help="notifications in the burst")
+    parser.add_argument("--rate", type=int, default=5000, help="paced notifications per second")
+    parser.add_argument("--duration", type=float, default=10.0, help="paced phase, seconds")
+    parser.add_argument("--max-len", type=int, default=1000, help="inbox cap (MAXLEN ~)")
+    parser.add_argument("--sample", type=int, default=10,
+                        help="every Nth stream records publish-to-frame latencies")
+    parser.add_argument("--profile", metavar="PATH", help="run the gateway under cProfile, write PATH")
+    # client role
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--tokens")
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--count", type=int, default=0)
+    args = parser.parse_args()
+    if args.role == "client":
+        asyncio.run(client_main(args))
+    else:
+        # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the gateway, the clients and
+        # redis-server are stopped by the finally blocks instead of being left behind.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        asyncio.run(orchestrate(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""SSE wire format: frames, the keep-alive comment, and inbox entry ids.
+
+The web client listens only to ``onmessage`` (web-client.md §4), so no frame ever carries an
+``event:`` line; every ``data:`` is one JSON object with a string ``type``. Inbox entry ids are
+Redis stream ids (``<ms>-<seq>``), compared as ``(ms, seq)`` pairs, never as strings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, NamedTuple
+
+#: The keep-alive: an SSE comment, which EventSource ignores (proxies still see traffic).
+KEEP_ALIVE = b": ping\n\n"
+
+#: The browser's reconnection delay for orphaned streams (web-client.md §7), in milliseconds.
+RETRY_MS = 3000
+
+_STREAM_ID = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
+
+
+class StreamId(NamedTuple):
+    """A Redis stream entry id; tuples compare as ``(ms, seq)``, which is what Redis orders by."""
+
+    ms: int
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.ms}-{self.seq}"
+
+
+#: Smaller than every real entry id.
+ZERO_ID = StreamId(0, 0)
+
+
+def parse_stream_id(text: str | bytes) -> StreamId:
+    """Parse ``"<ms>-<seq>"``.
+
+    Raises:
+      ValueError: when ``text`` is not a complete stream id.
+    """
+    if isinstance(text, bytes):
+        # The hot path (every live announcement): no regex, no decode.
+        ms, sep, seq = text.partition(b"-")
+        if sep and ms.isdigit() and seq.isdigit() and len(ms) <= 20 and len(seq) <= 20:
+            # tuple.__new__ skips NamedTuple's Python-level __new__ (3x faster; same object).
+            return tuple.__new__(StreamId, (int(ms), int(seq)))
+        text = text.decode("ascii", "replace")
+    match = _STREAM_ID.match(text.strip())
+    if match is None:
+        raise ValueError(f"not a stream id: {text[:40]!r}")
+    return StreamId(int(match.group(1)), int(match.group(2)))
+
+
+def data_frame(data: bytes, entry_id: bytes | None = None) -> bytes:
+    """One SSE frame: optional ``id:`` line, then ``data:`` line(s), then a blank line.
+
+    ``data`` is JSON text. JSON only contains a newline as whitespace between tokens, and
+    EventSource joins multi-line ``data:`` with ``\\n``, so splitting keeps it valid JSON.
+    """
+    if b"\n" in data or b"\r" in data:
+        data = b"\ndata: ".join(data.splitlines())
+    if entry_id is None:
+        return b"data: %b\n\n" % data
+    return b"id: %b\ndata: %b\n\n" % (entry_id, data)
+
+
+def json_frame(payload: dict[str, Any]) -> bytes:
+    """A frame for one of the gateway's own messages (no ``id:``, so Last-Event-ID is kept)."""
+    return data_frame(json.dumps(payload, separators=(",", ":")).encode())
+
+
+def retry_line(milliseconds: int = RETRY_MS) -> bytes:
+    """The ``retry:`` field; it only affects streams the client orphaned (web-client.md §7)."""
+    return b"retry: %d\n\n" % milliseconds

@@ -1,0 +1,91 @@
+"""``fechatter-notify gateway`` (Procfile ``web:``): serve the SSE gateway until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import resource
+import signal
+from typing import Final
+
+from fechatter_notify.log import log_event, setup_logging
+from gateway.app import build_app, start_server
+from gateway.auth import TokenVerifier
+from settings import Loaded
+from settings.model import Settings
+
+log = logging.getLogger(__name__)
+
+RET_OK: Final = 0
+RET_RUNTIME: Final = 1
+RET_CONFIG: Final = 2
+#: Net allocations between young-generation collections (CPython's default is 700). Every
+#: frame allocates a few short-lived objects; at the default, cyclic GC passes over ~400,000
+#: live objects (10,000 streams) took a third of the fan-out CPU. Cycles are rare here, so
+#: collecting less often costs little memory.
+GC_THRESHOLDS: Final = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Fewer GC passes, and none over the objects that exist once startup is done."""
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft open-files limit to the hard limit (one descriptor per stream); log it.
+
+    Returns:
+      tuple[int, int]: the (soft, hard) limit now in effect.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log_event(log, "fd_limit_not_raised", logging.WARNING, soft=soft, hard=hard, error=exc)
+    log_event(log, "fd_limit", soft=soft, hard=hard)
+    return soft, hard
+
+
+def run(loaded: Loaded, args: argparse.Namespace) -> int:
+    """Run the gateway with ``loaded`` settings; returns the process exit code."""
+    setup_logging()
+    settings = loaded.settings
+    try:
+        verifier = TokenVerifier(settings.gateway.jwt)
+    except ValueError as exc:
+        log_event(log, "gateway_config_error", logging.ERROR, error=exc)
+        return RET_CONFIG
+    if not verifier.configured:
+        log_event(log, "jwt_key_missing", logging.WARNING,
+                  detail="gateway.jwt.public_key is not set: every stream will get 401")
+    raise_fd_limit()
+    tune_gc()
+    try:
+        asyncio.run(_serve(settings, verifier))
+    except OSError as exc:  # typically: the port is taken
+        log_event(log, "gateway_failed", logging.ERROR, error=exc)
+        return RET_RUNTIME
+    return RET_OK
+
+
+async def _serve(settings: Settings, verifier: TokenVerifier) -> None:
+    app = build_app(settings, verifier=verifier)
+    runner, port = await start_server(app, settings.gateway.host, settings.gateway.port)
+    log_event(log, "gateway_listening", host=settings.gateway.host, port=port,
+              namespace=settings.redis.namespace)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log_event(log, "gateway_stopping")
+        await runner.cleanup()
+        log_event(log, "gateway_stopped")

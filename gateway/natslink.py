@@ -1,0 +1,161 @@
+"""Best-effort NATS connection for presence announcements.
+
+Presence is published on core NATS in Fechatter's own dialect; the bridge and workers turn it
+into notifications for the user's chat partners. Streaming never waits for NATS: while it is
+unreachable, presence changes are logged, counted and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import time
+from typing import Any, Final
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
+
+from fechatter_notify.log import log_event
+from gateway.metrics import GatewayMetrics
+from settings.model import NatsConnection
+
+log = logging.getLogger(__name__)
+
+#: Subject for a user's presence change (core NATS, not captured by any stream).
+PRESENCE_SUBJECT: Final = "fechatter.realtime.user.{user_id}.presence"
+#: Repeated NATS errors are logged at most this often, in seconds.
+ERROR_LOG_INTERVAL: Final = 30.0
+#: How long shutdown waits for buffered publishes to flush, in seconds.
+CLOSE_TIMEOUT: Final = 2.0
+
+
+def presence_payload(user_id: int, status: str, last_seen: str) -> bytes:
+    """``{"UserPresence":{"user_id":9,"status":"online","last_seen":"…+00:00"}}``."""
+    body = {"UserPresence": {"user_id": user_id, "status": status, "last_seen": last_seen}}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def connect_options(config: NatsConnection) -> dict[str, Any]:
+    """nats-py ``connect`` keyword arguments from the ``nats`` settings section."""
+    options: dict[str, Any] = {
+        "servers": list(config.servers),
+        "name": f"{config.name}-gateway",
+        "connect_timeout": config.connect_timeout,
+        "ping_interval": config.ping_interval,
+        "max_outstanding_pings": config.max_outstanding_pings,
+        "allow_reconnect": True,
+        # -1 also makes the first connect retry forever, which is what a background link wants.
+        "max_reconnect_attempts": config.max_reconnects,
+        "reconnect_time_wait": config.reconnect_backoff_base,
+    }
+    if config.user:
+        options["user"] = config.user
+    if config.password:
+        options["password"] = config.password.get_secret_value()
+    if config.token:
+        options["token"] = config.token.get_secret_value()
+    if config.creds_file:
+        options["user_credentials"] = config.creds_file
+    if config.nkey_seed:
+        options["nkeys_seed_str"] = config.nkey_seed.get_secret_value()
+    tls = config.tls
+    if tls.ca_file or tls.cert_file:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+        options["tls"] = context
+    return options
+
+
+class NatsLink:
+    """Connects in the background, reconnects on its own, publishes presence if it can."""
+
+    def __init__(self, config: NatsConnection, metrics: GatewayMetrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._client: NatsClient | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_error_log = -ERROR_LOG_INTERVAL
+        self._warned_down = False
+
+    @property
+    def connected(self) -> bool:
+        """True while the NATS connection is up."""
+        return self._client is not None and self._client.is_connected
+
+    async def start(self) -> None:
+        """Start connecting; returns at once."""
+        self._task = asyncio.create_task(self._connect(), name="gateway-nats")
+
+    async def stop(self) -> None:
+        """Flush what is buffered (briefly) and close."""
+        task, self._task = self._task, None
+        # Python 3.11's asyncio.wait_for (inside nats.connect) can swallow a cancellation that
+        # lands as a refused connect completes; with endless reconnects one cancel may never end
+        # the task. Cancel again until it is done.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                task.result()
+        client, self._client = self._client, None
+        if client is not None and not client.is_closed:
+            with contextlib.suppress(NatsError, OSError, TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await client.flush()
+            with contextlib.suppress(NatsError, OSError):
+                await client.close()
+
+    async def _connect(self) -> None:
+        try:
+            self._client = await nats.connect(
+                **connect_options(self._config),
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+            )
+        except (NatsError, OSError) as exc:
+            # Only when max_reconnect_attempts is finite: presence stays off for this process.
+            log_event(log, "nats_unavailable", logging.WARNING, error=exc, presence="disabled")
+            return
+        self._warned_down = False
+        log_event(log, "nats_connected", server=self._client.connected_url or "")
+
+    async def publish_presence(self, user_id: int, status: str, last_seen: str) -> bool:
+        """Publish a UserPresence event; False (logged once per outage) when NATS is down."""
+        client = self._client
+        if client is None or not client.is_connected:
+            self._metrics.presence_publish_failures.inc()
+            if not self._warned_down:
+                self._warned_down = True
+                log_event(log, "presence_not_published", logging.WARNING, user_id=user_id,
+                          status=status, reason="nats not connected")
+            return False
+        try:
+            await client.publish(PRESENCE_SUBJECT.format(user_id=user_id),
+                                 presence_payload(user_id, status, last_seen))
+        except (NatsError, OSError) as exc:
+            self._metrics.presence_publish_failures.inc()
+            log_event(log, "presence_not_published", logging.WARNING, user_id=user_id, error=exc)
+            return False
+        self._metrics.presence_published.labels(status).inc()
+        return True
+
+    async def _on_error(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= ERROR_LOG_INTERVAL:
+            self._last_error_log = now
+            log_event(log, "nats_error", logging.WARNING, error=exc)
+
+    async def _on_disconnected(self) -> None:
+        log_event(log, "nats_disconnected", logging.WARNING)
+
+    async def _on_reconnected(self) -> None:
+        self._warned_down = False
+        url = self._client.connected_url if self._client is not None else None
+        log_event(log, "nats_reconnected", server=url or "")

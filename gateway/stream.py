@@ -1,0 +1,447 @@
+"""``GET /events``: one SSE stream = replay from the inbox, then live announcements.
+
+Order of a stream's life, and why:
+
+1. Authenticate; refuse with 401 before anything is streamed.
+2. Answer 200 and flush the headers at once: the client gives up after 10 s without
+   ``onopen`` and then polls forever (web-client.md §3).
+3. Subscribe through the hub and wait for Redis to confirm, THEN read the inbox, THEN write
+   ``connection_confirmed`` (a replay follows it). Anything published after the confirmation
+   is buffered in this stream; anything before is in the inbox. After the read, buffered ids
+   <= the last replayed id are dropped: no gap, no duplicate, even while notifications keep
+   arriving.
+4. Live: write what the hub delivers, a comment every ``keep_alive`` seconds (that write is
+   also how a vanished peer is noticed), until the client leaves, the token expires, the
+   buffer overflows (slow client) or the server shuts down.
+
+Live frames are written synchronously to the socket's transport, once per stream per socket
+read of the hub (which coalesces that read's frames), not by a task per stream: waking 10,000
+tasks per burst costs more than the writes themselves. A client whose unsent bytes exceed
+:data:`WRITE_HIGH_WATER` is "behind": its frames wait in the stream's bounded buffer, and when
+that overflows the stream is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Final
+
+from aiohttp import web
+from aiohttp.http import HttpVersion11
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from events.inbox import inbox_key
+from fechatter_notify.log import log_event
+from gateway import state
+from gateway.auth import AuthError, authenticate, unauthorized
+from gateway.frames import (
+    KEEP_ALIVE,
+    ZERO_ID,
+    StreamId,
+    data_frame,
+    json_frame,
+    parse_stream_id,
+    retry_line,
+)
+from gateway.heads import InboxHeads
+from gateway.hub import Announcement, HubUnavailable
+from gateway.metrics import GatewayMetrics
+from gateway.replay import read_page, staleness
+
+log = logging.getLogger(__name__)
+
+#: Seconds a new stream waits for its live subscription before giving up.
+SUBSCRIBE_TIMEOUT: Final = 10.0
+#: Seconds between attempts to read missed entries while Redis is unreachable.
+CATCH_UP_RETRY: Final = 1.0
+#: Unsent bytes (in the transport) above which a client counts as behind.
+WRITE_HIGH_WATER: Final = 64 * 1024
+#: How often a stream that is behind checks whether its client caught up, in seconds.
+BEHIND_RETRY: Final = 0.05
+#: Keep-alive ticks in a row a client may stay behind before it is dropped: a peer that
+#: vanished without a FIN never reads again, and TCP alone would take ~15 minutes to notice.
+STALLED_TICKS: Final = 3
+
+SSE_HEADERS: Final = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    # nginx and friends buffer responses unless told not to; SSE must not be buffered.
+    "X-Accel-Buffering": "no",
+}
+
+
+class StreamRegistry:
+    """The open streams of this process (for shutdown and the open-streams gauge)."""
+
+    def __init__(self) -> None:
+        self._streams: set[EventStream] = set()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def add(self, stream: EventStream) -> None:
+        self._streams.add(stream)
+
+    def discard(self, stream: EventStream) -> None:
+        self._streams.discard(stream)
+
+    def close_all(self, reason: str) -> None:
+        """Ask every stream to end (gracefully: the handler finishes the response)."""
+        for stream in tuple(self._streams):
+            stream.close(reason)
+
+
+class EventStream:
+    """One open ``/events`` response: a bounded buffer between the hub and the socket.
+
+    Implements :class:`gateway.hub.Subscriber`. ``floor`` is the highest id known to be in the
+    client's hands or already replayed: announcements at or below it are duplicates.
+    ``position`` is the highest id written with an ``id:`` line. While ``holding`` (until the
+    first frame, and during a replay) deliveries are only buffered.
+    """
+
+    __slots__ = (
+        "_handles",
+        "_loop",
+        "_signal",
+        "_stalled",
+        "chunked",
+        "floor",
+        "flush_scheduled",
+        "holding",
+        "limit",
+        "metrics",
+        "needs_catch_up",
+        "pending",
+        "position",
+        "reason",
+        "transport",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        user_id: int,
+        transport: asyncio.Transport,
+        *,
+        chunked: bool,
+        limit: int,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.user_id = user_id
+        self.transport = transport
+        #: The response uses chunked transfer encoding (HTTP/1.1): frame each write.
+        self.chunked = chunked
+        self.limit = limit
+        self.metrics = metrics
+        self.pending: list[Announcement] = []
+        self.floor = ZERO_ID
+        self.position = ZERO_ID
+        self.reason: str | None = None
+        self.holding = True
+        self.flush_scheduled = False
+        self.needs_catch_up = False
+        self._loop = asyncio.get_running_loop()
+        self._signal: asyncio.Future[None] | None = None
+        self._handles: list[asyncio.TimerHandle] = []
+        self._stalled = 0
+
+    # ------------------------------------------------------------------ called by the hub
+
+    def deliver(self, announcement: Announcement) -> bool:
+        """Buffer one announcement; True when the hub should :meth:`flush` this stream.
+
+        Closes the stream when its buffer overflows.
+        """
+        if self.reason is not None or announcement.entry_id <= self.floor:
+            return False
+        self.pending.append(announcement)
+        if len(self.pending) > self.limit:
+            if not self.holding and not self._behind():
+                self.flush()  # a burst for one user, not a slow client: write it now
+                return False
+            self._drop_slow_client()
+            return False
+        if self.flush_scheduled or self.holding:
+            return False
+        self.flush_scheduled = True
+        return True
+
+    def resync(self) -> None:
+        """The hub lost announcements: read the inbox again from ``position``."""
+        self.needs_catch_up = True
+        self._notify()
+
+    # ------------------------------------------------------------------ control
+
+    def close(self, reason: str) -> None:
+        """End the stream with ``reason`` (the first reason wins)."""
+        if self.reason is None:
+            self.reason = reason
+            self.pending.clear()
+            self._notify()
+
+    def schedule(self, keep_alive: float, close_at: float) -> None:
+        """Start the keep-alive timer and the token-expiry close (``close_at``: Unix seconds)."""
+        self._handles.append(self._loop.call_later(keep_alive, self._tick, keep_alive))
+        delay = max(0.0, close_at - time.time())
+        self._handles.append(self._loop.call_later(delay, self.close, "token_expired"))
+
+    def cancel_timers(self) -> None:
+        for handle in self._handles:
+            handle.cancel()
+        self._handles.clear()
+
+    def _tick(self, keep_alive: float) -> None:
+        if self._handles:
+            self._handles[0] = self._loop.call_later(keep_alive, self._tick, keep_alive)
+        if self.reason is not None or self.holding:
+            return
+        if not self._behind():
+            self._stalled = 0
+            self.send(KEEP_ALIVE)
+            return
+        self._stalled += 1
+        if self._stalled >= STALLED_TICKS:
+            self._drop_slow_client()
+
+    def _drop_slow_client(self) -> None:
+        self.metrics.slow_clients_dropped.inc()
+        self.close("slow_client")
+        # The client does not read: abort rather than wait for its buffers to drain. It
+        # resumes with Last-Event-ID.
+        self.transport.abort()
+
+    def _notify(self) -> None:
+        signal = self._signal
+        if signal is not None and not signal.done():
+            signal.set_result(None)
+
+    # ------------------------------------------------------------------ writing (never blocks)
+
+    def send(self, data: bytes) -> None:
+        """Write ``data`` to the socket now (the transport buffers what the kernel won't take)."""
+        transport = self.transport
+        if transport.is_closing():
+            self.close("client_gone")
+            return
+        if self.chunked:
+            # aiohttp announced chunked encoding and writes the final 0-chunk at write_eof().
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            transport.write(data)
+
+    def _behind(self) -> bool:
+        return self.transport.get_write_buffer_size() > WRITE_HIGH_WATER
+
+    def flush(self) -> None:
+        """Write every buffered frame in one go (unless holding, or the client is behind)."""
+        self.flush_scheduled = False
+        if self.reason is not None or self.holding or not self.pending:
+            return
+        if self._behind():
+            self.flush_scheduled = True
+            self._loop.call_later(BEHIND_RETRY, self.flush)
+            return
+        batch, self.pending = self.pending, []
+        frames = [self._frame(announcement) for announcement in batch]
+        self.send(frames[0] if len(frames) == 1 else b"".join(frames))
+        self.metrics.count_frames(len(frames))
+
+    def _frame(self, announcement: Announcement) -> bytes:
+        if announcement.entry_id > self.position:
+            self.position = announcement.entry_id
+            return announcement.frame
+        # Two workers published out of order: send it without ``id:`` so the browser's
+        # Last-Event-ID stays at the highest id it has.
+        return data_frame(announcement.data)
+
+    def release(self) -> None:
+        """End holding: write what was buffered meanwhile, and go live."""
+        self.holding = False
+        self.flush()
+
+    # ------------------------------------------------------------------ replay
+
+    async def start(
+        self, redis: Redis, heads: InboxHeads, key: str, last_event_id: str | None, confirmed: bytes
+    ) -> None:
+        """Write the ``confirmed`` first frame, then replay after Last-Event-ID if there is one.
+
+        Without a Last-Event-ID the stream starts after the inbox's newest entry, read BEFORE
+        the first frame goes out: whatever is published once the client holds that frame is
+        newer, so it is delivered.
+        """
+        after: StreamId | None = None
+        if last_event_id:
+            with contextlib.suppress(ValueError):
+                after = parse_stream_id(last_event_id)
+        if after is not None:
+            self.send(confirmed)
+            await self.catch_up(redis, key, after, trusted=False)
+        else:
+            self._advance(await heads.newest(key))
+            if last_event_id:
+                # Not an id we ever sent: we cannot know what the client missed.
+                self.metrics.resyncs.inc()
+                confirmed += json_frame({"type": "resync_required"})
+            self.send(confirmed)
+        self.release()
+
+    async def catch_up(self, redis: Redis, key: str, after: StreamId, *, trusted: bool) -> int:
+        """Replay inbox entries after ``after`` and move ``floor`` past them.
+
+        ``trusted`` marks a position this gateway chose itself (not a client's Last-Event-ID):
+        an empty-inbox start needs no staleness check. Returns the entries replayed; writes a
+        ``resync_required`` frame instead when entries after ``after`` may have been trimmed.
+        """
+        entries, more = await read_page(redis, key, str(after))
+        if entries and parse_stream_id(entries[0][0]) == after:
+            entries = entries[1:]  # ``after`` itself is still kept: nothing after it was trimmed
+        elif not (trusted and after == ZERO_ID):
+            stale, newest = await staleness(redis, key, after)
+            if stale:
+                self.metrics.resyncs.inc()
+                log_event(log, "resync_required", user_id=self.user_id, last_event_id=str(after))
+                self._advance(newest)
+                self.send(json_frame({"type": "resync_required"}))
+                return 0
+        replayed = 0
+        while entries:
+            frames = [data_frame(data, raw_id) for raw_id, data in entries if data is not None]
+            self._advance(parse_stream_id(entries[-1][0]))
+            if frames:
+                self.send(b"".join(frames))
+                replayed += len(frames)
+                self.metrics.frames_replayed.inc(len(frames))
+                self.metrics.count_frames(len(frames))
+            if not more:
+                break
+            entries, more = await read_page(redis, key, f"({self.floor}")
+        return replayed
+
+    def _advance(self, entry_id: StreamId) -> None:
+        """Everything up to ``entry_id`` is in the client's hands: drop buffered duplicates."""
+        if entry_id > self.floor:
+            self.floor = entry_id
+        if self.floor > self.position:
+            self.position = self.floor
+        if self.pending and self.pending[0].entry_id <= self.floor:
+            self.pending = [a for a in self.pending if a.entry_id > self.floor]
+
+    async def run(self, redis: Redis, key: str) -> None:
+        """Wait until the stream ends; meanwhile, catch up whenever the hub asks to."""
+        while self.reason is None:
+            if self.needs_catch_up:
+                self.holding = True
+                try:
+                    await self.catch_up(redis, key, self.position, trusted=True)
+                except RedisError as exc:
+                    # Keep holding live frames (delivering them would move past the missed
+                    # ones) and try again; the buffer bound still applies meanwhile.
+                    log_event(log, "catch_up_failed", logging.WARNING, user_id=self.user_id,
+                              error=exc)
+                    await self._wait(CATCH_UP_RETRY)
+                    continue
+                self.needs_catch_up = False
+                self.release()
+                continue
+            await self._wait(None)
+
+    async def _wait(self, seconds: float | None) -> None:
+        """Until close() or resync() (or ``seconds`` pass)."""
+        self._signal = signal = self._loop.create_future()
+        handle = self._loop.call_later(seconds, self._notify) if seconds is not None else None
+        try:
+            await signal
+        finally:
+            if handle is not None:
+                handle.cancel()
+            self._signal = None
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """The SSE endpoint (see the module docstring)."""
+    app = request.app
+    metrics = app[state.METRICS]
+    try:
+        principal = authenticate(request, app[state.VERIFIER])
+    except AuthError as exc:
+        metrics.auth_failures.labels(exc.reason).inc()
+        log_event(log, "auth_failed", path=request.path, reason=exc.reason, peer=request.remote or "")
+        raise unauthorized(exc) from None
+    settings = app[state.SETTINGS]
+    gateway = settings.gateway
+    redis, hub, presence = app[state.REDIS], app[state.HUB], app[state.PRESENCE]
+    last_event_id = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
+
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    # Chunked on HTTP/1.1 (explicitly, because EventStream frames its own writes); an
+    # HTTP/1.0 body simply runs until the connection closes.
+    chunked = request.version >= HttpVersion11
+    if chunked:
+        response.enable_chunked_encoding()
+    await response.prepare(request)
+    transport = request.transport
+    if transport is None:  # the client left during prepare()
+        return response
+    stream = EventStream(
+        principal.user_id,
+        transport,
+        chunked=chunked,
+        limit=gateway.stream_buffer,
+        metrics=metrics,
+    )
+    registry = app[state.STREAMS]
+    registry.add(stream)
+    metrics.connects.inc()
+    metrics.open_streams.inc()
+    started = time.monotonic()
+    member: str | None = None
+    reason = "client_gone"
+    key = inbox_key(settings.redis.namespace, principal.user_id)
+    try:
+        # prepare() has flushed the headers (onopen fires now); the first frame waits until
+        # the live subscription is confirmed, so that it means "from here on, nothing is missed".
+        stream.schedule(gateway.keep_alive, principal.expires_at + gateway.jwt.leeway)
+        await hub.attach(principal.user_id, stream, SUBSCRIBE_TIMEOUT)
+        metrics.connected_users.set(hub.user_count)
+        member = presence.stream_opened(principal.user_id)
+        confirmed = retry_line() + json_frame({
+            "type": "connection_confirmed",
+            "user_id": principal.user_id,
+            "server_time": time.time(),
+        })
+        await stream.start(redis, app[state.HEADS], key, last_event_id, confirmed)
+        await stream.run(redis, key)
+        reason = stream.reason or "closed"
+    except HubUnavailable:
+        reason = "redis_unavailable"
+    except RedisError as exc:
+        reason = "redis_error"
+        log_event(log, "stream_redis_error", logging.WARNING, user_id=principal.user_id, error=exc)
+    except ConnectionResetError:
+        reason = stream.reason or "client_gone"
+    except asyncio.CancelledError:
+        # handler_cancellation: the peer went away (or we aborted a slow client).
+        reason = stream.reason or "client_gone"
+        raise
+    finally:
+        stream.close(reason)
+        stream.cancel_timers()
+        hub.detach(principal.user_id, stream)
+        metrics.connected_users.set(hub.user_count)
+        if member is not None:
+            presence.stream_closed(principal.user_id, member)
+        registry.discard(stream)
+        metrics.open_streams.dec()
+        metrics.disconnects.labels(reason).inc()
+        log_event(log, "stream_closed", logging.DEBUG, user_id=principal.user_id, reason=reason,
+                  seconds=round(time.monotonic() - started, 3))
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+    return response
