@@ -1,0 +1,158 @@
+"""The whole system as an operator runs it: bridge, worker and gateway as real processes
+(``python -m fechatter_notify ...``) against real nats-server and redis-server.
+
+Used by the end-to-end tests and the browser test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fechatter_notify.embedded import free_port
+from tests.servers import NatsServer, RedisServer, wait_until
+
+#: Short timings so faults heal within a test's patience, while obeying every config rule.
+PIPELINE_CONFIG = """
+nats:
+  ping_interval: 1s
+  max_outstanding_pings: 2
+  reconnect_backoff_base: 100ms
+  reconnect_backoff_cap: 1s
+jetstream:
+  consumers:
+    - durable: notification_processor
+      ack_wait: 5s
+      idle_heartbeat: 2s
+      batch: 100
+realtime:
+  typing_ttl: 5s
+redis:
+  socket_timeout: 1s
+  socket_connect_timeout: 1s
+gateway:
+  host: 127.0.0.1
+  keep_alive: 1s
+"""
+
+
+@dataclass
+class Pipeline:
+    """Handles on the running system."""
+
+    nats: NatsServer
+    redis: RedisServer
+    workdir: Path
+    gateway_url: str
+    key: Ed25519PrivateKey
+    env: dict[str, str]
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    health_urls: dict[str, str] = field(default_factory=dict)
+
+    def token(self, user_id: int, *, minutes: float = 30, **extra: Any) -> str:
+        """A Fechatter-shaped access token for ``user_id``."""
+        now = datetime.now(UTC)
+        claims = {"sub": str(user_id), "iss": "fechatter-server", "aud": "fechatter-web", "iat": now,
+                  "exp": now + timedelta(minutes=minutes),
+                  "user": {"id": user_id, "workspace_id": 2, "fullname": f"User {user_id}",
+                           "email": f"u{user_id}@example.invalid", "status": "Active"}, **extra}
+        return jwt.encode(claims, self.key, algorithm="EdDSA")
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.workdir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def start(self, name: str) -> None:
+        """Start (or restart) one process: bridge, worker or gateway."""
+        env = dict(self.env)
+        health, metrics = free_port(), free_port()
+        env.update({"NOTIFY__HEALTH__PORT": str(health), "NOTIFY__METRICS__PORT": str(metrics),
+                    "NOTIFY__HEALTH__HOST": "127.0.0.1", "NOTIFY__METRICS__HOST": "127.0.0.1"})
+        args = [sys.executable, "-m", "fechatter_notify", "--config", str(self.workdir / "notify.yml"), name]
+        if name == "worker":
+            args += ["-p", "1", "-t", "4"]
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        self.processes[name] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+        log.close()
+        self.health_urls[name] = f"http://127.0.0.1:{health}"
+
+    def stop(self, name: str, sig: signal.Signals = signal.SIGTERM, timeout: float = 20) -> int:
+        """Signal one process group and wait for it; returns its exit code."""
+        proc = self.processes[name]
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Poll until the gateway and bridge say they are ready."""
+        def ready() -> bool:
+            for name, proc in self.processes.items():
+                if proc.poll() is not None:
+                    raise AssertionError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+            urls = [f"{self.gateway_url}/readyz"]
+            if "bridge" in self.processes:
+                urls.append(f"{self.health_urls['bridge']}/readyz")
+            for url in urls:
+                try:
+                    with urllib.request.urlopen(url, timeout=1) as resp:
+                        if resp.status != 200:
+                            return False
+                except (urllib.error.URLError, OSError):
+                    return False
+            return True
+
+        wait_until(ready, timeout=timeout, message="pipeline did not become ready")
+
+
+def start_pipeline(nats: NatsServer, redis: RedisServer, workdir: Path,
+                   processes: tuple[str, ...] = ("bridge", "worker", "gateway")) -> Pipeline:
+    """Write a config for these servers and start the processes; call ``shutdown`` after."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    port = free_port()
+    (workdir / "notify.yml").write_text(PIPELINE_CONFIG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY", "NATS_URL", "REDIS_URL"))}
+    env.update({"NATS_URL": nats.url, "REDIS_URL": redis.url, "NOTIFY_PORT": str(port),
+                "NOTIFY__GATEWAY__JWT__PUBLIC_KEY": pem, "PYTHONUNBUFFERED": "1"})
+    env.pop("DATABASE_URL", None)
+    env.pop("SENTRY_DSN", None)
+    pipeline = Pipeline(nats, redis, workdir, f"http://127.0.0.1:{port}", key, env)
+    for name in processes:
+        pipeline.start(name)
+    return pipeline
+
+
+def shutdown(pipeline: Pipeline) -> dict[str, int]:
+    """Stop every process; returns their exit codes."""
+    return {name: pipeline.stop(name) for name in list(pipeline.processes)}
+
+
+
+def json_frames(raw: str) -> list[dict[str, Any]]:
+    """The JSON objects of every ``data:`` frame in raw SSE text."""
+    frames = []
+    for block in raw.split("\n\n"):
+        data = "\n".join(line[5:].lstrip() for line in block.splitlines() if line.startswith("data:"))
+        if data:
+            frames.append(json.loads(data))
+    return frames

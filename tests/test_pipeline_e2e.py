@@ -1,0 +1,169 @@
+"""End to end: Fechatter's events on NATS reach the right browsers' SSE streams exactly once.
+
+Everything is real: nats-server, redis-server, and the bridge, worker and gateway processes
+started the way the Procfile starts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import pytest
+
+from events.inbox import inbox_key
+from tests.pipeline import Pipeline, shutdown, start_pipeline
+from tests.servers import NatsServer, RedisServer, async_wait_until
+
+R_MESSAGE = {"MessageReceived": {"message": {"id": "1234", "chat_id": 42, "sender_id": 7, "content": "Hi team",
+                                             "files": [], "timestamp": 1750992346},
+                                 "chat_id": 42, "recipients": [7, 9, 11]}}
+N_MESSAGE = {"event_type": "new_message", "chat_id": 42, "sender_id": 7, "sender_name": "Alice Zhang",
+             "content": "Hi team", "files": [], "timestamp": "2025-06-27T02:45:46.782538Z", "message_id": 1234,
+             "workspace_id": 2}
+C_MESSAGE = {"version": "V1", "kind": "Created",
+             "msg": {"id": 1234, "chat_id": 42, "sender_id": 7, "content": "Hi team", "files": [],
+                     "created_at": "2025-06-27T02:45:46.782538Z",
+                     "idempotency_key": "0190b5e2-7c3a-7d82-9206-54b2f6b4f7c4"},
+             "members": [7, 9, 11], "occurred_at": "2025-06-27T02:45:46.790112345Z"}
+U_MESSAGE = {**C_MESSAGE, "members": [7], "sender_name": "Alice Zhang", "chat_name": "Design", "workspace_id": 2,
+             "event_id": "5b0c7f3e-2d1a-4c53-9a55-1f0f3f6f9b21", "trace_context": {}}
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def pipeline(nats_server: NatsServer, redis_server: RedisServer, tmp_path: Path) -> Iterator[Pipeline]:
+    running = start_pipeline(nats_server, redis_server, tmp_path)
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        for name in running.processes:  # shown by pytest when the test fails
+            print(f"--- {name} log ---\n{running.log_tail(name, 80)}")
+        codes = shutdown(running)
+        assert codes == {"bridge": 0, "worker": 0, "gateway": 0}, {n: running.log_tail(n) for n in codes}
+
+
+class Stream:
+    """One browser-like SSE connection: collects JSON frames as they arrive."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.ids: list[str] = []
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f.get("type") == kind]
+
+
+async def _read(resp: aiohttp.ClientResponse, stream: Stream) -> None:
+    data: list[str] = []
+    async for raw in resp.content:
+        line = raw.decode().rstrip("\r\n")
+        if line.startswith("data:"):
+            data.append(line[5:].lstrip())
+        elif line.startswith("id:"):
+            stream.ids.append(line[3:].strip())
+        elif line == "" and data:
+            stream.frames.append(json.loads("\n".join(data)))
+            data = []
+
+
+@pytest.fixture
+async def open_stream(pipeline: Pipeline) -> AsyncIterator[Any]:
+    session = aiohttp.ClientSession()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def opener(user_id: int) -> Stream:
+        resp = await session.get(f"{pipeline.gateway_url}/events", params={"access_token": pipeline.token(user_id)})
+        assert resp.status == 200, await resp.text()
+        stream = Stream()
+        tasks.append(asyncio.create_task(_read(resp, stream)))
+        await async_wait_until(lambda: stream.of_type("connection_confirmed"), timeout=10)
+        return stream
+
+    yield opener
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await session.close()
+
+
+async def _drained(pipeline: Pipeline) -> bool:
+    """True once JetStream has nothing pending or unacked and dramatiq's queues are empty."""
+    nc = await nats.connect(pipeline.nats.url)
+    try:
+        js = nc.jetstream()
+        info = await js.consumer_info("FECHATTER_EVENTS", "notification_processor")
+    finally:
+        await nc.close()
+    if info.num_pending or info.num_ack_pending:
+        return False
+    client = pipeline.redis.client()
+    try:
+        ns = "fechatter-notify"
+        queued = sum(client.llen(f"{ns}:{q}") + client.hlen(f"{ns}:{q}.msgs") for q in ("realtime", "domain"))
+        return queued == 0
+    finally:
+        client.close()
+
+
+def _inbox_types(pipeline: Pipeline, user_id: int) -> list[str]:
+    client = pipeline.redis.client()
+    try:
+        entries = client.xrange(inbox_key("fechatter-notify", user_id))
+    finally:
+        client.close()
+    return [json.loads(fields[b"n"])["type"] for _, fields in entries]
+
+
+async def test_one_message_in_four_dialects_reaches_each_member_once(pipeline: Pipeline, open_stream: Any) -> None:
+    # Given members 9 and 11 connected (one of them twice, as the web client does)
+    bob, carol, carol_again, alice = (await open_stream(9), await open_stream(11), await open_stream(11),
+                                      await open_stream(7))
+    # When Fechatter publishes message 1234 the way its server does: four copies, three transports
+    nc = await nats.connect(pipeline.nats.url)
+    try:
+        await nc.publish("fechatter.realtime.chat.42", json.dumps(R_MESSAGE).encode())
+        await nc.publish("fechatter.message.new", json.dumps(N_MESSAGE).encode())
+        await nc.publish("fechatter.message.created", json.dumps(C_MESSAGE).encode())
+        await nc.publish("fechatter.messages.message.created.v1", json.dumps(U_MESSAGE).encode())
+        await nc.flush()
+    finally:
+        await nc.close()
+    # Then each member's every stream shows the message, flat and with numeric ids
+    for stream in (bob, carol, carol_again):
+        await async_wait_until(lambda s=stream: s.of_type("new_message"), timeout=20)
+    await async_wait_until(lambda: _drained(pipeline), timeout=30, message="pipeline did not drain")
+    # Inboxes also hold presence notifications (opening a stream marks a user online): count messages.
+    assert _inbox_types(pipeline, 9).count("new_message") == 1
+    assert _inbox_types(pipeline, 11).count("new_message") == 1
+    assert _inbox_types(pipeline, 7).count("new_message") == 0  # the sender confirms from its own POST
+    for stream in (bob, carol, carol_again):
+        (frame,) = stream.of_type("new_message")
+        assert (frame["id"], frame["chat_id"], frame["sender_id"], frame["content"]) == (1234, 42, 7, "Hi team")
+    assert alice.of_type("new_message") == []
+
+
+async def test_typing_reaches_the_other_members_only(pipeline: Pipeline, open_stream: Any) -> None:
+    bob, carol = await open_stream(9), await open_stream(11)
+    nc = await nats.connect(pipeline.nats.url)
+    try:
+        # The membership cache learns chat 42 from the message's recipient list.
+        await nc.publish("fechatter.realtime.chat.42", json.dumps(R_MESSAGE).encode())
+        await nc.flush()
+        await async_wait_until(lambda: carol.of_type("new_message"), timeout=20)
+        typing = {"TypingStarted": {"chat_id": 42, "user_id": 9, "user_name": "Bob Li"}}
+        await nc.publish("fechatter.realtime.chat.42.typing", json.dumps(typing).encode())
+        await nc.flush()
+    finally:
+        await nc.close()
+    await async_wait_until(lambda: carol.of_type("typing_started"), timeout=10)
+    (frame,) = carol.of_type("typing_started")
+    assert (frame["chat_id"], frame["user_id"], frame["user_name"]) == (42, 9, "Bob Li")
+    assert bob.of_type("typing_started") == []

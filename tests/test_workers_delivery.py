@@ -1,0 +1,131 @@
+"""deliver.lua through :class:`workers.delivery.Delivery`: markers, capped inboxes, chunks, NOSCRIPT."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from events.inbox import delivered_key, inbox_key, members_key
+from tests.servers import RedisServer, wait_until
+from tests.test_workers_support import counter, make_settings
+from workers.connections import ThreadConnections
+from workers.delivery import CHUNK, Delivered, Delivery
+from workers.metrics import WorkerMetrics
+
+NOTE = {"type": "typing_started", "chat_id": 42, "user_id": 9, "user_name": "Bob Li"}
+
+
+def entries(result: Delivered | None) -> dict[int, str]:
+    assert result is not None
+    return result.entries
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    c = redis_server.client()
+    yield c
+    c.close()
+
+
+def delivery(redis_server: RedisServer, client: redis.Redis, **limits: float) -> Delivery:
+    settings = make_settings(redis_server.url, delivery=dict(limits))
+    return Delivery(ThreadConnections(client), "t", settings.delivery, WorkerMetrics())
+
+
+def test_a_second_delivery_with_the_same_key_writes_nothing(redis_server: RedisServer, client: redis.Redis) -> None:
+    d = delivery(redis_server, client)
+    first = d.deliver(NOTE, users=[7, 11], key="k1", ttl_s=60)
+    second = d.deliver(NOTE, users=[7, 11, 13], key="k1", ttl_s=60)
+    assert first is not None and second is not None
+    assert sorted(first.entries) == [7, 11] and first.duplicates == []
+    assert sorted(second.entries) == [13] and second.duplicates == [7, 11]
+    assert client.xlen(inbox_key("t", 7)) == 1
+    # The marker holds the entry id and expires
+    assert client.get(delivered_key("t", 7, "k1")) == first.entries[7].encode()
+    assert 0 < client.pttl(delivered_key("t", 7, "k1")) <= 60_000
+
+
+def test_skipped_users_get_nothing_and_are_skipped_by_later_copies(
+    redis_server: RedisServer, client: redis.Redis
+) -> None:
+    d = delivery(redis_server, client)
+    d.deliver(NOTE, users=[9, 11], key="42:1", ttl_s=60, skip=[7], mark_skipped=True)
+    later = d.deliver(NOTE, users=[7, 9, 11], key="42:1", ttl_s=60)
+    assert later is not None and later.entries == {} and later.duplicates == [7, 9, 11]
+    assert client.xlen(inbox_key("t", 7)) == 0
+    # Without mark_skipped (keys no other copy shares) the author is only left out
+    d.deliver(NOTE, users=[9], key="own", ttl_s=60, skip=[7])
+    assert not client.exists(delivered_key("t", 7, "own"))
+
+
+def test_a_chat_audience_is_read_from_the_cache_inside_the_script(
+    redis_server: RedisServer, client: redis.Redis
+) -> None:
+    d = delivery(redis_server, client)
+    # Unknown chat: nothing written, the caller is told
+    assert d.deliver(NOTE, chat=42, users=[13], key="k", ttl_s=60) is None
+    assert client.xlen(inbox_key("t", 13)) == 0
+    # Cached chat: its members plus the extra users, minus the skipped
+    client.sadd(members_key("t", 42), 7, 9, 11)
+    result = d.deliver(NOTE, chat=42, users=[13], skip=[9], key="k", ttl_s=60)
+    assert result is not None and sorted(result.entries) == [7, 11, 13]
+    # A chat larger than one script call is delivered in chunks
+    client.sadd(members_key("t", 43), *range(1, CHUNK + 10))
+    big = d.deliver(NOTE, chat=43, key="big", ttl_s=60)
+    assert big is not None and sorted(big.entries) == list(range(1, CHUNK + 10))
+
+
+def test_inboxes_are_capped_and_expire(redis_server: RedisServer, client: redis.Redis) -> None:
+    d = delivery(redis_server, client, inbox_max_len=10, inbox_max_age=3600)
+    for n in range(500):
+        d.deliver(NOTE, users=[7], key=f"k{n}", ttl_s=60)
+    # Trimming is approximate (whole radix-tree nodes of 100 entries), never unbounded
+    assert 10 <= client.xlen(inbox_key("t", 7)) <= 10 + 100
+    assert 0 < client.pttl(inbox_key("t", 7)) <= 3600_000
+
+
+def test_entries_older_than_the_age_limit_are_trimmed(redis_server: RedisServer, client: redis.Redis) -> None:
+    # Given 300 entries written "long ago" (ids far in the past)
+    key = inbox_key("t", 7)
+    for n in range(1, 301):
+        client.xadd(key, {"n": "{}"}, id=f"{n}-0")
+    d = delivery(redis_server, client, inbox_max_age=60)
+    # When new notifications keep arriving (the age trim runs on about one delivery in ten)
+    def trimmed() -> bool:
+        d.deliver(NOTE, users=[7], key=str(time.perf_counter_ns()), ttl_s=60)
+        return bool(client.xlen(key) <= 100 + 101)
+
+    wait_until(trimmed, timeout=10, interval=0.002, message="old entries never trimmed")
+    # Then the old entries go (node-granular, so at most one partial node may stay)
+    assert int(client.xrange(key, count=1)[0][0].split(b"-")[0]) > 300 or client.xlen(key) <= 201
+
+
+def test_a_large_fan_out_is_chunked_and_complete(redis_server: RedisServer, client: redis.Redis) -> None:
+    metrics = WorkerMetrics()
+    d = Delivery(ThreadConnections(client), "t", make_settings(redis_server.url).delivery, metrics)
+    users = range(1, 2 * CHUNK + 42)
+    result = d.deliver(NOTE, users=users, key="big", ttl_s=60)
+    assert result is not None and sorted(result.entries) == list(users)
+    assert counter(metrics.notifications, "typing_started") == len(users)
+    again = d.deliver(NOTE, users=users, key="big", ttl_s=60)
+    assert again is not None and again.entries == {} and len(again.duplicates) == len(users)
+    assert counter(metrics.duplicates, "typing_started") == len(users)
+
+
+def test_delivery_survives_a_script_cache_flush(redis_server: RedisServer, client: redis.Redis) -> None:
+    d = delivery(redis_server, client)
+    d.deliver(NOTE, users=[7], key="a", ttl_s=60)
+    client.script_flush()
+    assert sorted(entries(d.deliver(NOTE, users=[7, 9], key="b", ttl_s=60))) == [7, 9]
+    client.script_flush()
+    assert sorted(entries(d.deliver(NOTE, users=range(1, CHUNK + 2), key="c", ttl_s=60))) == list(range(1, CHUNK + 2))
+
+
+def test_broadcast_types_do_not_grow_the_metric_labels(redis_server: RedisServer, client: redis.Redis) -> None:
+    metrics = WorkerMetrics()
+    d = Delivery(ThreadConnections(client), "t", make_settings(redis_server.url).delivery, metrics)
+    d.deliver({"type": "anything-at-all"}, users=[7], key="x", ttl_s=60)
+    assert counter(metrics.notifications, "broadcast") == 1

@@ -1,0 +1,169 @@
+"""Worker processes: a worker killed -9 mid-job, and ``fechatter-notify worker`` itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from settings.model import Settings
+from tests.servers import RedisServer, free_port, wait_until
+from tests.test_workers_support import (
+    R_MESSAGE,
+    counter,
+    enqueue,
+    inbox,
+    make_settings,
+    parse,
+    running_worker,
+    settings_yaml,
+    wait_drained,
+    wait_subscribed,
+)
+from workers.metrics import WorkerMetrics
+
+#: A real worker process that stalls its job at one stage, after telling the test it got there.
+STALLING_WORKER = """
+import sys, threading, time
+import redis
+from dramatiq.middleware import Middleware
+from settings import load_settings
+from workers.process import WorkerRuntime
+
+settings = load_settings(sys.argv[1], env={}).settings
+stage = sys.argv[2]
+flag = redis.Redis.from_url(settings.redis.url.get_secret_value())
+
+class Stall(Middleware):
+    def before_process_message(self, broker, message):
+        if stage == "before_delivery":
+            flag.set("stalled", message.message_id)
+            time.sleep(3600)
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        # Runs first of all after-hooks: the inbox is written, the job not yet acked.
+        if stage == "after_delivery":
+            flag.set("stalled", message.message_id)
+            time.sleep(3600)
+
+WorkerRuntime(settings, queues=["domain"], threads=1, extra_middleware=[Stall()]).start()
+threading.Event().wait()
+"""
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NOTIFY") and k not in ("REDIS_URL", "NATS_URL", "DATABASE_URL", "SENTRY_DSN")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return env
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    c = redis_server.client()
+    yield c
+    c.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["before_delivery", "after_delivery"])
+def test_a_worker_killed_mid_job_has_its_job_redone_without_a_duplicate(
+    redis_server: RedisServer, client: redis.Redis, tmp_path: Path, stage: str
+) -> None:
+    settings = make_settings(redis_server.url)
+    config = tmp_path / "notify.yml"
+    config.write_text(settings_yaml(settings))
+    # Given a worker process holding a new message for 9 and 11, stalled at `stage`
+    proc = subprocess.Popen([sys.executable, "-c", STALLING_WORKER, str(config), stage], env=child_env())
+    try:
+        wait_subscribed(client, settings, ["domain"])
+        (message_id,) = enqueue(client, settings, parse("fechatter.realtime.chat.42", R_MESSAGE))
+        wait_until(lambda: client.get("stalled") == message_id.encode(), timeout=10, message="never stalled")
+        delivered_before_kill = {u: len(inbox(client, settings, u)) for u in (9, 11)}
+        # When it is killed -9
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert delivered_before_kill == ({9: 1, 11: 1} if stage == "after_delivery" else {9: 0, 11: 0})
+    assert client.hlen("t:domain.msgs") == 1  # fetched, never acked
+    # Then a surviving worker finds the dead one's job and redoes it
+    metrics = WorkerMetrics()
+    with running_worker(settings, ["domain"], metrics=metrics, heartbeat_timeout_ms=1500, recovery_interval_s=0.2):
+        wait_drained(client, settings, timeout=20)
+    # And each recipient has the message exactly once
+    assert [len(inbox(client, settings, u)) for u in (7, 9, 11)] == [0, 1, 1]
+    assert counter(metrics.jobs, "new_message", "ok") == 1
+    if stage == "after_delivery":
+        assert counter(metrics.duplicates, "new_message") == 2
+    else:
+        assert counter(metrics.notifications, "new_message") == 2
+
+
+@pytest.mark.slow
+def test_the_worker_command_consumes_only_the_queues_it_is_given(
+    redis_server: RedisServer, client: redis.Redis, tmp_path: Path
+) -> None:
+    metrics_port, health_port = free_port(), free_port(exclude={free_port()})
+    settings: Settings = make_settings(redis_server.url, metrics={"host": "127.0.0.1", "port": metrics_port},
+                                       health={"host": "127.0.0.1", "port": health_port})
+    config = tmp_path / "notify.yml"
+    config.write_text(settings_yaml(settings))
+    client.sadd("t:members:42", 7, 9, 11)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fechatter_notify", "--config", str(config), "worker", "-p", "2", "-t", "2",
+         "-Q", "realtime"],
+        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        # Given two processes subscribed to the realtime queue's wake channel, none to domain's
+        wait_subscribed(client, settings, ["realtime"], subscribers=2)
+        assert dict(client.pubsub_numsub("t:wake:domain"))[b"t:wake:domain"] == 0
+        # When a realtime and a domain job arrive
+        enqueue(client, settings, parse("fechatter.realtime.chat.42", R_MESSAGE),
+                parse("fechatter.realtime.chat.42.typing", {"TypingStarted": {"chat_id": 42, "user_id": 9}},
+                      typing_ttl_s=30))
+        # Then only the realtime one is processed
+        wait_until(lambda: inbox(client, settings, 11), timeout=10, message="typing not delivered")
+        assert [n["type"] for n in inbox(client, settings, 11)] == ["typing_started"]
+        assert client.llen("t:domain") == 1
+        # And the supervisor serves health and the children's summed metrics
+        with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5) as resp:
+            assert resp.status == 200
+
+        def metric_line() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+                body = resp.read().decode()
+            return 'fechatter_notify_worker_jobs_total{actor="typing_started",outcome="ok"} 1.0' in body
+
+        wait_until(metric_line, timeout=5, message="metric not exposed")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            output = proc.communicate(timeout=30)[0].decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output = proc.communicate()[0].decode(errors="replace")
+    # A graceful stop: exit code 0, and the domain job still waits for a domain worker
+    assert proc.returncode == 0, output
+    assert client.llen("t:domain") == 1
+
+
+def test_an_unknown_queue_is_a_configuration_error(redis_server: RedisServer, tmp_path: Path) -> None:
+    config = tmp_path / "notify.yml"
+    config.write_text(settings_yaml(make_settings(redis_server.url)))
+    result = subprocess.run(
+        [sys.executable, "-m", "fechatter_notify", "--config", str(config), "worker", "-Q", "nope"],
+        env=child_env(), capture_output=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert b"unknown queue" in result.stderr

@@ -1,0 +1,264 @@
+"""The broker: dramatiq's Redis broker whose idle consumers wait on a doorbell, not a timer.
+
+Stock ``_RedisConsumer`` sleeps ``compute_backoff(misses, max_backoff=worker_timeout)`` after an
+empty fetch: 5 ms doubling up to ~1 s, so a job enqueued on an idle queue waits up to a second
+(pitfalls.md §17). :class:`_WakeConsumer` makes exactly the same fetches and sleeps for the same
+backoff, but sleeps in ``Event.wait`` on its queue's doorbell (:mod:`workers.wake`), which the
+bridge's wake publish rings. Everything else is dramatiq's own: the Lua dispatch script, acks into
+``__acks__``, requeue on shutdown, heartbeats on every dispatch. Acks also ring the doorbell once
+half of the prefetched messages are done, so a consumer with a backlog refills in batches as
+soon as there is room instead of after its backoff.
+
+Dispatch calls (fetch, ack, requeue, enqueue) run dramatiq's own script with dramatiq's own
+arguments, only on a connection held by the calling thread rather than through a pool checkout
+per call (:mod:`workers.connections`): that checkout cost more CPU than the call.
+
+Redis key layout (unchanged from dramatiq, pitfalls.md §16): ``{ns}:{queue}`` list of ids,
+``{ns}:{queue}.msgs`` hash id -> message, ``.DQ``/``.XQ`` delay and dead-letter queues,
+``{ns}:__acks__.{broker_id}.{queue}`` fetched-but-unacked, ``{ns}:__heartbeats__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import compute_backoff, current_millis, dq_name
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
+from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
+from redis.exceptions import NoScriptError
+
+from workers.connections import ThreadConnections
+from workers.expiry import Expiry
+from workers.failures import retry_when
+from workers.recovery import DEFAULT_INTERVAL_S, Recovery
+from workers.wake import WakeListener
+
+if TYPE_CHECKING:
+    from settings.model import Settings
+    from workers.metrics import WorkerMetrics
+
+__all__ = [
+    "DEFAULT_HEARTBEAT_TIMEOUT_MS",
+    "DEFAULT_WORKER_TIMEOUT_MS",
+    "WakeRedisBroker",
+    "build_broker",
+    "middleware_stack",
+    "redis_client",
+]
+
+#: A broker process that has not dispatched for this long is dead and its unacked jobs are
+#: requeued, in milliseconds. dramatiq's 60 s plus 0.1 % maintenance meant tens of minutes
+#: (pitfalls.md §18); :class:`workers.recovery.Recovery` heartbeats every few seconds, so a
+#: live process never goes this long without one.
+DEFAULT_HEARTBEAT_TIMEOUT_MS: Final = 15_000
+#: Seconds a pooled Redis connection may sit idle before it is PINGed on reuse.
+HEALTH_CHECK_INTERVAL_S: Final = 10
+#: The idle backoff cap of consumers and worker threads (dramatiq's ``worker_timeout``), in
+#: milliseconds. With doorbells it is only the fallback when no wake publish arrives.
+DEFAULT_WORKER_TIMEOUT_MS: Final = 1000
+
+
+class WakeRedisBroker(RedisBroker):
+    """A :class:`dramatiq.brokers.redis.RedisBroker` with doorbell-driven consumers.
+
+    Parameters:
+      wake(bool): Wait on wake publishes (True) or poll exactly like the stock broker (False,
+        for side-by-side benchmarks).
+      **kwargs: Passed to :class:`RedisBroker` (``url``, ``namespace``, ``middleware``,
+        ``heartbeat_timeout``, ``maintenance_chance``, ...).
+    """
+
+    def __init__(self, *, wake: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        self.wake: WakeListener | None = WakeListener(self.client, self.namespace) if wake else None
+        self.conns = ThreadConnections(self.client)
+        dispatch = self.scripts["dispatch"]
+        self._dispatch_sha: str = dispatch.sha
+        self._dispatch_source: Any = dispatch.script
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _WakeConsumer if self.wake is not None else _RedisConsumer
+
+    def _dispatch(self, command: str) -> Callable[..., Any]:
+        """dramatiq's ``do_<command>(queue, *args)``: the same script with the same arguments,
+        sent on the calling thread's own connection (see :mod:`workers.connections`)."""
+
+        def do_dispatch(queue_name: str, *args: Any) -> Any:
+            return self._run_dispatch(command, queue_name, self._should_do_maintenance(command), args)
+
+        return do_dispatch
+
+    def _run_dispatch(self, command: str, queue_name: str, maintenance: int, args: tuple[Any, ...]) -> Any:
+        argv = (
+            "EVALSHA", self._dispatch_sha, 1, self.namespace,
+            command, current_millis(), queue_name, self.broker_id, self.heartbeat_timeout,
+            self.dead_message_ttl, maintenance, self._max_unpack_size(),  # type: ignore[no-untyped-call]
+            *args,
+        )
+        try:
+            return self.conns.call(*argv)
+        except NoScriptError:
+            self.conns.call("SCRIPT", "LOAD", self._dispatch_source)
+            return self.conns.call(*argv)
+
+    def maintain(self, queue_name: str) -> None:
+        """Run dramatiq's queue maintenance for ``queue_name`` now.
+
+        It requeues the unacked jobs of brokers whose heartbeat is older than
+        ``heartbeat_timeout``, drops expired dead letters, and records this broker's own
+        heartbeat. ``maintain`` is not a dispatch command, so the script does nothing else.
+        """
+        self._run_dispatch("maintain", queue_name, 1, ())
+
+    def close(self) -> None:
+        """Stop the wake listener and release the Redis connections."""
+        if self.wake is not None:
+            self.wake.close()
+        self.conns.close()
+        self.client.close()
+        self.client.connection_pool.disconnect()
+
+
+class _WakeConsumer(_RedisConsumer):
+    """``_RedisConsumer`` that sleeps on its queue's doorbell instead of ``time.sleep``."""
+
+    def __init__(self, broker: WakeRedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
+        assert broker.wake is not None
+        self.doorbell = broker.wake.doorbell(queue_name)
+
+    def ack(self, message: dramatiq.MessageProxy) -> None:
+        try:
+            super().ack(message)  # type: ignore[no-untyped-call]
+        finally:
+            self._on_settled()
+
+    def nack(self, message: dramatiq.MessageProxy) -> None:
+        try:
+            super().nack(message)  # type: ignore[no-untyped-call]
+        finally:
+            self._on_settled()
+
+    def _on_settled(self) -> None:
+        # Called from worker threads. Refill once half the prefetch is done, not after every
+        # ack: a backlog then costs one fetch per prefetch/2 jobs instead of one per job, and
+        # the other half keeps the worker threads busy while the fetch is in flight.
+        if self.outstanding_message_count <= self.prefetch // 2:
+            self.doorbell.set()
+
+    def __next__(self) -> dramatiq.MessageProxy | None:
+        try:
+            while True:
+                if self.message_cache:
+                    data = self.message_cache.pop(0)
+                    if data is None:  # a hash entry vanished (dramatiq#266); skip like dramatiq does
+                        continue
+                    self.misses = 0
+                    message = Message.decode(data)
+                    self.queued_message_ids.add(message.message_id)
+                    return dramatiq.MessageProxy(message)
+                # Clear BEFORE looking at Redis: a wake published after this point leaves the
+                # doorbell set, so the wait below returns at once.
+                self.doorbell.clear()
+                if self.outstanding_message_count < self.prefetch:
+                    self.message_cache = self.broker.do_fetch(
+                        self.queue_name, self.prefetch - self.outstanding_message_count
+                    )
+                    if self.message_cache:
+                        continue
+                self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
+                self.doorbell.wait(backoff_ms / 1000)
+                # Return to the ConsumerThread so it can move delayed jobs and notice shutdown.
+                return None
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+
+
+def middleware_stack(settings: Settings, metrics: WorkerMetrics, *,
+                     recovery_interval_s: float = DEFAULT_INTERVAL_S) -> list[Middleware]:
+    """The middleware of every worker broker, in order (``before_*`` hooks run top-down).
+
+    The ``after_*`` hooks run bottom-up, so :class:`Retries` decides "retry or dead-letter"
+    before the metrics and Sentry middleware above it look at ``message.failed``.
+    """
+    from workers.metrics import Metrics
+    from workers.sentry import SentryTags
+
+    delivery = settings.delivery
+    return [
+        Metrics(metrics),
+        SentryTags(),
+        CurrentMessage(),
+        Expiry(metrics),
+        TimeLimit(time_limit=int(delivery.time_limit * 1000)),
+        Retries(
+            max_retries=delivery.max_retries,
+            min_backoff=max(1, int(delivery.min_backoff * 1000)),
+            max_backoff=max(1, int(delivery.max_backoff * 1000)),
+            retry_when=retry_when(delivery.max_retries),
+        ),
+        Recovery(queues=known_queues(settings), interval=recovery_interval_s),
+    ]
+
+
+def known_queues(settings: Settings) -> list[str]:
+    """Every dramatiq queue of this deployment, with its delay queue."""
+    names = [settings.queues.realtime, settings.queues.domain]
+    return [*names, *(dq_name(name) for name in names)]
+
+
+def build_broker(
+    settings: Settings,
+    metrics: WorkerMetrics,
+    *,
+    wake: bool = True,
+    heartbeat_timeout_ms: int = DEFAULT_HEARTBEAT_TIMEOUT_MS,
+    recovery_interval_s: float = DEFAULT_INTERVAL_S,
+    extra_middleware: list[Middleware] | None = None,
+) -> WakeRedisBroker:
+    """Build the workers' broker from ``settings`` (no process-global broker is set).
+
+    Call :func:`workers.sentry.init_sentry` first: Sentry's integration adds its middleware
+    from inside ``Broker.__init__``.
+
+    Parameters:
+      settings(Settings): The loaded configuration.
+      metrics(WorkerMetrics): Where middleware count outcomes.
+      wake(bool): Doorbell-driven consumers (True) or stock polling (False).
+      heartbeat_timeout_ms(int): See :data:`DEFAULT_HEARTBEAT_TIMEOUT_MS`, in milliseconds.
+      recovery_interval_s(float): Seconds between maintenance rounds (:mod:`workers.recovery`).
+      extra_middleware(list[Middleware] | None): Appended after the standard stack (tests).
+    """
+    middleware = middleware_stack(settings, metrics, recovery_interval_s=recovery_interval_s)
+    middleware += list(extra_middleware or [])
+    return WakeRedisBroker(
+        wake=wake,
+        client=redis_client(settings),
+        namespace=settings.redis.namespace,
+        middleware=middleware,
+        heartbeat_timeout=heartbeat_timeout_ms,
+        # Recovery runs maintenance on a clock; dramatiq's random 0.1 % would only add KEYS scans.
+        maintenance_chance=0,
+    )
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A pooled client for ``redis.url`` with the configured timeouts.
+
+    (``RedisBroker(url=...)`` would silently drop the timeouts: redis-py ignores connection
+    keywords when it is handed a pool.) Idle connections are PINGed before reuse after
+    :data:`HEALTH_CHECK_INTERVAL_S`, which also lets the wake listener notice a dead peer.
+    """
+    pool = redis.ConnectionPool.from_url(
+        settings.redis.url.get_secret_value(),
+        socket_timeout=settings.redis.socket_timeout,
+        socket_connect_timeout=settings.redis.socket_connect_timeout,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+    )
+    return redis.Redis(connection_pool=pool)

@@ -1,0 +1,137 @@
+"""``fechatter-notify worker`` (Procfile ``worker:``): a supervisor and ``-p`` worker processes.
+
+Like ``dramatiq``'s own CLI: ``-p/--processes`` (default: CPU count), ``-t/--threads`` per
+process (default 8), ``-Q/--queues`` to consume a subset (default: both queues). Children are
+*spawned* (not forked: the supervisor holds threads and sockets) and receive the validated
+settings object itself, so ``--config``, ``$NOTIFY_CONFIG`` and environment overrides resolve
+once, here. SIGTERM/SIGINT stop the children gracefully (running jobs finish within
+``delivery.time_limit``, prefetched ones are requeued). If a child dies on its own, the
+supervisor stops the others and exits 1, so the platform restarts the whole unit.
+
+The supervisor serves the children's summed metrics at ``metrics.host:metrics.port``
+``/metrics`` and their liveness at ``health.host:health.port`` ``/healthz`` (port 0 = off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Final
+
+from fechatter_notify.log import log_event, setup_logging
+from settings import Loaded
+from settings.model import Settings
+from workers.exposition import Exposition
+
+__all__ = ["RET_CONFIG", "RET_OK", "RET_RUNTIME", "run", "select_queues"]
+
+log = logging.getLogger(__name__)
+
+RET_OK: Final = 0
+RET_RUNTIME: Final = 1
+RET_CONFIG: Final = 2
+
+#: Threads per process unless ``-t`` says otherwise (dramatiq's default).
+DEFAULT_THREADS: Final = 8
+#: Extra seconds a child gets beyond ``delivery.time_limit`` to stop before it is killed.
+STOP_GRACE_S: Final = 10.0
+
+
+def select_queues(settings: Settings, wanted: Sequence[str] | None) -> list[str]:
+    """The queues to consume: ``wanted`` (checked against the configuration) or all of them.
+
+    Raises:
+      ValueError: ``wanted`` names a queue that is not ``queues.realtime`` or ``queues.domain``.
+    """
+    known = [settings.queues.realtime, settings.queues.domain]
+    if not wanted:
+        return known
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        raise ValueError(f"unknown queue(s) {', '.join(unknown)}; configured: {', '.join(known)}")
+    return list(dict.fromkeys(wanted))
+
+
+def run(loaded: Loaded, args: argparse.Namespace) -> int:
+    """Run the supervisor and its worker processes until SIGTERM/SIGINT; returns the exit code."""
+    setup_logging()
+    settings = loaded.settings
+    try:
+        queues = select_queues(settings, getattr(args, "queues", None))
+    except ValueError as exc:
+        log_event(log, "worker_config_error", logging.ERROR, error=exc)
+        return RET_CONFIG
+    processes = getattr(args, "processes", None) or os.cpu_count() or 1
+    threads = getattr(args, "threads", None) or DEFAULT_THREADS
+    if processes < 1 or threads < 1:
+        log_event(log, "worker_config_error", logging.ERROR, error="processes and threads must be >= 1")
+        return RET_CONFIG
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    metrics_dir = tempfile.mkdtemp(prefix="fechatter-notify-metrics-")
+    # Children inherit the environment at spawn: prometheus_client then writes their values
+    # to files there, which the supervisor sums (multiprocess mode).
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    children = _spawn(settings, queues, threads, processes)
+    exposition = Exposition(settings, metrics_dir, lambda: all(c.is_alive() for c in children))
+    exposition.start()
+    log_event(log, "worker_supervisor_started", processes=processes, threads=threads,
+              queues=",".join(queues), namespace=settings.redis.namespace)
+    code = RET_OK
+    try:
+        while not stop.is_set():
+            done = multiprocessing.connection.wait([c.sentinel for c in children], timeout=0.5)
+            if done and not stop.is_set():
+                dead = [c for c in children if not c.is_alive()]
+                log_event(log, "worker_process_died", logging.ERROR,
+                          pids=",".join(str(c.pid) for c in dead),
+                          exitcodes=",".join(str(c.exitcode) for c in dead))
+                code = RET_RUNTIME
+                break
+    finally:
+        _stop(children, settings.delivery.time_limit + STOP_GRACE_S)
+        exposition.stop()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    log_event(log, "worker_supervisor_stopped", code=code)
+    return code
+
+
+def _spawn(settings: Settings, queues: list[str], threads: int,
+           processes: int) -> list[multiprocessing.process.BaseProcess]:
+    from workers.process import serve
+
+    ctx = multiprocessing.get_context("spawn")
+    children: list[multiprocessing.process.BaseProcess] = []
+    for index in range(processes):
+        child = ctx.Process(target=serve, args=(settings, queues, threads), name=f"fechatter-notify-worker-{index}")
+        child.start()
+        children.append(child)
+    return children
+
+
+def _stop(children: list[multiprocessing.process.BaseProcess], timeout: float) -> None:
+    for child in children:
+        if child.is_alive() and child.pid is not None:
+            os.kill(child.pid, signal.SIGTERM)
+    for child in children:
+        child.join(timeout)
+        if child.is_alive():
+            log_event(log, "worker_process_killed", logging.WARNING, pid=child.pid)
+            child.kill()
+            child.join()

@@ -1,0 +1,99 @@
+"""The workers' Prometheus metrics, and the middleware that counts job outcomes.
+
+Metrics live in a registry owned by one :class:`WorkerMetrics`, so tests can run several
+workers in one process. ``fechatter-notify worker`` runs several processes: it sets
+``PROMETHEUS_MULTIPROC_DIR`` before they start, each process writes its values there, and
+the supervisor serves the sum (prometheus_client's multiprocess mode, as dramatiq's own
+Prometheus middleware does).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Final
+
+import dramatiq
+from dramatiq.middleware import Middleware
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+__all__ = ["PREFIX", "Metrics", "WorkerMetrics"]
+
+PREFIX: Final = "fechatter_notify_worker"
+
+
+class WorkerMetrics:
+    """Every metric a worker process records."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.jobs = Counter(
+            f"{PREFIX}_jobs", "jobs finished, by actor and outcome (ok, retried, failed, skipped)",
+            ["actor", "outcome"], registry=r,
+        )
+        self.job_seconds = Histogram(
+            f"{PREFIX}_job_seconds", "time an actor took, by actor", ["actor"], registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+        )
+        self.notifications = Counter(
+            f"{PREFIX}_notifications", "notifications appended to inboxes, by type", ["type"], registry=r,
+        )
+        self.duplicates = Counter(
+            f"{PREFIX}_duplicates_suppressed",
+            "notifications not delivered because the user already had them, by type", ["type"], registry=r,
+        )
+        self.stale_dropped = Counter(
+            f"{PREFIX}_stale_dropped", "ephemeral jobs dropped past their expires_at, by actor",
+            ["actor"], registry=r,
+        )
+        self.unknown_membership = Counter(
+            f"{PREFIX}_unknown_membership",
+            "jobs delivered to nobody: chat membership not cached and no database configured",
+            registry=r,
+        )
+        self.membership_fills = Counter(
+            f"{PREFIX}_membership_fills", "membership cache entries filled from PostgreSQL, by kind",
+            ["kind"], registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry."""
+        return generate_latest(self.registry)
+
+
+class Metrics(Middleware):
+    """Counts every job's outcome and times its actor.
+
+    It sits above :class:`~dramatiq.middleware.Retries` in the stack, so its ``after_*`` hooks
+    run once the retry decision is made (``message.failed`` set means dead-lettered).
+    """
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+        # One job at a time per worker thread: the start time is thread state, not a message
+        # option (options are re-encoded into Redis when Retries re-enqueues the message).
+        self._local = threading.local()
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        self._local.started = time.perf_counter()
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        started: float | None = getattr(self._local, "started", None)
+        self._local.started = None
+        if started is not None:
+            self.metrics.job_seconds.labels(message.actor_name).observe(time.perf_counter() - started)
+        # After Retries ran: "failed" = dead-lettered, "retried" = re-enqueued with backoff.
+        outcome = "ok" if exception is None else "failed" if message.failed else "retried"
+        self.metrics.jobs.labels(message.actor_name, outcome).inc()
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        self._local.started = None
+        self.metrics.jobs.labels(message.actor_name, "skipped").inc()

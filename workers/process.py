@@ -1,0 +1,117 @@
+"""One worker process: services, broker, actors and a dramatiq ``Worker``, from the settings.
+
+:class:`WorkerRuntime` is the whole machinery without signals or logging setup, so tests can
+run real workers in threads of the test process; :func:`serve` is a child process of
+``fechatter-notify worker`` (see :mod:`workers.main`).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any, Final
+
+import dramatiq
+import sentry_sdk
+from dramatiq.middleware import Middleware
+
+from fechatter_notify.log import log_event, setup_logging
+from settings.model import Settings
+from workers.actors import declare_actors
+from workers.broker import (
+    DEFAULT_HEARTBEAT_TIMEOUT_MS,
+    DEFAULT_WORKER_TIMEOUT_MS,
+    WakeRedisBroker,
+    build_broker,
+)
+from workers.metrics import WorkerMetrics
+from workers.recovery import DEFAULT_INTERVAL_S
+from workers.sentry import init_sentry
+from workers.services import Services
+
+__all__ = ["WorkerRuntime", "serve"]
+
+log = logging.getLogger(__name__)
+
+#: How long a stopping process waits for queued Sentry events to be sent, in seconds.
+SENTRY_FLUSH_S: Final = 2.0
+
+
+class WorkerRuntime:
+    """Build and run one process's workers.
+
+    Parameters:
+      settings(Settings): The loaded configuration.
+      queues(Sequence[str]): Queues to consume (a subset of ``queues.realtime``/``queues.domain``).
+      threads(int): Worker threads.
+      metrics(WorkerMetrics | None): Where to count; a fresh registry if None.
+      wake(bool): Doorbell consumers (True) or dramatiq's stock polling (False).
+      heartbeat_timeout_ms(int): See :data:`workers.broker.DEFAULT_HEARTBEAT_TIMEOUT_MS`.
+      recovery_interval_s(float): See :data:`workers.recovery.DEFAULT_INTERVAL_S`.
+      extra_middleware(list[Middleware] | None): Appended to the stack (tests).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        queues: Sequence[str],
+        threads: int = 8,
+        metrics: WorkerMetrics | None = None,
+        wake: bool = True,
+        heartbeat_timeout_ms: int = DEFAULT_HEARTBEAT_TIMEOUT_MS,
+        recovery_interval_s: float = DEFAULT_INTERVAL_S,
+        extra_middleware: list[Middleware] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.queues = list(queues)
+        self.metrics = metrics if metrics is not None else WorkerMetrics()
+        self.services = Services.open(settings, self.metrics)
+        self.broker: WakeRedisBroker = build_broker(
+            settings, self.metrics, wake=wake, heartbeat_timeout_ms=heartbeat_timeout_ms,
+            recovery_interval_s=recovery_interval_s, extra_middleware=extra_middleware,
+        )
+        self.actors = declare_actors(self.broker, self.services)
+        self.worker = dramatiq.Worker(
+            self.broker, queues=set(self.queues), worker_threads=threads,
+            worker_timeout=DEFAULT_WORKER_TIMEOUT_MS,
+        )
+
+    def start(self) -> WorkerRuntime:
+        """Start the consumer and worker threads; returns self."""
+        self.worker.start()
+        log_event(log, "worker_started", queues=",".join(self.queues),
+                  threads=self.worker.worker_threads, broker_id=self.broker.broker_id,
+                  wake=self.broker.wake is not None)
+        return self
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop gracefully: finish running jobs (up to ``timeout_s``), requeue prefetched ones."""
+        timeout = self.settings.delivery.time_limit if timeout_s is None else timeout_s
+        self.worker.stop(timeout=int(timeout * 1000))
+        self.broker.close()
+        self.services.close()
+        log_event(log, "worker_stopped", broker_id=self.broker.broker_id)
+
+
+def serve(settings: Settings, queues: Sequence[str], threads: int) -> int:
+    """Run one worker process until SIGTERM or SIGINT; the target of ``worker`` children."""
+    setup_logging()
+    init_sentry(settings.sentry)  # before the broker: the integration hooks Broker.__init__
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> Any:
+        log_event(log, "worker_signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    runtime = WorkerRuntime(settings, queues=queues, threads=threads).start()
+    stop.wait()
+    runtime.stop()
+    # multiprocessing children leave through os._exit: atexit (and Sentry's flush) never runs.
+    sentry_sdk.flush(timeout=SENTRY_FLUSH_S)
+    return 0
