@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -26,21 +25,12 @@ from bridge.backoff import backoff_delay
 from bridge.errors import NatsUnavailable
 from bridge.metrics import Metrics
 from fechatter_notify.log import log_event
+from fechatter_notify.nats_options import connect_options
 from settings.model import NatsConnection
 
 __all__ = ["Connection"]
 
 log = logging.getLogger("bridge.connection")
-
-
-def _tls(settings: NatsConnection) -> ssl.SSLContext | None:
-    tls = settings.tls
-    if not (tls.ca_file or tls.cert_file):
-        return None
-    context = ssl.create_default_context(cafile=tls.ca_file)
-    if tls.cert_file:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-    return context
 
 
 class Connection:
@@ -71,38 +61,18 @@ class Connection:
         return f"{url.hostname}:{url.port}" if url is not None else "-"
 
     def _options(self) -> dict[str, Any]:
-        s = self._settings
-        options: dict[str, Any] = {
-            "servers": list(s.servers),
-            "name": s.name,
-            "connect_timeout": s.connect_timeout,
-            "ping_interval": s.ping_interval,
-            "max_outstanding_pings": s.max_outstanding_pings,
-            "allow_reconnect": True,
-            "max_reconnect_attempts": s.max_reconnects,
-            "reconnect_time_wait": s.reconnect_backoff_base,
+        return {
+            **connect_options(self._settings),
             "reconnect_to_server_handler": self._next_server,
             "error_cb": self._on_error,
             "disconnected_cb": self._on_disconnected,
             "reconnected_cb": self._on_reconnected,
             "closed_cb": self._on_closed,
             "lame_duck_mode_cb": self._on_lame_duck,
-            "tls": _tls(s),
             # Subjects come from validated settings and from the server (ack replies): checking
             # each publish with a regex costs ~2 us per ack on the hot path.
             "skip_subject_validation": True,
         }
-        if s.user:
-            options["user"] = s.user
-        if s.password:
-            options["password"] = s.password.get_secret_value()
-        if s.token:
-            options["token"] = s.token.get_secret_value()
-        if s.creds_file:
-            options["user_credentials"] = s.creds_file
-        if s.nkey_seed:
-            options["nkeys_seed_str"] = s.nkey_seed.get_secret_value()
-        return options
 
     def _next_server(self, servers: list[Server], info: dict[str, Any]) -> tuple[Server | None, float]:
         # The least-tried server, after min(base * 2**n, cap) +- jitter.

@@ -11,15 +11,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import ssl
 import time
-from typing import Any, Final
+from typing import Final
 
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 
 from fechatter_notify.log import log_event
+from fechatter_notify.nats_options import connect_options
 from gateway.metrics import GatewayMetrics
 from settings.model import NatsConnection
 
@@ -37,38 +37,6 @@ def presence_payload(user_id: int, status: str, last_seen: str) -> bytes:
     """``{"UserPresence":{"user_id":9,"status":"online","last_seen":"…+00:00"}}``."""
     body = {"UserPresence": {"user_id": user_id, "status": status, "last_seen": last_seen}}
     return json.dumps(body, separators=(",", ":")).encode()
-
-
-def connect_options(config: NatsConnection) -> dict[str, Any]:
-    """nats-py ``connect`` keyword arguments from the ``nats`` settings section."""
-    options: dict[str, Any] = {
-        "servers": list(config.servers),
-        "name": f"{config.name}-gateway",
-        "connect_timeout": config.connect_timeout,
-        "ping_interval": config.ping_interval,
-        "max_outstanding_pings": config.max_outstanding_pings,
-        "allow_reconnect": True,
-        # -1 also makes the first connect retry forever, which is what a background link wants.
-        "max_reconnect_attempts": config.max_reconnects,
-        "reconnect_time_wait": config.reconnect_backoff_base,
-    }
-    if config.user:
-        options["user"] = config.user
-    if config.password:
-        options["password"] = config.password.get_secret_value()
-    if config.token:
-        options["token"] = config.token.get_secret_value()
-    if config.creds_file:
-        options["user_credentials"] = config.creds_file
-    if config.nkey_seed:
-        options["nkeys_seed_str"] = config.nkey_seed.get_secret_value()
-    tls = config.tls
-    if tls.ca_file or tls.cert_file:
-        context = ssl.create_default_context(cafile=tls.ca_file)
-        if tls.cert_file:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-        options["tls"] = context
-    return options
 
 
 class NatsLink:
@@ -114,7 +82,7 @@ class NatsLink:
     async def _connect(self) -> None:
         try:
             self._client = await nats.connect(
-                **connect_options(self._config),
+                **connect_options(self._config, name_suffix="-gateway"),
                 error_cb=self._on_error,
                 disconnected_cb=self._on_disconnected,
                 reconnected_cb=self._on_reconnected,
