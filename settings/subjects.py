@@ -54,7 +54,3 @@ def subject_within(inner: str, outer: str) -> bool:
             return False
     return len(ti) == len(to)
 
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """True when the concrete ``subject`` matches ``pattern`` (which may hold wildcards)."""
-    return subject_within(subject, pattern)

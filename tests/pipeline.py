@@ -6,7 +6,6 @@ Used by the end-to-end tests and the browser test.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,15 +13,10 @@ import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fechatter_notify.embedded import free_port
+from gateway.testing import SigningKey
 from tests.servers import NatsServer, RedisServer, wait_until
 
 #: Short timings so faults heal within a test's patience, while obeying every config rule.
@@ -57,19 +51,14 @@ class Pipeline:
     redis: RedisServer
     workdir: Path
     gateway_url: str
-    key: Ed25519PrivateKey
+    key: SigningKey
     env: dict[str, str]
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     health_urls: dict[str, str] = field(default_factory=dict)
 
-    def token(self, user_id: int, *, minutes: float = 30, **extra: Any) -> str:
+    def token(self, user_id: int) -> str:
         """A Fechatter-shaped access token for ``user_id``."""
-        now = datetime.now(UTC)
-        claims = {"sub": str(user_id), "iss": "fechatter-server", "aud": "fechatter-web", "iat": now,
-                  "exp": now + timedelta(minutes=minutes),
-                  "user": {"id": user_id, "workspace_id": 2, "fullname": f"User {user_id}",
-                           "email": f"u{user_id}@example.invalid", "status": "Active"}, **extra}
-        return jwt.encode(claims, self.key, algorithm="EdDSA")
+        return self.key.token(user_id)
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         path = self.workdir / f"{name}.log"
@@ -126,14 +115,12 @@ class Pipeline:
 def start_pipeline(nats: NatsServer, redis: RedisServer, workdir: Path,
                    processes: tuple[str, ...] = ("bridge", "worker", "gateway")) -> Pipeline:
     """Write a config for these servers and start the processes; call ``shutdown`` after."""
-    key = Ed25519PrivateKey.generate()
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    key = SigningKey.generate()
     port = free_port()
     (workdir / "notify.yml").write_text(PIPELINE_CONFIG)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY", "NATS_URL", "REDIS_URL"))}
     env.update({"NATS_URL": nats.url, "REDIS_URL": redis.url, "NOTIFY_PORT": str(port),
-                "NOTIFY__GATEWAY__JWT__PUBLIC_KEY": pem, "PYTHONUNBUFFERED": "1"})
+                "NOTIFY__GATEWAY__JWT__PUBLIC_KEY": key.public_pem, "PYTHONUNBUFFERED": "1"})
     env.pop("DATABASE_URL", None)
     env.pop("SENTRY_DSN", None)
     pipeline = Pipeline(nats, redis, workdir, f"http://127.0.0.1:{port}", key, env)
@@ -145,14 +132,3 @@ def start_pipeline(nats: NatsServer, redis: RedisServer, workdir: Path,
 def shutdown(pipeline: Pipeline) -> dict[str, int]:
     """Stop every process; returns their exit codes."""
     return {name: pipeline.stop(name) for name in list(pipeline.processes)}
-
-
-
-def json_frames(raw: str) -> list[dict[str, Any]]:
-    """The JSON objects of every ``data:`` frame in raw SSE text."""
-    frames = []
-    for block in raw.split("\n\n"):
-        data = "\n".join(line[5:].lstrip() for line in block.splitlines() if line.startswith("data:"))
-        if data:
-            frames.append(json.loads(data))
-    return frames
