@@ -135,8 +135,10 @@ class Realtime(Section):
     queue_group: str = "fechatter-notify-bridge"
     #: Only from a Fechatter-layout file; checked against the seed's rule, not used on core NATS.
     idle_heartbeat: PositiveSeconds | None = None
-    #: Enqueue a batch after this long or this many events, whichever first.
-    batch_window: PositiveSeconds = 0.005
+    #: How long to wait for more events before enqueueing a batch (or until ``batch_size``).
+    #: 0 enqueues at once; events that arrive while an enqueue is in flight form the next
+    #: batch, so batches still grow with the rate without adding latency at low rates.
+    batch_window: Seconds = 0.0
     batch_size: int = Field(default=500, ge=1)
     typing_ttl: PositiveSeconds = 5.0
     presence_ttl: PositiveSeconds = 60.0

@@ -133,6 +133,26 @@ async def test_ephemeral_events_carry_their_expiry_into_the_job(nats_server: Nat
         assert ttl == {"TypingStarted": 3.0, "UserPresence": 30.0}[job["kind"]]
 
 
+async def test_a_core_burst_is_enqueued_in_batches_formed_while_an_enqueue_is_in_flight(
+        settings: Settings, nc: NATS, rds: aioredis.Redis) -> None:
+    # Given the default batch window of 0 (no lingering: a lone event is enqueued at once)
+    assert settings.realtime.batch_window == 0
+    events = 2000
+    async with running_bridge(settings) as bridge:
+        # When a burst of typing events arrives faster than one enqueue round trip
+        for n in range(events):
+            body = {"TypingStarted": {"chat_id": 42, "user_id": 9, "user_name": f"u{n}"}}
+            await nc.publish("fechatter.realtime.chat.42.typing", json.dumps(body).encode())
+        await nc.flush()
+        await async_wait_until(lambda: _n_jobs(rds, "realtime", events), timeout=20)
+        batches = bridge.metrics.batch_size.collect()[0].samples
+    # Then every event became a job, in far fewer batches than events
+    count = next(s.value for s in batches if s.name.endswith("_count"))
+    total = next(s.value for s in batches if s.name.endswith("_sum"))
+    assert total == events
+    assert count < events / 4, count
+
+
 async def _n_jobs(rds: aioredis.Redis, queue: str, n: int) -> list[dict[str, Any]] | None:
     jobs = await queued_messages(rds, NS, queue)
     return jobs if len(jobs) >= n else None
