@@ -258,3 +258,30 @@ async def test_the_first_connect_retries_until_nats_answers(nats_server: NatsSer
         await nc.close()
         assert bridge.connection.connected
     await rds.aclose()
+
+
+async def test_an_enqueue_slower_than_ack_wait_keeps_its_messages_with_in_progress_acks(
+    nats_server: NatsServer, redis_server: RedisServer, nc: NATS
+) -> None:
+    # Given ack_wait 2 s and a Redis timeout long enough for a 3 s stall. (The config check
+    # refuses this pair, because an enqueue should never outlive ack_wait; +WPI is the safety
+    # net for when one does anyway, so the check is bypassed here.)
+    valid = bridge_settings(nats_server.url, redis_server.url, {
+        "redis": {"socket_timeout": "5s"}, "jetstream": {"consumers": [{**TEST_CONSUMER, "ack_wait": "12s"}]}})
+    consumer = valid.jetstream.consumers[0].model_copy(update={"ack_wait": 2.0})
+    settings = valid.model_copy(update={"jetstream": valid.jetstream.model_copy(update={"consumers": [consumer]})})
+    rds = aioredis.Redis.from_url(redis_server.url)
+    async with running_bridge(settings) as bridge:
+        await publish(nc, range(1, 2))
+        await async_wait_until(lambda: exactly(rds, range(1, 2)), timeout=10)
+        # When Redis stalls every script for 3 s while the next event is being enqueued
+        await rds.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+        await publish(nc, range(2, 3))
+        # Then the bridge says the enqueue is slow, keeps the message with +WPI, and acks it once
+        await async_wait_until(lambda: exactly(rds, range(1, 3)), timeout=15, message="event lost or duplicated")
+        await async_wait_until(lambda: acked_up_to(nc, 2), timeout=10)
+        info = json.loads((await nc.request(f"$JS.API.CONSUMER.INFO.{STREAM}.{DURABLE}", b"", timeout=2)).data)
+        assert info["num_redelivered"] == 0
+        assert info["delivered"]["consumer_seq"] == 2  # a redelivery would have been a third delivery
+        assert bridge.metrics.registry.get_sample_value("bridge_events_acked_total", {"consumer": DURABLE}) == 2
+    await rds.aclose()
