@@ -16,7 +16,7 @@ from datetime import datetime
 
 from bridge.dead_letters import dead_letter_fields
 from bridge.enqueue import DEDUPE_PREFIX, Batch
-from bridge.messages import StampedBatch, message_id_for, random_message_id
+from bridge.messages import StampedBatch, message_id_for, producer_trace, random_message_id
 from events import ACTORS, EventRejected, Lane, parse_event
 
 __all__ = ["EventBatch"]
@@ -99,6 +99,7 @@ class EventBatch:
         spec = ACTORS[type(job)]
         queue, index = self._queue_index[spec.lane]
         message_id = message_id_for(identity) if identity is not None else random_message_id()
-        self.batch.add_job(dedupe_key, index, message_id, self.stamped.encode(job, queue, spec.actor_name, message_id))
+        encoded = self.stamped.encode(job, queue, spec.actor_name, message_id, producer_trace(headers))
+        self.batch.add_job(dedupe_key, index, message_id, encoded)
         self.job_types.append(type(job).__name__)
         self.rejects.append(None)

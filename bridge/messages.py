@@ -14,13 +14,20 @@ trace (a fresh propagation context), so every job of a batch continues the batch
 would be wrong for a middleware that stamps per-message values in ``before_enqueue`` (none of
 dramatiq's defaults does; ``Retries``/``AgeLimit``/``TimeLimit`` read options on the worker).
 Building a ``dramatiq.Message`` per event would cost ~25 us each (pitfalls §22).
+
+A producer's trace wins over the batch's: an event published with Sentry's ``sentry-trace``
+(and ``baggage``) NATS headers carries those as its job's ``_sentry_headers``, so the worker's
+transaction joins the trace of the request that caused the event (pitfalls §20). That holds
+whether or not the bridge itself reports to Sentry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
+from collections.abc import Mapping
 from typing import Any, Final
 
 import dramatiq
@@ -29,7 +36,7 @@ import sentry_sdk
 
 from events import Job
 
-__all__ = ["MessageFactory", "StampedBatch", "message_id_for", "random_message_id"]
+__all__ = ["MessageFactory", "StampedBatch", "message_id_for", "producer_trace", "random_message_id"]
 
 #: Namespace of the deterministic message ids (uuid5 of "<stream>:<seq>" or "<stream>:id:<Nats-Msg-Id>").
 MESSAGE_ID_NAMESPACE: Final = bytes.fromhex("6f0b3a1e9d3c5c7e8a5f0c1d2e3f4a5b")
@@ -51,6 +58,38 @@ def random_message_id() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+#: Where Sentry's dramatiq integration looks for the trace to continue (a message option).
+SENTRY_HEADERS_OPTION: Final = "_sentry_headers"
+_SENTRY_TRACE: Final = "sentry-trace"
+_BAGGAGE: Final = "baggage"
+#: ``<trace id>-<span id>[-<sampled>]``, as Sentry's SDKs write it.
+_SENTRY_TRACE_VALUE: Final = re.compile(r"\A[0-9a-f]{32}-[0-9a-f]{16}(-[01])?\Z")
+#: W3C's limit for a baggage header; a longer one is dropped rather than stored in every job.
+_MAX_BAGGAGE: Final = 8192
+
+
+def producer_trace(headers: Mapping[str, str] | None) -> dict[str, str] | None:
+    """The Sentry trace a producer sent in the event's NATS headers, or None.
+
+    A malformed ``sentry-trace`` is ignored (the batch's own trace is used instead).
+    """
+    if not headers:
+        return None
+    trace = _header(headers, _SENTRY_TRACE)
+    if trace is None or _SENTRY_TRACE_VALUE.match(trace.strip()) is None:
+        return None
+    baggage = _header(headers, _BAGGAGE) or ""
+    return {_SENTRY_TRACE: trace.strip(), _BAGGAGE: baggage if len(baggage) <= _MAX_BAGGAGE else ""}
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """``headers[name]``, ignoring case (NATS keeps header names as the publisher wrote them)."""
+    value = headers.get(name)
+    if value is None:
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
+    return value
 
 
 class _Wire(msgspec.Struct):
@@ -98,13 +137,19 @@ class StampedBatch:
         self._options[(queue, actor)] = options
         return options
 
-    def encode(self, job: Job, queue: str, actor: str, message_id: str) -> bytes:
-        """dramatiq's JSON for ``job`` on ``queue``/``actor``; ``redis_message_id`` = ``message_id``."""
+    def encode(self, job: Job, queue: str, actor: str, message_id: str,
+               trace: dict[str, str] | None = None) -> bytes:
+        """dramatiq's JSON for ``job`` on ``queue``/``actor``; ``redis_message_id`` = ``message_id``.
+
+        ``trace`` (:func:`producer_trace`) replaces the batch's Sentry headers for this job.
+        """
         options = self._options.get((queue, actor))
         if options is None:
             options = self._stamp(queue, actor, message_id)
-        wire = _Wire(queue, actor, (job,), _NO_KWARGS, {**options, "redis_message_id": message_id},
-                     message_id, self._timestamp)
+        options = {**options, "redis_message_id": message_id}
+        if trace is not None:
+            options[SENTRY_HEADERS_OPTION] = trace
+        wire = _Wire(queue, actor, (job,), _NO_KWARGS, options, message_id, self._timestamp)
         try:
             return _ENCODER.encode(wire)
         except (TypeError, msgspec.EncodeError):

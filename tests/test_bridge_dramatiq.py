@@ -15,6 +15,7 @@ from typing import Any
 import dramatiq
 import nats
 import pytest
+import redis.asyncio as aioredis
 import sentry_sdk
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
@@ -22,8 +23,9 @@ from sentry_sdk.envelope import Envelope
 from sentry_sdk.integrations.dramatiq import DramatiqIntegration
 from sentry_sdk.transport import Transport
 
-from bridge.testing import bridge_settings, running_bridge
+from bridge.testing import bridge_settings, queued_messages, running_bridge
 from tests.servers import NatsServer, RedisServer, async_wait_until, wait_until
+from tests.test_bridge_flow import L_JOINED
 from tests.test_events_parse import C_CREATED
 
 NS = "test-notify"
@@ -100,3 +102,81 @@ async def test_a_stock_dramatiq_worker_runs_and_retries_the_bridges_jobs_with_se
     from bridge.messages import message_id_for
 
     assert first["message_id"] == message_id_for("FECHATTER_EVENTS:1")
+
+
+PRODUCER_TRACE_ID = "771a43a4192642f0b136d5159a501700"
+PRODUCER_TRACE = f"{PRODUCER_TRACE_ID}-b0e6f15b45c36b12-1"
+
+
+async def _enqueue_two_traced_events(nats_server: NatsServer, redis_server: RedisServer) -> list[dict[str, Any]]:
+    """Publish one event with a producer's Sentry headers, one with a malformed sentry-trace."""
+    settings = bridge_settings(nats_server.url, redis_server.url)
+    nc = await nats.connect(nats_server.url)
+    rds = aioredis.Redis.from_url(redis_server.url)
+    async with running_bridge(settings):
+        js = nc.jetstream()
+        await js.publish("fechatter.message.created", C_CREATED, headers={
+            "sentry-trace": PRODUCER_TRACE, "baggage": f"sentry-trace_id={PRODUCER_TRACE_ID},sentry-sampled=true"})
+        await js.publish("fechatter.chats.member.joined", L_JOINED, headers={"Sentry-Trace": "not-a-trace"})
+
+        async def both() -> list[dict[str, Any]] | None:
+            jobs = await queued_messages(rds, NS, "domain")
+            return jobs if len(jobs) == 2 else None
+
+        jobs = await async_wait_until(both, timeout=5)
+    await rds.aclose()
+    await nc.close()
+    return jobs
+
+
+async def test_a_producers_sentry_trace_from_nats_headers_is_continued_by_the_worker(
+    sentry: None, nats_server: NatsServer, redis_server: RedisServer
+) -> None:
+    # Given events published with Sentry headers (one well-formed, one malformed)
+    traced, malformed = await _enqueue_two_traced_events(nats_server, redis_server)
+    # Then the first job carries the producer's trace, the second the bridge's own
+    assert traced["options"]["_sentry_headers"] == {
+        "sentry-trace": PRODUCER_TRACE, "baggage": f"sentry-trace_id={PRODUCER_TRACE_ID},sentry-sampled=true"}
+    own = malformed["options"]["_sentry_headers"]["sentry-trace"]
+    assert own and not own.startswith(PRODUCER_TRACE_ID)
+
+    # When a dramatiq worker with Sentry runs the first job
+    broker = RedisBroker(url=redis_server.url, namespace=NS)
+    done = threading.Event()
+
+    @dramatiq.actor(actor_name="new_message", queue_name="domain", broker=broker)
+    def new_message(job: dict[str, Any]) -> None:
+        done.set()
+
+    @dramatiq.actor(actor_name="member_joined", queue_name="domain", broker=broker)
+    def member_joined(job: dict[str, Any]) -> None:
+        pass
+
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    transport = sentry_sdk.get_client().transport
+    assert isinstance(transport, _NoTransport)
+
+    def transaction_trace_ids() -> list[str] | None:
+        ids = [item.payload.json["contexts"]["trace"]["trace_id"]
+               for envelope in transport.envelopes for item in envelope.items
+               if item.type == "transaction" and item.payload.json is not None]
+        return ids if len(ids) >= 2 else None
+
+    try:
+        wait_until(done.is_set, timeout=10, message="the worker never ran the job")
+        ids = wait_until(transaction_trace_ids, timeout=10, message="no transactions reported")
+    finally:
+        worker.stop()
+        broker.close()
+    # Then its transaction belongs to the producer's trace
+    assert PRODUCER_TRACE_ID in ids
+    assert any(trace_id != PRODUCER_TRACE_ID for trace_id in ids)
+
+
+async def test_a_producers_sentry_trace_is_kept_when_the_bridge_has_no_sentry(
+    nats_server: NatsServer, redis_server: RedisServer
+) -> None:
+    traced, malformed = await _enqueue_two_traced_events(nats_server, redis_server)
+    assert traced["options"]["_sentry_headers"]["sentry-trace"] == PRODUCER_TRACE
+    assert "_sentry_headers" not in malformed["options"]
