@@ -38,9 +38,12 @@ async def staleness(redis: Redis, key: str, after: StreamId) -> tuple[bool, Stre
     """Whether entries after ``after`` may have been trimmed; also the inbox's newest id.
 
     Trimming removes the oldest entries, so nothing after ``after`` is lost when ``after`` lies
-    within the retained range. When it lies before the oldest retained entry and anything was
-    ever trimmed, we cannot tell: answer stale (a needless resync costs a refetch; a missed
-    gap costs a lost message). An id beyond the newest one belongs to another history.
+    within the retained range. An id before the oldest retained entry came either from entries
+    trimmed since, or from an earlier inbox of the user that expired; either way what followed
+    it may be gone, so answer stale (a needless resync costs a refetch; a missed gap costs a
+    lost message). Redis 7's ``entries-added`` cannot clear it: it counts only the current
+    inbox's entries, and its ``max-deleted-entry-id`` ignores trimming. An id beyond the
+    newest one belongs to another history.
     """
     try:
         info: dict[Any, Any] = await redis.xinfo_stream(key)
@@ -54,9 +57,7 @@ async def staleness(redis: Redis, key: str, after: StreamId) -> tuple[bool, Stre
     first = _field(info, "first-entry")
     if not first:
         return True, newest
-    added = _field(info, "entries-added")  # Redis >= 7.0; older servers cannot tell
-    trimmed = added is None or int(added) > int(_field(info, "length"))
-    return after < parse_stream_id(first[0]) and trimmed, newest
+    return after < parse_stream_id(first[0]), newest
 
 
 def _field(info: dict[Any, Any], name: str) -> Any:

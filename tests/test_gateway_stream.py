@@ -189,6 +189,47 @@ async def test_an_id_older_than_the_capped_inbox_asks_the_client_to_resync(
     response.close()
 
 
+@pytest.fixture(params=["redis_server", "redis7_server"], ids=["redis6.2", "redis7"])
+async def gw_each_redis(request: pytest.FixtureRequest) -> AsyncIterator[RunningGateway]:
+    """A gateway on the oldest Redis we support (6.2) and on Redis 7, one per test run."""
+    server: RedisServer = request.getfixturevalue(request.param)
+    key = SigningKey.generate()
+    async with running_gateway(gateway_settings(server.url, key.public_pem), key) as gateway:
+        yield gateway
+
+
+async def test_an_id_with_later_entries_trimmed_asks_to_resync_on_every_redis(
+    gw_each_redis: RunningGateway,
+) -> None:
+    gw = gw_each_redis
+    ids = [await gw.publish(11, new_message(n)) for n in range(20)]
+    await gw.redis.xtrim(inbox_key(gw.namespace, 11), maxlen=5, approximate=False)
+    response, reader = await gw.stream(11, last_event_id=ids[1])
+    assert (await reader.next_json())[1] == {"type": "resync_required"}
+    response.close()
+
+
+async def test_an_id_from_an_inbox_that_expired_and_was_recreated_asks_to_resync_on_every_redis(
+    gw_each_redis: RunningGateway,
+) -> None:
+    # Given a client that saw the second of three notifications, then an inbox that expired
+    # (as after inbox_max_age without writes) and was written again
+    gw = gw_each_redis
+    ids = [await gw.publish(12, new_message(n)) for n in range(3)]
+    await gw.redis.delete(inbox_key(gw.namespace, 12))
+    # (An inbox expires days after its last entry, so the new one's ids are later: wait for the
+    # clock to pass the old ids, or the new first id could equal one the client holds.)
+    last_ms = int(ids[-1].split("-")[0])
+    await async_wait_until(lambda: time.time() * 1000 > last_ms + 1, timeout=2, interval=0.001)
+    await gw.publish(12, new_message(3))
+    # When it resumes from the id it has
+    response, reader = await gw.stream(12, last_event_id=ids[1])
+    # Then it is told to resync: what followed its id is gone, even though nothing was trimmed
+    # from the new inbox (Redis 7's entries-added equals its length there)
+    assert (await reader.next_json())[1] == {"type": "resync_required"}
+    response.close()
+
+
 @pytest.mark.parametrize("last_event_id", ["garbage", "99999999999999-0"])
 async def test_an_id_we_never_sent_asks_the_client_to_resync(
     gw: RunningGateway, last_event_id: str
