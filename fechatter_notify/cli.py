@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = config_sub.add_parser("show", help="print the effective configuration, secrets redacted")
     show.add_argument("--config", dest="sub_config", metavar="PATH")
     show.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    doctor = sub.add_parser("doctor", help="check the live NATS, JetStream and Redis against the settings; "
+                            "exit 2 on errors")
+    doctor.add_argument("--config", dest="sub_config", metavar="PATH")
+    doctor.add_argument("--quiet", action="store_true", help="only errors and warnings")
     for name, (_, help_text) in PROCESSES.items():
         proc = sub.add_parser(name, help=help_text)
         proc.add_argument("--config", dest="sub_config", metavar="PATH")
@@ -125,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
+    if args.command == "doctor":
+        from fechatter_notify.doctor import run as doctor
+
+        return doctor(loaded, args)
     for problem in loaded.warnings:
         print(problem.format(), file=sys.stderr)
     return _resolve(PROCESSES[args.command][0])(loaded, args)
