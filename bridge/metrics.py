@@ -10,7 +10,10 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["CORE_SOURCE", "Metrics"]
+__all__ = ["CORE_SOURCE", "PREFIX", "Metrics"]
+
+#: Every metric's name starts with this (as the workers' and the gateway's do with theirs).
+PREFIX: Final = "fechatter_notify_bridge"
 
 #: The ``consumer`` label of events that arrived on core NATS (not a JetStream durable).
 CORE_SOURCE: Final = "core"
@@ -31,42 +34,44 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.fetched = Counter("bridge_events_fetched", "Events received from NATS", ["consumer"], registry=r)
-        self.enqueued = Counter("bridge_jobs_enqueued", "Jobs written to a dramatiq queue",
+        self.fetched = Counter(f"{PREFIX}_events_fetched", "Events received from NATS", ["consumer"], registry=r)
+        self.enqueued = Counter(f"{PREFIX}_jobs_enqueued", "Jobs written to a dramatiq queue",
                                 ["consumer", "job_type"], registry=r)
-        self.deduplicated = Counter("bridge_jobs_deduplicated",
+        self.deduplicated = Counter(f"{PREFIX}_jobs_deduplicated",
                                     "Events already enqueued within the dedupe window (not enqueued again, acked)",
                                     ["consumer", "job_type"], registry=r)
-        self.acked = Counter("bridge_events_acked", "JetStream acks sent", ["consumer"], registry=r)
-        self.naked = Counter("bridge_events_naked", "JetStream naks sent (with a delay)", ["consumer"], registry=r)
-        self.termed = Counter("bridge_events_termed", "JetStream terms sent (dead letters)", ["consumer"], registry=r)
-        self.dead_lettered = Counter("bridge_dead_letters", "Events stored as dead letters",
+        self.acked = Counter(f"{PREFIX}_events_acked", "JetStream acks sent", ["consumer"], registry=r)
+        self.naked = Counter(f"{PREFIX}_events_naked", "JetStream naks sent (with a delay)", ["consumer"], registry=r)
+        self.termed = Counter(f"{PREFIX}_events_termed", "JetStream terms sent (dead letters)", ["consumer"],
+                              registry=r)
+        self.dead_lettered = Counter(f"{PREFIX}_dead_letters", "Events stored as dead letters",
                                      ["consumer", "code"], registry=r)
-        self.dropped = Counter("bridge_core_events_dropped",
+        self.dropped = Counter(f"{PREFIX}_core_events_dropped",
                                "Core NATS events that could not be enqueued (no redelivery exists)",
                                ["reason"], registry=r)
-        self.slow_consumer = Counter("bridge_slow_consumer", "Slow-consumer drops reported by the NATS client",
+        self.slow_consumer = Counter(f"{PREFIX}_slow_consumer", "Slow-consumer drops reported by the NATS client",
                                      ["subject"], registry=r)
-        self.missed_heartbeats = Counter("bridge_missed_heartbeats",
+        self.missed_heartbeats = Counter(f"{PREFIX}_missed_heartbeats",
                                          "Pull requests silent for 2 x idle_heartbeat", ["consumer"], registry=r)
-        self.statuses = Counter("bridge_pull_statuses", "Status messages on pull inboxes, by classification",
+        self.statuses = Counter(f"{PREFIX}_pull_statuses", "Status messages on pull inboxes, by classification",
                                 ["consumer", "reason"], registry=r)
-        self.recoveries = Counter("bridge_consumer_recoveries", "Consumer verify/re-create rounds",
+        self.recoveries = Counter(f"{PREFIX}_consumer_recoveries", "Consumer verify/re-create rounds",
                                   ["consumer", "outcome"], registry=r)
-        self.reconnects = Counter("bridge_nats_reconnects", "NATS reconnections", registry=r)
-        self.connection_events = Counter("bridge_nats_connection_events", "NATS connection state changes",
+        self.reconnects = Counter(f"{PREFIX}_nats_reconnects", "NATS reconnections", registry=r)
+        self.connection_events = Counter(f"{PREFIX}_nats_connection_events", "NATS connection state changes",
                                          ["event"], registry=r)
-        self.circuit_open = Gauge("bridge_circuit_open", "1 while the Redis circuit breaker is open", registry=r)
-        self.circuit_opened = Counter("bridge_circuit_opened", "Times the Redis circuit breaker opened", registry=r)
-        self.enqueue_latency = Histogram("bridge_enqueue_latency_seconds", "One batch's Redis round trip",
+        self.circuit_open = Gauge(f"{PREFIX}_circuit_open", "1 while the Redis circuit breaker is open", registry=r)
+        self.circuit_opened = Counter(f"{PREFIX}_circuit_opened", "Times the Redis circuit breaker opened", registry=r)
+        self.enqueue_latency = Histogram(f"{PREFIX}_enqueue_latency_seconds", "One batch's Redis round trip",
                                          buckets=_LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("bridge_batch_size", "Events per enqueue batch", buckets=_BATCH_BUCKETS,
+        self.batch_size = Histogram(f"{PREFIX}_batch_size", "Events per enqueue batch", buckets=_BATCH_BUCKETS,
                                     registry=r)
-        self.num_pending = Gauge("bridge_consumer_num_pending", "Stream messages not yet delivered to the consumer",
+        self.num_pending = Gauge(f"{PREFIX}_consumer_num_pending", "Stream messages not yet delivered to the consumer",
                                  ["consumer"], registry=r)
-        self.num_ack_pending = Gauge("bridge_consumer_num_ack_pending", "Delivered, not yet acked",
+        self.num_ack_pending = Gauge(f"{PREFIX}_consumer_num_ack_pending", "Delivered, not yet acked",
                                      ["consumer"], registry=r)
-        self.in_flight = Gauge("bridge_in_flight", "Fetched, not yet acked in this process", ["consumer"], registry=r)
-        self.pull_requests = Counter("bridge_pull_requests", "MSG.NEXT requests sent", ["consumer"], registry=r)
-        self.advisories = Counter("bridge_max_deliveries_advisories", "Max-deliveries advisories received",
+        self.in_flight = Gauge(f"{PREFIX}_in_flight", "Fetched, not yet acked in this process", ["consumer"],
+                               registry=r)
+        self.pull_requests = Counter(f"{PREFIX}_pull_requests", "MSG.NEXT requests sent", ["consumer"], registry=r)
+        self.advisories = Counter(f"{PREFIX}_max_deliveries_advisories", "Max-deliveries advisories received",
                                   ["consumer"], registry=r)

@@ -83,7 +83,7 @@ async def test_with_redis_down_nothing_is_acked_and_everything_arrives_once_when
         await publish(nc, range(21, 51))
         await async_wait_until(lambda: bridge.circuit.is_open, timeout=10, message="circuit never opened")
         await async_wait_until(lambda: bridge.metrics.registry.get_sample_value(
-            "bridge_events_naked_total", {"consumer": DURABLE}), timeout=10)
+            "fechatter_notify_bridge_events_naked_total", {"consumer": DURABLE}), timeout=10)
         # Then none of them is acked
         info = json.loads((await nc.request(f"$JS.API.CONSUMER.INFO.{STREAM}.{DURABLE}", b"", timeout=2)).data)
         assert info["ack_floor"]["stream_seq"] == 20
@@ -111,7 +111,7 @@ async def test_after_a_nats_server_restart_the_bridge_resumes_by_itself(
         # Then the bridge pulls again by itself
         await async_wait_until(lambda: exactly(rds, range(1, 21)), timeout=15, message="no resume after restart")
         await async_wait_until(lambda: acked_up_to(nc, 20), timeout=10)
-        assert bridge.metrics.registry.get_sample_value("bridge_nats_reconnects_total") >= 1
+        assert bridge.metrics.registry.get_sample_value("fechatter_notify_bridge_nats_reconnects_total") >= 1
     await rds.aclose()
 
 
@@ -127,7 +127,7 @@ async def test_a_consumer_deleted_while_running_is_recreated(
         await nc.jetstream().delete_consumer(STREAM, DURABLE)
         # Then the bridge re-creates it and goes on; the replayed history is deduplicated
         await async_wait_until(lambda: bridge.metrics.registry.get_sample_value(
-            "bridge_consumer_recoveries_total", {"consumer": DURABLE, "outcome": "ok"}), timeout=15)
+            "fechatter_notify_bridge_consumer_recoveries_total", {"consumer": DURABLE, "outcome": "ok"}), timeout=15)
         await publish(nc, range(11, 21))
         await async_wait_until(lambda: exactly(rds, range(1, 21)), timeout=15)
         await async_wait_until(lambda: acked_up_to(nc, 20), timeout=10)
@@ -153,8 +153,8 @@ async def test_two_bridges_on_one_durable_and_queue_group_enqueue_every_event_on
 
         users = await async_wait_until(realtime_users, timeout=10)
         await async_wait_until(lambda: acked_up_to(nc, 300), timeout=10)
-        shares = [b.metrics.registry.get_sample_value("bridge_events_fetched_total", {"consumer": "core"}) or 0
-                  for b in (one, two)]
+        shares = [b.metrics.registry.get_sample_value("fechatter_notify_bridge_events_fetched_total",
+                                                      {"consumer": "core"}) or 0 for b in (one, two)]
     # Then each is enqueued exactly once, and the core events were shared, not copied
     assert users == Counter(range(300))
     assert sum(shares) == 300
@@ -217,14 +217,14 @@ async def test_a_missed_idle_heartbeat_is_counted_recovered_and_marks_not_ready_
 
         subscription._cb = lost
         missed = lambda: bridge.metrics.registry.get_sample_value(  # noqa: E731
-            "bridge_missed_heartbeats_total", {"consumer": DURABLE}) or 0
+            "fechatter_notify_bridge_missed_heartbeats_total", {"consumer": DURABLE}) or 0
         # Then each 2 x heartbeat of silence is one miss, the consumer is checked and a fresh pull sent
         await async_wait_until(lambda: missed() >= 2, timeout=10)
         checks = await bridge.readiness()
         # (under load a third miss may already have happened: the count only grows while silent)
         assert re.search(r"missed [2-9] idle heartbeats in a row", checks[f"consumer {STREAM}/{DURABLE}"] or "")
         assert bridge.metrics.registry.get_sample_value(
-            "bridge_consumer_recoveries_total", {"consumer": DURABLE, "outcome": "ok"}) >= 2
+            "fechatter_notify_bridge_consumer_recoveries_total", {"consumer": DURABLE, "outcome": "ok"}) >= 2
         # When the inbox hears the server again, the bridge is ready and delivers
         subscription._cb = deliver
         await async_wait_until(lambda: puller.missed_in_a_row == 0, timeout=5)
@@ -283,5 +283,7 @@ async def test_an_enqueue_slower_than_ack_wait_keeps_its_messages_with_in_progre
         info = json.loads((await nc.request(f"$JS.API.CONSUMER.INFO.{STREAM}.{DURABLE}", b"", timeout=2)).data)
         assert info["num_redelivered"] == 0
         assert info["delivered"]["consumer_seq"] == 2  # a redelivery would have been a third delivery
-        assert bridge.metrics.registry.get_sample_value("bridge_events_acked_total", {"consumer": DURABLE}) == 2
+        acked = bridge.metrics.registry.get_sample_value("fechatter_notify_bridge_events_acked_total",
+                                                         {"consumer": DURABLE})
+        assert acked == 2
     await rds.aclose()

@@ -190,8 +190,8 @@ async def test_bad_payloads_become_dead_letters_with_reasons_and_are_termed(sett
         STREAM.encode(), b"1", b"1", DURABLE.encode())
     assert b"fechatter.message.new" in bad[b"reason"]
     assert by_subject["fechatter.realtime.chat.42.typing"][b"consumer"] == b"core"
-    assert dead("bridge_dead_letters_total", {"consumer": DURABLE, "code": "not_json"}) == 1
-    assert dead("bridge_events_termed_total", {"consumer": DURABLE}) == 3
+    assert dead("fechatter_notify_bridge_dead_letters_total", {"consumer": DURABLE, "code": "not_json"}) == 1
+    assert dead("fechatter_notify_bridge_events_termed_total", {"consumer": DURABLE}) == 3
 
 
 async def _n_letters(rds: aioredis.Redis, n: int) -> list[Any] | None:
@@ -214,7 +214,7 @@ async def test_a_redelivered_event_is_acked_but_not_enqueued_twice(settings: Set
         # Then it is acked and counted as deduplicated, and the queue still holds one job
         assert len(await queued_messages(rds, NS, "domain")) == 1
         assert bridge.metrics.registry.get_sample_value(
-            "bridge_jobs_deduplicated_total", {"consumer": DURABLE, "job_type": "NewMessage"}) == 1
+            "fechatter_notify_bridge_jobs_deduplicated_total", {"consumer": DURABLE, "job_type": "NewMessage"}) == 1
 
 
 async def test_pull_requests_never_violate_the_heartbeat_rule(nats_server: NatsServer, redis_server: RedisServer,
@@ -252,7 +252,7 @@ async def test_health_and_metrics_endpoints_answer(settings: Settings) -> None:
         await async_wait_until(ready, timeout=5)
         async with http.get(f"{base}:{bridge.http.metrics_port}/metrics") as resp:
             text = await resp.text()
-        assert "bridge_events_fetched_total" in text and "bridge_circuit_open 0.0" in text
+        assert "fechatter_notify_bridge_events_fetched_total" in text and "bridge_circuit_open 0.0" in text
 
 
 async def test_readyz_reports_redis_down_with_the_reason(nats_server: NatsServer, redis_server: RedisServer) -> None:
