@@ -161,57 +161,40 @@ async def _check_jetstream(api: JetStreamApi, report: Report, origin: str) -> bo
     return True
 
 
-def _mode_level(settings: Settings) -> str:
-    """What a difference the bridge would settle by itself (auto) or refuse to start on (verify) is."""
-    return "warning" if settings.jetstream.provision == "auto" else "error"
-
-
 async def _check_stream(api: JetStreamApi, settings: Settings, index: int, stream: Stream, report: Report,
                         origin: str) -> None:
-    path = f"jetstream.streams[{index}]"
-    auto = settings.jetstream.provision == "auto"
+    path, what = f"jetstream.streams[{index}]", f"stream {stream.name}"
     try:
         info = await api.stream_info(stream.name)
     except JetStreamRefused as exc:
         if exc.err_code != ERR_STREAM_NOT_FOUND:
             raise
-        report.add("info" if auto else "error", "stream_missing", path,
-                   f"stream {stream.name} does not exist"
-                   + (": the bridge creates it when it starts" if auto else " and provision is verify"),
-                   origin=origin, fix=None if auto else "create it, or set jetstream.provision: auto")
+        _report_missing(report, settings, "stream_missing", path, what, origin)
         return
-    for difference in diff_stream(stream_config(stream), info["config"]):
-        report.add(_mode_level(settings), "stream_differs", path, f"stream {stream.name}: {difference}"
-                   + ("; the bridge updates it when it starts" if auto else ""), origin=origin,
-                   fix=None if auto else "change the stream or the settings, or set jetstream.provision: auto")
+    _report_differences(report, settings, "stream_differs", path, what,
+                        diff_stream(stream_config(stream), info["config"]), origin)
     cluster = info.get("cluster") or {}
     if cluster and not cluster.get("leader"):
         report.add("error", "stream_leaderless", path,
-                   f"stream {stream.name} has no leader: requests get 'no responders' until one is elected",
+                   f"{what} has no leader: requests get 'no responders' until one is elected",
                    origin=origin, fix="check the cluster's routes and the replicas' servers")
     state = info.get("state") or {}
-    report.add("info", "stream", path, f"stream {stream.name}: {state.get('messages', 0)} message(s), "
+    report.add("info", "stream", path, f"{what}: {state.get('messages', 0)} message(s), "
                f"sequences {state.get('first_seq', 0)}..{state.get('last_seq', 0)}", origin=origin)
 
 
 async def _check_consumer(api: JetStreamApi, settings: Settings, index: int, consumer: Consumer, report: Report,
                           origin: str) -> None:
-    path = f"jetstream.consumers[{index}]"
-    what = f"consumer {consumer.stream}/{consumer.durable}"
-    auto = settings.jetstream.provision == "auto"
+    path, what = f"jetstream.consumers[{index}]", f"consumer {consumer.stream}/{consumer.durable}"
     try:
         info = await api.consumer_info(consumer.stream, consumer.durable)
     except JetStreamRefused as exc:
         if exc.err_code not in (ERR_CONSUMER_NOT_FOUND, ERR_STREAM_NOT_FOUND):
             raise
-        report.add("info" if auto else "error", "consumer_missing", path, f"{what} does not exist"
-                   + (": the bridge creates it when it starts" if auto else " and provision is verify"),
-                   origin=origin, fix=None if auto else "create it, or set jetstream.provision: auto")
+        _report_missing(report, settings, "consumer_missing", path, what, origin)
         return
-    for difference in diff_consumer(consumer_config(consumer), info["config"]):
-        report.add(_mode_level(settings), "consumer_differs", path, f"{what}: {difference}"
-                   + ("; the bridge updates it when it starts" if auto else ""), origin=origin,
-                   fix=None if auto else "change the consumer or the settings, or set jetstream.provision: auto")
+    _report_differences(report, settings, "consumer_differs", path, what,
+                        diff_consumer(consumer_config(consumer), info["config"]), origin)
     pending, waiting = info.get("num_pending", 0), info.get("num_waiting", 0)
     report.add("info", "consumer", path,
                f"{what}: {pending} pending, {info.get('num_ack_pending', 0)} awaiting ack, "
@@ -220,6 +203,28 @@ async def _check_consumer(api: JetStreamApi, settings: Settings, index: int, con
         report.add("warning", "consumer_not_pulled", path,
                    f"{what} has {pending} message(s) waiting and nobody pulling", origin=origin,
                    fix="start a bridge (fechatter-notify bridge) or check its log")
+
+
+def _report_missing(report: Report, settings: Settings, code: str, path: str, what: str, origin: str) -> None:
+    """Missing: the bridge creates it (auto, info) or refuses to start (verify, error)."""
+    if settings.jetstream.provision == "auto":
+        report.add("info", code, path, f"{what} does not exist: the bridge creates it when it starts", origin=origin)
+    else:
+        report.add("error", code, path, f"{what} does not exist and provision is verify", origin=origin,
+                   fix="create it, or set jetstream.provision: auto")
+
+
+def _report_differences(report: Report, settings: Settings, code: str, path: str, what: str,
+                        differences: list[str], origin: str) -> None:
+    """Each differing field: the bridge updates it (auto, warning) or refuses to start (verify, error)."""
+    auto = settings.jetstream.provision == "auto"
+    for difference in differences:
+        if auto:
+            report.add("warning", code, path, f"{what}: {difference}; the bridge updates it when it starts",
+                       origin=origin)
+        else:
+            report.add("error", code, path, f"{what}: {difference}", origin=origin,
+                       fix="change the server or the settings, or set jetstream.provision: auto")
 
 
 async def _check_coverage(api: JetStreamApi, settings: Settings, report: Report, origin: str) -> None:
