@@ -13,7 +13,7 @@ from importlib import import_module
 
 import yaml
 
-from settings import ConfigError, ConfigFileError, Loaded, Problem, load_settings, redacted
+from settings import ConfigError, ConfigFileError, Loaded, Problem, load_settings, redact_url, redacted
 
 RET_OK = 0
 RET_CONFIG = 2
@@ -82,7 +82,7 @@ def _summary(loaded: Loaded) -> str:
     from settings import format_duration as fmt
 
     s = loaded.settings
-    lines = [f"configuration OK: {loaded.source}", f"  nats: {', '.join(s.nats.servers)} "
+    lines = [f"configuration OK: {loaded.source}", f"  nats: {', '.join(redact_url(u) for u in s.nats.servers)} "
              f"(ping {fmt(s.nats.ping_interval)} x {s.nats.max_outstanding_pings})"]
     for st in s.jetstream.streams:
         lines.append(f"  stream {st.name}: {', '.join(st.subjects)} ({st.storage}, R{st.replicas}, "

@@ -10,7 +10,7 @@ import logging
 import sys
 from typing import Any
 
-from settings.redact import redact_url
+from settings.redact import redact_urls_in
 
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
 
@@ -18,7 +18,7 @@ _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
 def _fmt(value: Any) -> str:
     text = str(value)
     if "://" in text:
-        text = redact_url(text)
+        text = redact_urls_in(text)
     if text == "" or any(ch in text for ch in ' "='):
         text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text

@@ -30,6 +30,20 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{masked}@{host}", parts.path, parts.query, parts.fragment))
 
 
+_USERINFO_IN_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/@\s,]*)@")
+
+
+def redact_urls_in(text: str) -> str:
+    """Hide the password of every URL inside ``text`` (lists, error messages), keeping the user."""
+
+    def mask(match: re.Match[str]) -> str:
+        userinfo = match.group(2)
+        user = userinfo.split(":", 1)[0]
+        return f"{match.group(1)}{f'{user}:{MASK}' if ':' in userinfo and user else MASK}@"
+
+    return _USERINFO_IN_URL.sub(mask, text)
+
+
 def _redact_value(key: str, value: Any) -> Any:
     if isinstance(value, SecretStr):
         raw = value.get_secret_value()

@@ -56,3 +56,21 @@ def test_config_show_prints_the_effective_config_with_secrets_redacted(tmp_path:
     assert data["redis"]["url"] == "redis://***@r:6379/0"
     assert data["nats"]["servers"] == ["nats://natsuser:***@n:4222"]
     assert data["nats"]["password"] == "***"
+
+
+def test_a_log_line_hides_the_credentials_of_every_url_in_a_list_or_message() -> None:
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "nats_connect_failed", None, None)
+    record.servers = "nats://a:SECRET-A@h1:4222,nats://b:SECRET-B@h2:4222"
+    record.reason = "cannot reach redis://:SECRET-C@r:6379/0 (refused)"
+    line = LogfmtFormatter().format(record)
+    assert "SECRET" not in line
+    assert "nats://a:***@h1:4222,nats://b:***@h2:4222" in line and "redis://***@r:6379/0" in line
+
+
+def test_config_check_prints_its_summary_without_secrets(tmp_path: Path) -> None:
+    env = {**SECRETS, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "fechatter_notify", "config", "check"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "nats: nats://natsuser:***@n:4222" in result.stdout
+    assert "SECRET" not in result.stdout + result.stderr
