@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterator
 
 from settings.durations import format_duration as fmt
 from settings.model import Settings
-from settings.problems import Path, Problem, dotted
+from settings.problems import Path, Problem, problem_at
 from settings.sources import Origins
 from settings.subjects import subject_problem, subject_within, subjects_overlap
+from settings.url_checks import URL_CHECKS
 
 Check = Callable[[Settings, Origins], Iterator[Problem]]
 
@@ -21,16 +22,6 @@ Check = Callable[[Settings, Origins], Iterator[Problem]]
 ENQUEUE_ATTEMPTS = 2
 #: Extra room between the worst enqueue and ack_wait, in seconds.
 ACK_MARGIN_S = 1.0
-
-
-def _problem(origins: Origins, path: Path, code: str, message: str, value: object = None,
-             fix: str | None = None, level: str = "error") -> Problem:
-    origin = "default"
-    for cut in range(len(path), 0, -1):
-        if path[:cut] in origins:
-            origin = origins[path[:cut]]
-            break
-    return Problem(level, code, dotted(path), message, origin=origin, value=value, fix=fix)  # type: ignore[arg-type]
 
 
 def heartbeat_above_ping(s: Settings, o: Origins) -> Iterator[Problem]:
@@ -44,7 +35,7 @@ def heartbeat_above_ping(s: Settings, o: Origins) -> Iterator[Problem]:
         beats.append((("realtime", "idle_heartbeat"), s.realtime.idle_heartbeat))
     for path, beat in beats:
         if beat <= ping:
-            yield _problem(
+            yield problem_at(
                 o, path, "heartbeat_not_above_ping",
                 f"idle_heartbeat {fmt(beat)} is not greater than nats.ping_interval {fmt(ping)}: the "
                 "seed's 'missed idle heartbeat' came from exactly this (ping 30s, heartbeats 15s/30s)",
@@ -55,7 +46,7 @@ def heartbeat_within_half_expiry(s: Settings, o: Origins) -> Iterator[Problem]:
     """nats-server rejects a pull whose heartbeat exceeds half its expiry ("heartbeat value too large")."""
     for i, c in enumerate(s.jetstream.consumers):
         if c.expires is not None and c.idle_heartbeat * 2 > c.expires:
-            yield _problem(
+            yield problem_at(
                 o, ("jetstream", "consumers", i, "expires"), "heartbeat_above_half_expiry",
                 f"each pull request's idle_heartbeat {fmt(c.idle_heartbeat)} must be at most half its "
                 f"expiry {fmt(c.expires)}; nats-server answers 400 'heartbeat value too large'",
@@ -68,7 +59,7 @@ def ack_wait_covers_enqueue(s: Settings, o: Origins) -> Iterator[Problem]:
     for i, c in enumerate(s.jetstream.consumers):
         first = c.backoff[0] if c.backoff else c.ack_wait  # backoff[0] overrides ack_wait
         if first <= worst:
-            yield _problem(
+            yield problem_at(
                 o, ("jetstream", "consumers", i, "ack_wait"), "ack_wait_too_short",
                 f"ack_wait {fmt(first)} does not cover a batch's enqueue: {ENQUEUE_ATTEMPTS} x "
                 f"redis.socket_timeout {fmt(s.redis.socket_timeout)} + {fmt(ACK_MARGIN_S)} margin = "
@@ -80,7 +71,7 @@ def backoff_within_max_deliver(s: Settings, o: Origins) -> Iterator[Problem]:
     """nats-server rejects a backoff list longer than max_deliver."""
     for i, c in enumerate(s.jetstream.consumers):
         if c.backoff and c.max_deliver != -1 and len(c.backoff) > c.max_deliver:
-            yield _problem(
+            yield problem_at(
                 o, ("jetstream", "consumers", i, "backoff"), "backoff_longer_than_max_deliver",
                 f"{len(c.backoff)} backoff steps but max_deliver is {c.max_deliver}",
                 [fmt(b) for b in c.backoff], f"at most {c.max_deliver} steps, or raise max_deliver")
@@ -92,7 +83,7 @@ def dedupe_window_covers_redelivery(s: Settings, o: Origins) -> Iterator[Problem
         tries = c.max_deliver if c.max_deliver > 0 else None
         span = (sum(c.backoff) + c.ack_wait * max(0, (tries or 0) - len(c.backoff))) if tries else None
         if span is not None and s.redis.dedupe_window < span:
-            yield _problem(
+            yield problem_at(
                 o, ("redis", "dedupe_window"), "dedupe_window_too_short",
                 f"consumer {c.durable!r} may redeliver for {fmt(span)}, longer than the dedupe window",
                 fmt(s.redis.dedupe_window), f"dedupe_window: {fmt(span * 2)}")
@@ -108,7 +99,7 @@ def subjects_are_valid(s: Settings, o: Origins) -> Iterator[Problem]:
         for j, subject in enumerate(subjects):
             why = subject_problem(subject)
             if why:
-                yield _problem(o, (*path, j), "invalid_subject", why, subject,
+                yield problem_at(o, (*path, j), "invalid_subject", why, subject,
                                "tokens separated by single dots; '*' a whole token; '>' only last")
 
 
@@ -120,13 +111,13 @@ def names_are_valid(s: Settings, o: Origins) -> Iterator[Problem]:
     named += [(("jetstream", "consumers", i, "durable"), c.durable) for i, c in enumerate(s.jetstream.consumers)]
     for path, name in named:
         if not name or any(ch in name for ch in ".*> \t\r\n/\\"):
-            yield _problem(o, path, "invalid_name", "names may not be empty or contain . * > / \\ or spaces",
+            yield problem_at(o, path, "invalid_name", "names may not be empty or contain . * > / \\ or spaces",
                            name, "use letters, digits, '-' and '_'")
     seen: dict[str, int] = {}
     for i, c in enumerate(s.jetstream.consumers):
         key = f"{c.stream}/{c.durable}"
         if key in seen:
-            yield _problem(o, ("jetstream", "consumers", i, "durable"), "duplicate_consumer",
+            yield problem_at(o, ("jetstream", "consumers", i, "durable"), "duplicate_consumer",
                            f"consumer {c.durable!r} on stream {c.stream!r} is declared twice "
                            f"(also jetstream.consumers[{seen[key]}])", c.durable, "give each durable its own name")
         seen[key] = i
@@ -141,7 +132,7 @@ def streams_do_not_overlap(s: Settings, o: Origins) -> Iterator[Problem]:
             for x, sa in enumerate(a.subjects):
                 for sb in b.subjects:
                     if subjects_overlap(sa, sb):
-                        yield _problem(o, ("jetstream", "streams", i, "subjects", x), "overlapping_streams",
+                        yield problem_at(o, ("jetstream", "streams", i, "subjects", x), "overlapping_streams",
                                        f"stream {a.name!r} subject {sa!r} overlaps stream {b.name!r} subject {sb!r}; "
                                        "nats-server refuses the second stream", sa,
                                        "give each stream disjoint subjects")
@@ -153,14 +144,14 @@ def consumers_fit_their_streams(s: Settings, o: Origins) -> Iterator[Problem]:
     for i, c in enumerate(s.jetstream.consumers):
         stream = by_name.get(c.stream)
         if stream is None:
-            yield _problem(o, ("jetstream", "consumers", i, "stream"), "unknown_stream",
+            yield problem_at(o, ("jetstream", "consumers", i, "stream"), "unknown_stream",
                            f"consumer {c.durable!r} names stream {c.stream!r}, which is not declared in "
                            f"jetstream.streams ({', '.join(map(repr, by_name)) or 'none'}); pulls would get "
                            "'no responders'", c.stream, f"stream: {next(iter(by_name), 'FECHATTER_EVENTS')}")
             continue
         for j, f in enumerate(c.filter_subjects):
             if not any(subject_within(f, sub) for sub in stream.subjects):
-                yield _problem(o, ("jetstream", "consumers", i, "filter_subjects", j), "filter_outside_stream",
+                yield problem_at(o, ("jetstream", "consumers", i, "filter_subjects", j), "filter_outside_stream",
                                f"filter {f!r} is not inside stream {stream.name!r} subjects {stream.subjects}; "
                                "nats-server refuses the consumer and its pulls get 'no responders'", f,
                                "narrow the filter, add the subject to the stream, or (for fechatter.realtime.>) "
@@ -169,7 +160,7 @@ def consumers_fit_their_streams(s: Settings, o: Origins) -> Iterator[Problem]:
         for a in range(len(filters)):
             for b in range(a + 1, len(filters)):
                 if subjects_overlap(filters[a], filters[b]):
-                    yield _problem(o, ("jetstream", "consumers", i, "filter_subjects", b), "overlapping_filters",
+                    yield problem_at(o, ("jetstream", "consumers", i, "filter_subjects", b), "overlapping_filters",
                                    f"filters {filters[a]!r} and {filters[b]!r} overlap; nats-server refuses "
                                    "overlapping filter subjects", filters[b], "keep the wider one only")
 
@@ -186,7 +177,7 @@ def consumers_do_not_share_events(s: Settings, o: Origins) -> Iterator[Problem]:
             shared = [(x, y) for x in fa for y in fb if subjects_overlap(x, y)]
             if shared:
                 x, y = shared[0]
-                yield _problem(o, ("jetstream", "consumers", j, "filter_subjects"), "consumers_overlap",
+                yield problem_at(o, ("jetstream", "consumers", j, "filter_subjects"), "consumers_overlap",
                                f"consumers {a.durable!r} and {b.durable!r} of stream {a.stream!r} both match "
                                f"{x!r}/{y!r}: each such event would become two jobs", b.filter_subjects,
                                "give the consumers disjoint filters (an empty list means the whole stream)")
@@ -198,7 +189,7 @@ def realtime_not_captured(s: Settings, o: Origins) -> Iterator[Problem]:
         for st in s.jetstream.streams:
             hit = next((x for x in st.subjects if subjects_overlap(subject, x)), None)
             if hit:
-                yield _problem(o, ("realtime", "subjects", i), "realtime_captured_by_stream",
+                yield problem_at(o, ("realtime", "subjects", i), "realtime_captured_by_stream",
                                f"core subject {subject!r} is also captured by stream {st.name!r} ({hit!r}): "
                                "every such event would reach the bridge twice, and realtime events must not "
                                "be persisted", subject, "remove the overlap from the stream's subjects or from "
@@ -211,7 +202,7 @@ def stream_subjects_are_consumed(s: Settings, o: Origins) -> Iterator[Problem]:
         filters = [f or ">" for c in s.jetstream.consumers if c.stream == st.name for f in (c.filter_subjects or [">"])]
         for j, subject in enumerate(st.subjects):
             if not any(subjects_overlap(subject, f) for f in filters):
-                yield _problem(o, ("jetstream", "streams", i, "subjects", j), "subject_not_consumed",
+                yield problem_at(o, ("jetstream", "streams", i, "subjects", j), "subject_not_consumed",
                                f"stream {st.name!r} stores {subject!r} but no consumer's filter matches it: "
                                "those events are kept and never delivered", subject,
                                "add it to a consumer's filter_subjects (or leave filter_subjects empty)",
@@ -229,11 +220,11 @@ def public_key_is_ed25519(s: Settings, o: Origins) -> Iterator[Problem]:
     try:
         key = load_pem_public_key(pem.encode())
     except (ValueError, TypeError) as exc:
-        yield _problem(o, ("gateway", "jwt", "public_key"), "invalid_public_key",
+        yield problem_at(o, ("gateway", "jwt", "public_key"), "invalid_public_key",
                        f"not a PEM public key ({exc})", None, "paste the -----BEGIN PUBLIC KEY----- block")
         return
     if not isinstance(key, Ed25519PublicKey):
-        yield _problem(o, ("gateway", "jwt", "public_key"), "invalid_public_key",
+        yield problem_at(o, ("gateway", "jwt", "public_key"), "invalid_public_key",
                        f"a {type(key).__name__}, but Fechatter signs tokens with Ed25519", None,
                        "use the Ed25519 public key from Fechatter's auth.pk")
 
@@ -242,12 +233,13 @@ def backoff_cap_above_base(s: Settings, o: Origins) -> Iterator[Problem]:
     """The reconnect backoff cap cannot be below its base."""
     n = s.nats
     if n.reconnect_backoff_cap < n.reconnect_backoff_base:
-        yield _problem(o, ("nats", "reconnect_backoff_cap"), "backoff_cap_below_base",
+        yield problem_at(o, ("nats", "reconnect_backoff_cap"), "backoff_cap_below_base",
                        f"cap {fmt(n.reconnect_backoff_cap)} is below base {fmt(n.reconnect_backoff_base)}",
                        fmt(n.reconnect_backoff_cap), "cap >= base")
 
 
 ALL_CHECKS: tuple[Check, ...] = (
+    *URL_CHECKS,
     heartbeat_above_ping,
     heartbeat_within_half_expiry,
     ack_wait_covers_enqueue,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,6 +42,17 @@ class Problem:
         if self.fix:
             text += f"{'' if text.endswith(('.', '?', ')')) and self.value is None else '.'} Fix: {self.fix}"
         return text
+
+
+def problem_at(origins: Mapping[Path, str], path: Path, code: str, message: str, value: object = None,
+               fix: str | None = None, level: str = "error") -> Problem:
+    """A problem at ``path``, its origin the nearest enclosing place that has one (else ``default``)."""
+    origin = "default"
+    for cut in range(len(path), 0, -1):
+        if path[:cut] in origins:
+            origin = origins[path[:cut]]
+            break
+    return Problem(level, code, dotted(path), message, origin=origin, value=value, fix=fix)  # type: ignore[arg-type]
 
 
 class ConfigError(Exception):

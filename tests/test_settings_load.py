@@ -301,3 +301,39 @@ def test_config_is_searched_flag_then_env_then_cwd(tmp_path: Path, monkeypatch: 
 def test_invalid_yaml_is_a_file_error() -> None:
     with pytest.raises(ConfigFileError, match="not valid YAML"):
         load_settings("notify.yml", env={}, text="a: [\n")
+
+
+@pytest.mark.parametrize(("env", "code", "path", "reason"), [
+    ({"REDIS_URL": "rediss://:pw-SECRET@x:notaport/0"}, "bad_redis_url", "redis.url", "Port could not be cast"),
+    ({"REDIS_URL": "http://x:6379"}, "bad_redis_url", "redis.url", "must specify one of the following schemes"),
+    ({"REDIS_URL": "redis://x:6379/abc"}, "bad_redis_url", "redis.url", "database 'abc' is not a number"),
+    ({"REDIS_URL": "redis://:6379/0"}, "bad_redis_url", "redis.url", "no host"),
+    ({"NATS_URL": "nats://u:SECRET@:4222"}, "bad_nats_url", "nats.servers[0]", "no host"),
+    ({"NATS_URL": "http://x:4222"}, "bad_nats_url", "nats.servers[0]", "scheme 'http' is not one of"),
+    ({"NATS_URL": "nats://x:port"}, "bad_nats_url", "nats.servers[0]", "Port could not be cast"),
+    ({"DATABASE_URL": "http://u:SECRET@x/y"}, "bad_database_url", "database.url", 'missing "="'),
+    ({"SENTRY_DSN": "https://o1.example/42"}, "bad_sentry_dsn", "sentry.dsn", "Missing public key"),
+])
+def test_a_malformed_server_address_is_an_error_at_its_source_without_the_secret(
+    env: dict[str, str], code: str, path: str, reason: str
+) -> None:
+    problem = only_error("", code, env)
+    assert (problem.path, problem.origin) == (path, f"env {next(iter(env))}")
+    assert reason in problem.message
+    assert "SECRET" not in problem.format()
+
+
+def test_well_formed_server_addresses_of_every_kind_load() -> None:
+    load_settings(env={
+        "REDIS_URL": "unix:///run/redis.sock", "NATS_URL": "tls://u:p@h:4443",
+        "DATABASE_URL": "postgresql://pg:pw@db:5432/fechatter", "SENTRY_DSN": "https://key@o1.ingest.sentry.io/42",
+    }, text="")
+    load_settings(env={"REDIS_URL": "rediss://:pw@h:6380/2", "NATS_URL": "localhost:4222"}, text="")
+
+
+def test_a_malformed_url_in_the_file_is_reported_at_its_line() -> None:
+    problem = only_error("""
+        nats:
+          servers: ["nats://ok:4222", "nats//typo:4222"]
+    """, "bad_nats_url")
+    assert problem.path == "nats.servers[1]" and problem.origin.startswith("notify.yml:3:")
