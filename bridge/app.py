@@ -37,6 +37,7 @@ from bridge.metrics import Metrics
 from bridge.process import JetStreamProcessor
 from bridge.provision import Provisioner
 from bridge.pull import PullConsumer
+from bridge.reload import ReloadPlan, apply_live, plan_reload
 from events import Lane
 from fechatter_notify.log import log_event
 from settings.model import Settings
@@ -170,6 +171,28 @@ class Bridge:
                         raise
                 else:
                     await asyncio.sleep(delay)
+
+    def reload(self, new: Settings) -> ReloadPlan:
+        """Apply what can change live from ``new`` (see :mod:`bridge.reload`); name the rest.
+
+        ``settings`` becomes what the bridge runs with: the old ones with the live fields of
+        ``new``, so the next reload is compared with what is in effect.
+        """
+        plan = plan_reload(self.settings, new)
+        if plan.live:
+            self.settings = apply_live(self.settings, new)
+            js = self.settings.jetstream
+            by_durable = {(c.stream, c.durable): c for c in js.consumers}
+            for puller in self.pull_consumers:
+                consumer = by_durable.get((puller.consumer.stream, puller.name))
+                if consumer is not None:
+                    puller.retune(consumer, js.max_missed_heartbeats)
+            if self.core is not None:
+                self.core.retune(self.settings.realtime)
+        log_event(log, "config_reloaded", applied=",".join(plan.live) or "-")
+        if plan.restart:
+            log_event(log, "config_needs_restart", logging.WARNING, fields=",".join(plan.restart))
+        return plan
 
     async def readiness(self) -> dict[str, str | None]:
         """Every readiness check: None when fine, else the problem."""

@@ -102,6 +102,14 @@ class CoreSubscriber:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._flush(), within)
 
+    def retune(self, settings: Realtime) -> None:
+        """Take a reloaded ``batch_window`` and ``batch_size`` (the rest needs a restart)."""
+        if (settings.batch_window, settings.batch_size) == (self._settings.batch_window, self._settings.batch_size):
+            return
+        self._settings = self._settings.model_copy(
+            update={"batch_window": settings.batch_window, "batch_size": settings.batch_size})
+        log_event(log, "core_retuned", batch_window_s=settings.batch_window, batch_size=settings.batch_size)
+
     async def _on_msg(self, msg: Msg) -> None:
         buffer = self._buffer
         if len(buffer) >= self._settings.pending_msgs_limit:

@@ -12,12 +12,13 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from typing import Final
 
 from bridge.app import Bridge
 from bridge.errors import BridgeError
 from fechatter_notify.log import log_event, setup_logging
-from settings import Loaded
+from settings import ConfigError, ConfigFileError, Loaded, load_settings
 from settings.model import Settings
 
 __all__ = ["RET_OK", "RET_REFUSED", "RET_RUNTIME", "run"]
@@ -50,13 +51,15 @@ def init_sentry(settings: Settings) -> None:
     )
 
 
-async def serve(settings: Settings) -> int:
-    """Run one bridge until a signal; return the exit code."""
+async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
+    """Run one bridge until SIGTERM/SIGINT; on SIGHUP apply ``reload()``'s settings; return the exit code."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     bridge = Bridge(settings)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload, bridge, reload)
     try:
         await bridge.run(stop)
     except BridgeError as exc:
@@ -66,12 +69,33 @@ async def serve(settings: Settings) -> int:
     return RET_OK
 
 
+def _reload(bridge: Bridge, reload: Callable[[], Settings]) -> None:
+    """SIGHUP: load the configuration again; apply it if valid, else keep running as before."""
+    if not bridge.started.is_set():
+        log_event(log, "config_reload_ignored", logging.WARNING, reason="the bridge is still starting")
+        return
+    try:
+        new = reload()
+    except ConfigFileError as exc:
+        log_event(log, "config_reload_refused", logging.ERROR, reason=str(exc))
+        return
+    except ConfigError as exc:
+        errors = [p for p in exc.problems if p.level == "error"]
+        log_event(log, "config_reload_refused", logging.ERROR, errors=len(errors))
+        for problem in errors:  # without the value: a log line never carries a setting's value
+            log_event(log, "config_problem", logging.ERROR, code=problem.code, path=problem.path,
+                      origin=problem.origin, detail=problem.message)
+        return
+    bridge.reload(new)
+
+
 def run(loaded: Loaded, args: argparse.Namespace) -> int:
     """The ``bridge`` subcommand (called by :mod:`fechatter_notify.cli`)."""
     setup_logging()
     init_sentry(loaded.settings)
+    path = getattr(args, "sub_config", None) or getattr(args, "config", None)
     try:
-        return asyncio.run(serve(loaded.settings))
+        return asyncio.run(serve(loaded.settings, lambda: load_settings(path).settings))
     except Exception:
         log.exception("bridge crashed")
         return RET_RUNTIME

@@ -100,6 +100,11 @@ class JetStreamProcessor:
         self._naked = m.naked.labels(label)
         self._termed = m.termed.labels(label)
 
+    def pull_expiry_changed(self, expiry: float) -> None:
+        """The durable's pull expiry was reloaded. Requests sent before keep the old one, so
+        the nak delay floor never shrinks below it."""
+        self._nak_floor = max(self._nak_floor, expiry)
+
     async def process(self, msgs: list[Msg]) -> None:
         """Enqueue and settle ``msgs``; never raises (failures nak and open the circuit)."""
         self._fetched.inc(len(msgs))

@@ -145,6 +145,26 @@ class PullConsumer:
         log_event(log, "pull_loop_stopped", stream=self.consumer.stream, consumer=self.name,
                   unsettled=self.state.in_flight)
 
+    def retune(self, consumer: Consumer, max_missed_heartbeats: int) -> None:
+        """Take a reloaded durable's per-request parameters; they apply from the next request on.
+
+        Requests already sent keep theirs (and the watchdog keeps waiting on the last one's
+        heartbeat until a new one is sent), so nothing in flight is cut short.
+        """
+        state = self.state
+        wanted = (consumer.batch, consumer.pull_expiry, consumer.idle_heartbeat, consumer.max_in_flight,
+                  max_missed_heartbeats)
+        if wanted == (state.batch, state.expires, state.heartbeat, state.max_in_flight, self._max_missed):
+            return
+        state.batch, state.expires = consumer.batch, consumer.pull_expiry
+        state.heartbeat, state.max_in_flight = consumer.idle_heartbeat, consumer.max_in_flight
+        self._max_missed = max_missed_heartbeats
+        self._processor.pull_expiry_changed(consumer.pull_expiry)
+        log_event(log, "pull_retuned", stream=self.consumer.stream, consumer=self.name, batch=state.batch,
+                  expires_s=state.expires, heartbeat_s=state.heartbeat, max_in_flight=state.max_in_flight,
+                  max_missed_heartbeats=max_missed_heartbeats)
+        self._kick()
+
     # -- connection and circuit events -----------------------------------------------------
 
     def on_disconnected(self) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 
 from settings.redact import redact_urls_in
 
-_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+#: LogRecord's own attributes, plus the two it sets while formatting (``extra`` may not use them).
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 def _fmt(value: Any) -> str:
@@ -35,7 +36,7 @@ class LogfmtFormatter(logging.Formatter):
             f"event={_fmt(record.getMessage())}",
         ]
         for key, value in record.__dict__.items():
-            if key not in _RESERVED and not key.startswith("_") and key not in ("message", "asctime"):
+            if key not in _RESERVED and not key.startswith("_"):
                 parts.append(f"{key}={_fmt(value)}")
         if record.exc_info:
             parts.append(f"error={_fmt(self.formatException(record.exc_info).splitlines()[-1])}")

@@ -167,3 +167,41 @@ def test_an_unknown_queue_is_a_configuration_error(redis_server: RedisServer, tm
     )
     assert result.returncode == 2
     assert b"unknown queue" in result.stderr
+
+
+@pytest.mark.slow
+def test_sighup_replaces_the_worker_processes_with_the_new_configuration(
+    redis_server: RedisServer, client: redis.Redis, tmp_path: Path
+) -> None:
+    config = tmp_path / "notify.yml"
+    config.write_text(settings_yaml(make_settings(redis_server.url, namespace="t")))
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fechatter_notify", "--config", str(config), "worker", "-p", "1", "-t", "1"],
+            env=child_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    subscribers = lambda channel: dict(client.pubsub_numsub(channel))[channel.encode()]  # noqa: E731
+    try:
+        wait_until(lambda: subscribers("t:wake:realtime") == 1, timeout=20, message="worker never subscribed")
+        # When the namespace changes in the file and SIGHUP arrives
+        renamed = make_settings(redis_server.url, namespace="t2")
+        config.write_text(settings_yaml(renamed))
+        os.kill(proc.pid, signal.SIGHUP)
+        # Then a new process consumes the new namespace, the old one is gone, and jobs there are done
+        wait_until(lambda: subscribers("t2:wake:realtime") == 1 and subscribers("t:wake:realtime") == 0,
+                   timeout=30, message="workers not replaced")
+        client.sadd("t2:members:42", 7, 9)
+        enqueue(client, renamed, parse("fechatter.realtime.chat.42.typing",
+                                       {"TypingStarted": {"chat_id": 42, "user_id": 7}}, typing_ttl_s=30))
+        wait_until(lambda: inbox(client, renamed, 9), timeout=10, message="the new worker did not deliver")
+        # When the file turns invalid, SIGHUP is refused and the running process stays
+        config.write_text('{"redis": {"url": "http://nowhere:6379"}}')
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_until(lambda: "event=config_reload_refused" in log_path.read_text(), timeout=10)
+        assert "[bad_redis_url] redis.url" in log_path.read_text()
+        assert subscribers("t2:wake:realtime") == 1 and proc.poll() is None
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0, log_path.read_text()

@@ -5,7 +5,8 @@ process (default 8), ``-Q/--queues`` to consume a subset (default: both queues).
 *spawned* (not forked: the supervisor holds threads and sockets) and receive the validated
 settings object itself, so ``--config``, ``$NOTIFY_CONFIG`` and environment overrides resolve
 once, here. SIGTERM/SIGINT stop the children gracefully (running jobs finish within
-``delivery.time_limit``, prefetched ones are requeued). If a child dies on its own, the
+``delivery.time_limit``, prefetched ones are requeued). SIGHUP re-reads the configuration and
+replaces the children, new ones first (see :func:`_restart`). If a child dies on its own, the
 supervisor stops the others and exits 1, so the platform restarts the whole unit.
 
 The supervisor serves the children's summed metrics at ``metrics.host:metrics.port``
@@ -28,7 +29,7 @@ from types import FrameType
 from typing import Final
 
 from fechatter_notify.log import log_event, setup_logging
-from settings import Loaded
+from settings import ConfigError, ConfigFileError, Loaded, load_settings
 from settings.model import Settings
 from workers.exposition import Exposition
 
@@ -76,13 +77,13 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
         log_event(log, "worker_config_error", logging.ERROR, error="processes and threads must be >= 1")
         return RET_CONFIG
 
-    stop = threading.Event()
+    stop, reload = threading.Event(), threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        (reload if signum == signal.SIGHUP else stop).set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
 
     metrics_dir = tempfile.mkdtemp(prefix="fechatter-notify-metrics-")
     # Children inherit the environment at spawn: prometheus_client then writes their values
@@ -96,8 +97,12 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
     code = RET_OK
     try:
         while not stop.is_set():
+            if reload.is_set():
+                reload.clear()
+                settings = _restart(settings, children, threads, processes, args)
+                continue
             done = multiprocessing.connection.wait([c.sentinel for c in children], timeout=0.5)
-            if done and not stop.is_set():
+            if done and not stop.is_set() and not reload.is_set():
                 dead = [c for c in children if not c.is_alive()]
                 log_event(log, "worker_process_died", logging.ERROR,
                           pids=",".join(str(c.pid) for c in dead),
@@ -110,6 +115,41 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     log_event(log, "worker_supervisor_stopped", code=code)
     return code
+
+
+def _restart(settings: Settings, children: list[multiprocessing.process.BaseProcess], threads: int,
+             processes: int, args: argparse.Namespace) -> Settings:
+    """SIGHUP (dramatiq's convention): re-read the configuration and replace every worker process.
+
+    The new processes start before the old ones are told to stop, so the queues are never
+    without consumers; the old ones finish their running jobs and requeue what they prefetched.
+    An invalid configuration is refused and the running processes stay. Returns the settings
+    now in effect (``children`` is updated in place).
+    """
+    path = getattr(args, "sub_config", None) or getattr(args, "config", None)
+    try:
+        new = load_settings(path).settings
+        queues = select_queues(new, getattr(args, "queues", None))
+    except (ConfigError, ConfigFileError, ValueError) as exc:
+        problems = getattr(exc, "problems", [])
+        log_event(log, "config_reload_refused", logging.ERROR,
+                  errors=sum(p.level == "error" for p in problems) or 1, reason=_first_error(exc))
+        return settings
+    old = list(children)
+    children[:] = _spawn(new, queues, threads, processes)
+    log_event(log, "worker_processes_restarting", old_pids=",".join(str(c.pid) for c in old),
+              new_pids=",".join(str(c.pid) for c in children))
+    _stop(old, settings.delivery.time_limit + STOP_GRACE_S)
+    log_event(log, "config_reloaded", processes=processes, queues=",".join(queues))
+    return new
+
+
+def _first_error(exc: Exception) -> str:
+    """A short reason without setting values (a log line never carries one)."""
+    for problem in getattr(exc, "problems", []):
+        if problem.level == "error":
+            return f"{problem.origin}: [{problem.code}] {problem.path}: {problem.message}"
+    return str(exc)
 
 
 def _spawn(settings: Settings, queues: list[str], threads: int,

@@ -1,0 +1,92 @@
+"""What a running bridge can take from a changed notify.yml (SIGHUP), and what needs a restart.
+
+Every pull request carries its own batch, expiry and idle heartbeat (pitfalls §2), so those
+take effect with the next request: an operator can widen a heartbeat that keeps being missed
+without dropping a connection or an in-flight batch. The same holds for the local in-flight
+cap, the miss count before "not ready", and the core path's batching. Everything else
+(servers, credentials, streams, a durable's server-side config, queues, Redis) is named as
+needing a restart; nothing of it is applied halfway.
+
+Pure logic: :func:`plan_reload` compares two validated :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+from settings.model import Settings
+from settings.problems import Path, dotted
+
+__all__ = ["LIVE_CONSUMER_FIELDS", "ReloadPlan", "apply_live", "plan_reload"]
+
+#: Per-durable fields sent with each pull request (or kept locally), applied live.
+LIVE_CONSUMER_FIELDS: Final = frozenset({"batch", "expires", "idle_heartbeat", "max_in_flight"})
+#: Other fields applied live, by path.
+LIVE_PATHS: Final = frozenset({
+    ("jetstream", "max_missed_heartbeats"),
+    ("realtime", "batch_window"),
+    ("realtime", "batch_size"),
+})
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    """The changed settings, as dotted paths."""
+
+    #: Applied by the running bridge.
+    live: tuple[str, ...]
+    #: Changed in the file but in effect only after a restart.
+    restart: tuple[str, ...]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.live or self.restart)
+
+
+def plan_reload(old: Settings, new: Settings) -> ReloadPlan:
+    """Split the differences between ``old`` (running) and ``new`` (just loaded)."""
+    live: list[str] = []
+    restart: list[str] = []
+    for path in _changed(old.model_dump(), new.model_dump(), ()):
+        (live if _is_live(path, old, new) else restart).append(dotted(path))
+    return ReloadPlan(tuple(live), tuple(restart))
+
+
+def apply_live(old: Settings, new: Settings) -> Settings:
+    """``old`` with the live fields of ``new``: what the bridge runs with after a reload."""
+    consumers = [
+        before.model_copy(update={f: getattr(after, f) for f in LIVE_CONSUMER_FIELDS})
+        if (before.stream, before.durable) == (after.stream, after.durable) else before
+        for before, after in zip(old.jetstream.consumers, new.jetstream.consumers, strict=False)
+    ] + old.jetstream.consumers[len(new.jetstream.consumers):]
+    jetstream = old.jetstream.model_copy(
+        update={"consumers": consumers, "max_missed_heartbeats": new.jetstream.max_missed_heartbeats})
+    realtime = old.realtime.model_copy(
+        update={"batch_window": new.realtime.batch_window, "batch_size": new.realtime.batch_size})
+    return old.model_copy(update={"jetstream": jetstream, "realtime": realtime})
+
+
+def _is_live(path: Path, old: Settings, new: Settings) -> bool:
+    if path in LIVE_PATHS:
+        return True
+    if len(path) == 4 and path[:2] == ("jetstream", "consumers") and path[3] in LIVE_CONSUMER_FIELDS:
+        index = path[2]
+        assert isinstance(index, int)
+        before, after = old.jetstream.consumers[index], new.jetstream.consumers[index]
+        return (before.stream, before.durable) == (after.stream, after.durable)
+    return False
+
+
+def _changed(old: Any, new: Any, path: Path) -> Iterator[Path]:
+    """Paths of the leaves that differ; lists of equal length are compared item by item."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(old.keys() | new.keys()):
+            yield from _changed(old.get(key), new.get(key), (*path, key))
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and \
+            all(isinstance(item, dict) for item in old + new):
+        for index, (a, b) in enumerate(zip(old, new, strict=True)):
+            yield from _changed(a, b, (*path, index))
+    elif old != new:
+        yield path
