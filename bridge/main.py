@@ -18,7 +18,8 @@ from typing import Final
 from bridge.app import Bridge
 from bridge.errors import BridgeError
 from fechatter_notify.log import log_event, setup_logging
-from settings import ConfigError, ConfigFileError, Loaded, load_settings
+from fechatter_notify.reloading import config_path, reload_settings
+from settings import Loaded
 from settings.model import Settings
 
 __all__ = ["RET_OK", "RET_REFUSED", "RET_RUNTIME", "run"]
@@ -51,7 +52,7 @@ def init_sentry(settings: Settings) -> None:
     )
 
 
-async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
+async def serve(settings: Settings, reload: Callable[[], Settings | None] | None = None) -> int:
     """Run one bridge until SIGTERM/SIGINT; on SIGHUP apply ``reload()``'s settings; return the exit code."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -69,33 +70,23 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
     return RET_OK
 
 
-def _reload(bridge: Bridge, reload: Callable[[], Settings]) -> None:
+def _reload(bridge: Bridge, reload: Callable[[], Settings | None]) -> None:
     """SIGHUP: load the configuration again; apply it if valid, else keep running as before."""
     if not bridge.started.is_set():
         log_event(log, "config_reload_ignored", logging.WARNING, reason="the bridge is still starting")
         return
-    try:
-        new = reload()
-    except ConfigFileError as exc:
-        log_event(log, "config_reload_refused", logging.ERROR, reason=str(exc))
-        return
-    except ConfigError as exc:
-        errors = [p for p in exc.problems if p.level == "error"]
-        log_event(log, "config_reload_refused", logging.ERROR, errors=len(errors))
-        for problem in errors:  # without the value: a log line never carries a setting's value
-            log_event(log, "config_problem", logging.ERROR, code=problem.code, path=problem.path,
-                      origin=problem.origin, detail=problem.message)
-        return
-    bridge.reload(new)
+    new = reload()
+    if new is not None:
+        bridge.reload(new)
 
 
 def run(loaded: Loaded, args: argparse.Namespace) -> int:
     """The ``bridge`` subcommand (called by :mod:`fechatter_notify.cli`)."""
     setup_logging()
     init_sentry(loaded.settings)
-    path = getattr(args, "sub_config", None) or getattr(args, "config", None)
+    path = config_path(args)
     try:
-        return asyncio.run(serve(loaded.settings, lambda: load_settings(path).settings))
+        return asyncio.run(serve(loaded.settings, lambda: reload_settings(path)))
     except Exception:
         log.exception("bridge crashed")
         return RET_RUNTIME

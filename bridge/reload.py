@@ -12,10 +12,10 @@ Pure logic: :func:`plan_reload` compares two validated :class:`Settings`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
+from settings.diff import changed_paths
 from settings.model import Settings
 from settings.problems import Path, dotted
 
@@ -49,7 +49,7 @@ def plan_reload(old: Settings, new: Settings) -> ReloadPlan:
     """Split the differences between ``old`` (running) and ``new`` (just loaded)."""
     live: list[str] = []
     restart: list[str] = []
-    for path in _changed(old.model_dump(), new.model_dump(), ()):
+    for path in changed_paths(old, new):
         (live if _is_live(path, old, new) else restart).append(dotted(path))
     return ReloadPlan(tuple(live), tuple(restart))
 
@@ -77,16 +77,3 @@ def _is_live(path: Path, old: Settings, new: Settings) -> bool:
         before, after = old.jetstream.consumers[index], new.jetstream.consumers[index]
         return (before.stream, before.durable) == (after.stream, after.durable)
     return False
-
-
-def _changed(old: Any, new: Any, path: Path) -> Iterator[Path]:
-    """Paths of the leaves that differ; lists of equal length are compared item by item."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(old.keys() | new.keys()):
-            yield from _changed(old.get(key), new.get(key), (*path, key))
-    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and \
-            all(isinstance(item, dict) for item in old + new):
-        for index, (a, b) in enumerate(zip(old, new, strict=True)):
-            yield from _changed(a, b, (*path, index))
-    elif old != new:
-        yield path

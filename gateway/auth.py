@@ -48,6 +48,15 @@ class AuthError(Exception):
         self.message = message
 
 
+def _public_key(config: Jwt) -> Ed25519PublicKey | None:
+    if not config.public_key:
+        return None
+    key = load_pem_public_key(config.public_key.encode())
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("gateway.jwt.public_key is not an Ed25519 public key")
+    return key
+
+
 class TokenVerifier:
     """Verifies access tokens against ``gateway.jwt``.
 
@@ -60,12 +69,17 @@ class TokenVerifier:
         self.issuer = config.issuer
         #: Seconds of clock skew tolerated on ``exp``/``nbf``/``iat``.
         self.leeway = config.leeway
-        self._key: Ed25519PublicKey | None = None
-        if config.public_key:
-            key = load_pem_public_key(config.public_key.encode())
-            if not isinstance(key, Ed25519PublicKey):
-                raise ValueError("gateway.jwt.public_key is not an Ed25519 public key")
-            self._key = key
+        self._key: Ed25519PublicKey | None = _public_key(config)
+
+    def reconfigure(self, config: Jwt) -> None:
+        """Verify new tokens against ``config`` from now on (a rotated key, say); streams already
+        open keep running until their own token expires.
+
+        Raises:
+          ValueError: the new key is not an Ed25519 public key; nothing was changed.
+        """
+        key = _public_key(config)
+        self.audience, self.issuer, self.leeway, self._key = config.audience, config.issuer, config.leeway, key
 
     @property
     def configured(self) -> bool:

@@ -1,4 +1,6 @@
-"""``fechatter-notify gateway`` (Procfile ``web:``): serve the SSE gateway until SIGTERM/SIGINT."""
+"""``fechatter-notify gateway`` (Procfile ``web:``): serve the SSE gateway until SIGTERM/SIGINT.
+
+SIGHUP re-reads the configuration and applies ``gateway.jwt`` live (see :func:`reload`)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,13 @@ from collections.abc import Callable
 from typing import Final
 
 from fechatter_notify.log import log_event, setup_logging
+from fechatter_notify.reloading import config_path, reload_settings
 from gateway.app import build_app, start_server
 from gateway.auth import TokenVerifier
 from settings import Loaded
+from settings.diff import changed_paths
 from settings.model import Settings
+from settings.problems import dotted
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +74,33 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
     tune_gc()
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_serve(settings, verifier))
+            runner.run(_serve(settings, verifier, config_path(args)))
     except OSError as exc:  # typically: the port is taken
         log_event(log, "gateway_failed", logging.ERROR, error=exc)
         return RET_RUNTIME
     return RET_OK
+
+
+def reload(settings: Settings, verifier: TokenVerifier, path: str | None) -> Settings:
+    """SIGHUP: token verification (``gateway.jwt``: a rotated key, say) changes live; anything
+    else that changed is named as needing a restart. Returns the settings now in effect."""
+    new = reload_settings(path)
+    if new is None:
+        return settings
+    changed = [dotted(p) for p in changed_paths(settings, new)]
+    live = [p for p in changed if p.startswith("gateway.jwt.")]
+    restart = [p for p in changed if p not in live]
+    if live:
+        try:
+            verifier.reconfigure(new.gateway.jwt)
+        except ValueError as exc:
+            log_event(log, "config_reload_refused", logging.ERROR, reason=str(exc))
+            return settings
+    log_event(log, "config_reloaded", applied=",".join(live) or "-")
+    if restart:
+        log_event(log, "config_needs_restart", logging.WARNING, fields=",".join(restart))
+    gateway = settings.gateway.model_copy(update={"jwt": new.gateway.jwt})
+    return settings.model_copy(update={"gateway": gateway})
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -85,7 +112,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-async def _serve(settings: Settings, verifier: TokenVerifier) -> None:
+async def _serve(settings: Settings, verifier: TokenVerifier, path: str | None) -> None:
     app = build_app(settings, verifier=verifier)
     runner, port = await start_server(app, settings.gateway.host, settings.gateway.port)
     log_event(log, "gateway_listening", host=settings.gateway.host, port=port,
@@ -94,6 +121,12 @@ async def _serve(settings: Settings, verifier: TokenVerifier) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def on_sighup() -> None:
+        nonlocal settings
+        settings = reload(settings, verifier, path)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         await stop.wait()
     finally:

@@ -121,3 +121,39 @@ def test_an_invalid_public_key_is_a_configuration_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert "public_key" in result.stderr
+
+
+async def test_sighup_rotates_the_token_key_and_keeps_open_streams(
+    gateway_process: GatewayProcess, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    gw, config = gateway_process, tmp_path / "notify.yml"
+    async with aiohttp.ClientSession() as session:
+        await async_wait_until(lambda: _ready(session, gw), timeout=20.0)
+        # Given a stream opened with a token signed by the old key
+        response = await session.get(gw.url + "/events", params={"access_token": gw.key.token(60)})
+        reader = SseReader(response)
+        assert (await reader.next_json())[1]["type"] == "connection_confirmed"
+        # When the file gets a new key (and a new keep-alive, which needs a restart) and SIGHUP arrives
+        new_key = SigningKey.generate()
+        old_pem = gw.key.public_pem.strip().replace("\n", "\\n")
+        new_pem = new_key.public_pem.strip().replace("\n", "\\n")
+        config.write_text(config.read_text().replace(old_pem, new_pem) + "  keep_alive: 5s\n")
+        gw.proc.send_signal(signal.SIGHUP)
+        await async_wait_until(lambda: "event=config_reloaded" in gw.log_text(), timeout=10)
+        assert "applied=gateway.jwt.public_key" in gw.log_text()
+        assert "event=config_needs_restart" in gw.log_text() and "fields=gateway.keep_alive" in gw.log_text()
+
+        # Then new tokens verify against the new key only, and the open stream goes on
+        async def status(key: SigningKey) -> int:
+            async with session.get(gw.url + "/events", params={"access_token": key.token(61)}) as resp:
+                return resp.status
+
+        assert await status(new_key) == 200
+        assert await status(gw.key) == 401
+        assert not response.closed and gw.proc.poll() is None
+        # And an invalid file is refused: the process keeps the key it has
+        config.write_text(config.read_text().replace("port:", "port: notaport #"))
+        gw.proc.send_signal(signal.SIGHUP)
+        await async_wait_until(lambda: "event=config_reload_refused" in gw.log_text(), timeout=10)
+        assert await status(new_key) == 200
+        response.close()

@@ -199,7 +199,7 @@ def test_sighup_replaces_the_worker_processes_with_the_new_configuration(
         config.write_text('{"redis": {"url": "http://nowhere:6379"}}')
         os.kill(proc.pid, signal.SIGHUP)
         wait_until(lambda: "event=config_reload_refused" in log_path.read_text(), timeout=10)
-        assert "[bad_redis_url] redis.url" in log_path.read_text()
+        assert "code=bad_redis_url path=redis.url" in log_path.read_text()
         assert subscribers("t2:wake:realtime") == 1 and proc.poll() is None
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -29,7 +29,8 @@ from types import FrameType
 from typing import Final
 
 from fechatter_notify.log import log_event, setup_logging
-from settings import ConfigError, ConfigFileError, Loaded, load_settings
+from fechatter_notify.reloading import config_path, reload_settings
+from settings import Loaded
 from settings.model import Settings
 from workers.exposition import Exposition
 
@@ -126,14 +127,13 @@ def _restart(settings: Settings, children: list[multiprocessing.process.BaseProc
     An invalid configuration is refused and the running processes stay. Returns the settings
     now in effect (``children`` is updated in place).
     """
-    path = getattr(args, "sub_config", None) or getattr(args, "config", None)
+    new = reload_settings(config_path(args))
+    if new is None:
+        return settings
     try:
-        new = load_settings(path).settings
         queues = select_queues(new, getattr(args, "queues", None))
-    except (ConfigError, ConfigFileError, ValueError) as exc:
-        problems = getattr(exc, "problems", [])
-        log_event(log, "config_reload_refused", logging.ERROR,
-                  errors=sum(p.level == "error" for p in problems) or 1, reason=_first_error(exc))
+    except ValueError as exc:
+        log_event(log, "config_reload_refused", logging.ERROR, reason=str(exc))
         return settings
     old = list(children)
     children[:] = _spawn(new, queues, threads, processes)
@@ -142,14 +142,6 @@ def _restart(settings: Settings, children: list[multiprocessing.process.BaseProc
     _stop(old, settings.delivery.time_limit + STOP_GRACE_S)
     log_event(log, "config_reloaded", processes=processes, queues=",".join(queues))
     return new
-
-
-def _first_error(exc: Exception) -> str:
-    """A short reason without setting values (a log line never carries one)."""
-    for problem in getattr(exc, "problems", []):
-        if problem.level == "error":
-            return f"{problem.origin}: [{problem.code}] {problem.path}: {problem.message}"
-    return str(exc)
 
 
 def _spawn(settings: Settings, queues: list[str], threads: int,
