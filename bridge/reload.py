@@ -56,11 +56,13 @@ def plan_reload(old: Settings, new: Settings) -> ReloadPlan:
 
 def apply_live(old: Settings, new: Settings) -> Settings:
     """``old`` with the live fields of ``new``: what the bridge runs with after a reload."""
-    consumers = [
-        before.model_copy(update={f: getattr(after, f) for f in LIVE_CONSUMER_FIELDS})
-        if (before.stream, before.durable) == (after.stream, after.durable) else before
-        for before, after in zip(old.jetstream.consumers, new.jetstream.consumers, strict=False)
-    ] + old.jetstream.consumers[len(new.jetstream.consumers):]
+    consumers = old.jetstream.consumers
+    if len(consumers) == len(new.jetstream.consumers):  # else the list is a change for a restart
+        consumers = [
+            before.model_copy(update={f: getattr(after, f) for f in LIVE_CONSUMER_FIELDS})
+            if (before.stream, before.durable) == (after.stream, after.durable) else before
+            for before, after in zip(consumers, new.jetstream.consumers, strict=True)
+        ]
     jetstream = old.jetstream.model_copy(
         update={"consumers": consumers, "max_missed_heartbeats": new.jetstream.max_missed_heartbeats})
     realtime = old.realtime.model_copy(
