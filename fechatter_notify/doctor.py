@@ -13,7 +13,7 @@ the same options as the processes and reports, in ``config check``'s one-line fo
   publishes that none of the bridge's streams stores (those events reach nobody);
   durables with messages waiting and nobody pulling;
 - Redis: reachable and new enough, jobs waiting and dead, live workers, idle workers listening
-  for wake-ups, and the bridge's dead letters with the newest reason.
+  for wake-ups, users connected to gateways, and the bridge's dead letters with the newest reason.
 
 Nothing is created, changed, fetched or acked: only INFO-style requests are sent. Exit code 0
 when no error was found (warnings may remain), 2 otherwise.
@@ -36,7 +36,7 @@ from bridge.errors import JetStreamError, JetStreamRefused
 from bridge.jsapi import JetStreamApi
 from bridge.provision import consumer_config, diff_consumer, diff_stream, stream_config
 from bridge.status import ERR_CONSUMER_NOT_FOUND, ERR_STREAM_NOT_FOUND
-from events.inbox import wake_channel
+from events.inbox import live_channel, wake_channel
 from fechatter_notify.nats_options import connect_options
 from settings import Loaded, Problem, format_duration, redact_url
 from settings.model import DEFAULT_DOMAIN_SUBJECTS, Consumer, Settings, Stream
@@ -274,6 +274,7 @@ async def check_redis(settings: Settings, report: Report) -> None:
     try:
         await _check_redis_server(client, report, origin)
         await _check_queues(client, settings, report, origin)
+        await _check_gateways(client, settings, report, origin)
         await _check_dead_letters(client, settings, report, origin)
     except (RedisError, OSError) as exc:
         report.add("error", "redis_unreachable", "redis.url", f"{type(exc).__name__}: {exc}", origin=origin,
@@ -316,6 +317,13 @@ async def _check_queues(client: aioredis.Redis, settings: Settings, report: Repo
                    f"{waiting_total} job(s) waiting and no worker heartbeating in the last "
                    f"{WORKER_HEARTBEAT_TIMEOUT_MS // 1000}s", origin=origin,
                    fix="start workers (fechatter-notify worker) against this Redis and namespace")
+
+
+async def _check_gateways(client: aioredis.Redis, settings: Settings, report: Report, origin: str) -> None:
+    # Each gateway subscribes the live channel of every user it holds a stream of.
+    pattern = live_channel(settings.redis.namespace, 0)[:-1] + "*"
+    users = len(await client.pubsub_channels(pattern))
+    report.add("info", "gateways", "gateway", f"{users} user(s) with an open stream on a gateway", origin=origin)
 
 
 async def _check_dead_letters(client: aioredis.Redis, settings: Settings, report: Report, origin: str) -> None:

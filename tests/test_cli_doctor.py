@@ -166,3 +166,16 @@ def test_the_command_prints_every_finding_and_exits_2_on_errors(tmp_path: Path, 
     quiet = subprocess.run([sys.executable, "-m", "fechatter_notify", "doctor", "--quiet"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=60)
     assert "info [" not in quiet.stdout and "error [nats_unreachable]" in quiet.stdout
+
+
+async def test_users_connected_to_gateways_are_counted_from_their_live_channels(
+    nats_server: NatsServer, redis_server: RedisServer
+) -> None:
+    pubsub = redis_server.client().pubsub()
+    pubsub.subscribe(f"{NS}:live:1", f"{NS}:live:2", "other-namespace:live:3")  # as gateways do
+    try:
+        await async_wait_until(lambda: len(redis_server.client().pubsub_channels("*")) == 3, timeout=5)
+        findings = await diagnose(bridge_settings(nats_server.url, redis_server.url))
+        assert one(findings, "gateways").message == "2 user(s) with an open stream on a gateway"
+    finally:
+        pubsub.close()
