@@ -109,6 +109,8 @@ def serve(settings: Settings, queues: Sequence[str], threads: int) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # A hangup of the whole process group is the supervisor's to handle (it reloads).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     runtime = WorkerRuntime(settings, queues=queues, threads=threads).start()
     stop.wait()
     runtime.stop()
