@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "exit 2 on errors")
     doctor.add_argument("--config", dest="sub_config", metavar="PATH")
     doctor.add_argument("--quiet", action="store_true", help="only errors and warnings")
+    doctor.add_argument("--format", choices=("text", "json"), default="text",
+                        help="json: a list of {level, code, path, message, origin, fix}")
     for name, (_, help_text) in PROCESSES.items():
         proc = sub.add_parser(name, help=help_text)
         proc.add_argument("--config", dest="sub_config", metavar="PATH")

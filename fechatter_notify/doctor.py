@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
 from typing import Any, Final
 
@@ -350,12 +351,19 @@ def _text(value: Any) -> str:
 def run(loaded: Loaded, args: argparse.Namespace) -> int:
     """The ``doctor`` subcommand: configuration findings, then the live ones; exit 2 on errors."""
     findings = [*loaded.problems, *asyncio.run(diagnose(loaded.settings))]
-    for finding in findings:
-        if getattr(args, "quiet", False) and finding.level == "info":
-            continue
-        print(finding.format())
+    if getattr(args, "quiet", False):
+        findings = [f for f in findings if f.level != "info"]
     errors = sum(f.level == "error" for f in findings)
-    warnings = sum(f.level == "warning" for f in findings)
-    print(f"\n{errors} error(s), {warnings} warning(s)")
+    if getattr(args, "format", "text") == "json":
+        print(json.dumps([_as_dict(f) for f in findings], indent=2))
+    else:
+        for finding in findings:
+            print(finding.format())
+        print(f"\n{errors} error(s), {sum(f.level == 'warning' for f in findings)} warning(s)")
     return RET_PROBLEMS if errors else RET_OK
 
+
+def _as_dict(finding: Problem) -> dict[str, Any]:
+    """A finding for scripts (``--format json``); values are left out, as in the log."""
+    return {"level": finding.level, "code": finding.code, "path": finding.path, "message": finding.message,
+            "origin": finding.origin, "fix": finding.fix}

@@ -166,6 +166,13 @@ def test_the_command_prints_every_finding_and_exits_2_on_errors(tmp_path: Path, 
     quiet = subprocess.run([sys.executable, "-m", "fechatter_notify", "doctor", "--quiet"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=60)
     assert "info [" not in quiet.stdout and "error [nats_unreachable]" in quiet.stdout
+    as_json = subprocess.run([sys.executable, "-m", "fechatter_notify", "doctor", "--format", "json"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=60)
+    findings = json.loads(as_json.stdout)
+    assert as_json.returncode == 2
+    unreachable = next(f for f in findings if f["code"] == "nats_unreachable")
+    assert (unreachable["level"], unreachable["path"]) == ("error", "nats.servers")
+    assert any(f["code"] == "redis_server" and f["level"] == "info" for f in findings)
 
 
 async def test_users_connected_to_gateways_are_counted_from_their_live_channels(
