@@ -45,6 +45,12 @@ def chats_key(namespace: str, user_id: int) -> str:
     return f"{namespace}:chats:{user_id}"
 
 
+def chats_complete_key(namespace: str, user_id: int) -> str:
+    """Present while ``chats_key(user)`` holds every chat of the user (read from PostgreSQL
+    since), not only those events happened to mention."""
+    return f"{namespace}:chats-complete:{user_id}"
+
+
 def presence_key(namespace: str, user_id: int) -> str:
     """The user's current presence (a hash with ``status`` and ``last_seen``)."""
     return f"{namespace}:presence:{user_id}"

@@ -97,3 +97,22 @@ def test_presence_of_an_uncached_user_is_scoped_through_postgres(client: redis.R
     for user in (9, 13, 50):
         assert inbox(client, settings, user) == []
     assert client.smembers(chats_key("t", 9)) == {b"42", b"43"}
+
+
+def test_a_chat_set_learned_from_events_is_completed_from_postgres_once(
+    client: redis.Redis, settings: Settings
+) -> None:
+    # Given user 9's chat set holding only chat 42 (an event of chat 42 passed; chat 43 was quiet)
+    client.sadd(chats_key("t", 9), 42)
+    metrics = WorkerMetrics()
+    with running_worker(settings, metrics=metrics):
+        # When 9's presence changes twice
+        for status in ("online", "away"):
+            enqueue(client, settings, parse("fechatter.realtime.user.9.presence",
+                                            {"UserPresence": {"user_id": 9, "status": status, "last_seen": None}}))
+            wait_drained(client, settings)
+    # Then 20, who shares only the quiet chat 43 with 9, hears both; the table was read once
+    assert [n["status"] for n in inbox(client, settings, 20)] == ["online", "away"]
+    assert [n["status"] for n in inbox(client, settings, 11)] == ["online", "away"]
+    assert counter(metrics.membership_fills, "user") == 1
+    assert client.smembers(chats_key("t", 9)) == {b"42", b"43"}

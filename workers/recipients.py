@@ -7,7 +7,9 @@ events edit. A missing entry means "unknown": with ``database.url`` set it is re
 Fechatter's ``chat_members`` table and cached for ``delivery.membership_ttl``; without a
 database the event reaches nobody, which is counted and logged once per chat and process.
 
-``chats_key(user)`` is the reverse index (chats a user is in) that scopes presence.
+``chats_key(user)`` is the reverse index (chats a user is in) that scopes presence. Events fill
+it as they pass, so it may lack chats that were quiet; with a database it is completed from
+``chat_members`` once per ``membership_ttl`` (``chats_complete_key``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Final
 import msgspec
 import redis
 
-from events.inbox import chats_key, members_key
+from events.inbox import chats_complete_key, chats_key, members_key
 from fechatter_notify.log import log_event
 from workers.connections import ThreadConnections
 from workers.metrics import WorkerMetrics
@@ -98,18 +100,26 @@ class Membership:
         return found
 
     def _chats_of(self, user_id: int) -> set[int]:
-        key = chats_key(self._ns, user_id)
-        raw: set[bytes] = self._client.smembers(key)  # type: ignore[assignment]
-        if raw or self._table is None:
-            return {int(c) for c in raw}
+        """The user's chats. Events only tell some of them, so with a database the set is
+        completed from it once per ``membership_ttl`` (joins and leaves keep it in step)."""
+        key, complete = chats_key(self._ns, user_id), chats_complete_key(self._ns, user_id)
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.smembers(key)
+            pipe.exists(complete)
+            raw, known = pipe.execute()
+        cached = {int(c) for c in raw}
+        if self._table is None or known:
+            return cached
         chats = self._table.user_chats(user_id)
         self._metrics.membership_fills.labels("user").inc()
-        if chats:
-            with self._client.pipeline(transaction=True) as pipe:
+        with self._client.pipeline(transaction=True) as pipe:
+            if chats:
                 pipe.sadd(key, *chats)
                 pipe.pexpire(key, self._ttl_ms)
-                pipe.execute()
-        return chats
+            pipe.set(complete, 1, px=self._ttl_ms)
+            pipe.execute()
+        # Chats only events know yet (a join the database's replica has not seen) stay in.
+        return chats | cached
 
     def _unknown(self, chat_id: int) -> None:
         self._metrics.unknown_membership.inc()
