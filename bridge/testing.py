@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -19,6 +20,11 @@ from settings import load_settings
 from settings.model import Settings
 
 __all__ = ["bridge_settings", "deep_merge", "queued_messages", "running_bridge", "settings_yaml"]
+
+#: Seconds an in-process bridge may take to start, and to stop, before the test fails with
+#: every task's stack (far below pytest's own timeout, which would say nothing about where).
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
 
 #: Short durations so every fault is seen within seconds (seed rule: heartbeat > ping).
 TEST_CONSUMER: dict[str, Any] = {
@@ -73,15 +79,32 @@ async def running_bridge(settings: Settings, **kwargs: Any) -> AsyncIterator[Bri
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(bridge.run(stop))
     started = asyncio.get_running_loop().create_task(bridge.started.wait())
-    await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({task, started}, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         started.cancel()
         task.result()
+    elif not started.done():
+        stacks = task_stacks()
+        task.cancel()
+        raise AssertionError(f"the bridge did not start within {START_TIMEOUT}s; its tasks:\n{stacks}")
     try:
         yield bridge
     finally:
         stop.set()
-        await task
+        done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT)
+        if not done:
+            stacks = task_stacks()
+            task.cancel()
+            raise AssertionError(f"the bridge did not stop within {STOP_TIMEOUT}s; its tasks:\n{stacks}")
+        task.result()
+
+
+def task_stacks() -> str:
+    """Where every task of the running loop is waiting (for a hang's error message)."""
+    out = io.StringIO()
+    for pending in asyncio.all_tasks():
+        pending.print_stack(file=out)
+    return out.getvalue()
 
 
 async def queued_messages(client: aioredis.Redis, namespace: str, queue: str) -> list[dict[str, Any]]:
