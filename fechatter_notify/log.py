@@ -44,8 +44,14 @@ class LogfmtFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO") -> None:
-    """Send every log line to stderr in logfmt (idempotent)."""
+    """Send every log line to stderr in logfmt (idempotent); ``kill -USR1`` dumps every thread's
+    Python stack to stderr, for a process that seems stuck."""
+    import faulthandler
+    import signal
     import time
+
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
 
     LogfmtFormatter.converter = time.gmtime
     root = logging.getLogger()

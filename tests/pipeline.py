@@ -6,6 +6,7 @@ Used by the end-to-end tests and the browser test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -87,6 +88,10 @@ class Pipeline:
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                # Where is it stuck? Its stacks go to its log, which the failing test prints.
+                os.killpg(proc.pid, signal.SIGUSR1)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=2)
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         return proc.returncode
