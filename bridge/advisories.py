@@ -31,6 +31,7 @@ from bridge.errors import JetStreamError, RedisUnavailable
 from bridge.jsapi import JetStreamApi
 from bridge.metrics import Metrics
 from fechatter_notify.log import log_event
+from fechatter_notify.tasks import stop_task
 from settings.model import Consumer
 
 __all__ = ["MAX_PENDING", "MaxDeliveries", "advisory_subject", "parse_headers"]
@@ -89,10 +90,7 @@ class MaxDeliveries:
         for sub in self._subs:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-        for task in [*self._tasks, *([self._retry] if self._retry else [])]:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*(stop_task(task) for task in [*self._tasks, self._retry]))
 
     async def _on_advisory(self, msg: Msg) -> None:
         task = asyncio.get_running_loop().create_task(self._record(msg.data))

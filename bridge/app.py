@@ -40,6 +40,7 @@ from bridge.pull import PullConsumer
 from bridge.reload import ReloadPlan, apply_live, plan_reload
 from events import Lane
 from fechatter_notify.log import log_event
+from fechatter_notify.tasks import stop_task
 from settings.model import Settings
 
 __all__ = ["DEFAULT_SHUTDOWN_TIMEOUT", "Bridge"]
@@ -225,10 +226,7 @@ class Bridge:
             await asyncio.gather(*(p.stop(left()) for p in self.pull_consumers))
         if self.advisories is not None:
             await self.advisories.stop()
-        if self._lag is not None:
-            self._lag.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lag
+        await stop_task(self._lag)
         if self.connection.connected:
             await self.connection.flush(min(left(), 2.0))
         await self.connection.close(left())

@@ -8,7 +8,6 @@ dropped and counted (core NATS has no redelivery to wait for).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -17,6 +16,7 @@ from bridge.backoff import backoff_delay
 from bridge.errors import RedisUnavailable
 from bridge.metrics import Metrics
 from fechatter_notify.log import log_event
+from fechatter_notify.tasks import stop_task
 
 __all__ = ["Circuit"]
 
@@ -103,7 +103,4 @@ class Circuit:
 
     async def stop(self) -> None:
         """Cancel the probe task."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)

@@ -34,6 +34,7 @@ from bridge.messages import MessageFactory
 from bridge.metrics import CORE_SOURCE, Metrics
 from events import Lane
 from fechatter_notify.log import log_event
+from fechatter_notify.tasks import stop_task
 from settings.model import Realtime
 
 __all__ = ["CoreSubscriber"]
@@ -94,10 +95,7 @@ class CoreSubscriber:
         for sub in self._subs:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await asyncio.wait_for(sub.drain(), within)  # type: ignore[no-untyped-call]
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         if self._buffer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._flush(), within)

@@ -17,7 +17,7 @@ from typing import Final
 
 from bridge.app import Bridge
 from bridge.errors import BridgeError
-from fechatter_notify.log import log_event, setup_logging
+from fechatter_notify.log import dump_tasks_on_sigusr2, log_event, setup_logging
 from fechatter_notify.reloading import config_path, reload_settings
 from settings import Loaded
 from settings.model import Settings
@@ -58,6 +58,7 @@ async def serve(settings: Settings, reload: Callable[[], Settings | None] | None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    dump_tasks_on_sigusr2(loop)
     bridge = Bridge(settings)
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, _reload, bridge, reload)

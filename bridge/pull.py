@@ -39,6 +39,7 @@ from bridge.provision import Provisioner
 from bridge.pull_request import NS, PullState, next_pull
 from bridge.status import Action, classify
 from fechatter_notify.log import log_event
+from fechatter_notify.tasks import stop_task
 from settings.model import Consumer
 
 __all__ = ["PullConsumer"]
@@ -127,8 +128,7 @@ class PullConsumer:
         """Stop pulling, settle what is in hand (within ``within`` seconds), then stop the tasks."""
         self._stopping = True
         self.state.paused = True
-        if self._recovery is not None:
-            self._recovery.cancel()
+        await stop_task(self._recovery)
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
@@ -137,11 +137,7 @@ class PullConsumer:
             await asyncio.wait_for(self._idle.wait(), within)
         except TimeoutError:
             log_event(log, "stop_timeout", logging.WARNING, consumer=self.name, unsettled=self.state.in_flight)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*(stop_task(task) for task in self._tasks))
         log_event(log, "pull_loop_stopped", stream=self.consumer.stream, consumer=self.name,
                   unsettled=self.state.in_flight)
 

@@ -63,6 +63,23 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level)
 
 
+def dump_tasks_on_sigusr2(loop: Any) -> None:
+    """``kill -USR2``: print where every asyncio task of ``loop`` waits, to stderr (a process
+    whose loop is idle but whose work does not finish: SIGUSR1 shows only the loop's own stack)."""
+    import asyncio
+    import signal
+
+    def dump() -> None:
+        tasks = asyncio.all_tasks(loop)
+        print(f"--- {len(tasks)} asyncio tasks ---", file=sys.stderr)
+        for task in tasks:
+            task.print_stack(file=sys.stderr)
+        sys.stderr.flush()
+
+    if hasattr(signal, "SIGUSR2"):
+        loop.add_signal_handler(signal.SIGUSR2, dump)
+
+
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log one state change: ``log_event(log, "consumer_recreated", stream=..., consumer=...)``."""
     clean = {k if k not in _RESERVED else f"{k}_": v for k, v in fields.items()}

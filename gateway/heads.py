@@ -8,12 +8,12 @@ thousands of separate round trips (and does not exhaust the connection pool).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from fechatter_notify.tasks import stop_task
 from gateway.frames import ZERO_ID, StreamId, parse_stream_id
 
 
@@ -40,10 +40,7 @@ class InboxHeads:
     async def close(self) -> None:
         """Stop the flusher (waiting callers get ``CancelledError``)."""
         flusher, self._flusher = self._flusher, None
-        if flusher is not None:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+        await stop_task(flusher)
         for futures in self._pending.values():
             for future in futures:
                 future.cancel()

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from events.inbox import live_channel
 from fechatter_notify.log import log_event
+from fechatter_notify.tasks import stop_task
 from gateway.frames import StreamId, data_frame, parse_stream_id
 from gateway.resp import Reply, RespError, RespProtocolError, RespReader
 
@@ -167,10 +168,7 @@ class Hub:
     async def stop(self) -> None:
         """Stop the connection task and close the connection."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         await self._drop_connection()
         await self._pool.disconnect()
 
@@ -251,9 +249,7 @@ class Hub:
             except (RedisError, OSError) as exc:
                 log_event(log, "pubsub_lost", logging.WARNING, error=exc, channels=len(self._subscribers))
             finally:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-                    await sender
+                await stop_task(sender)
                 await self._drop_connection()
 
     def _adopt(self, conn: AbstractConnection, *, reconnect: bool) -> None:

@@ -13,7 +13,7 @@ import signal
 from collections.abc import Callable
 from typing import Final
 
-from fechatter_notify.log import log_event, setup_logging
+from fechatter_notify.log import dump_tasks_on_sigusr2, log_event, setup_logging
 from fechatter_notify.reloading import config_path, reload_settings
 from gateway.app import build_app, start_server
 from gateway.auth import TokenVerifier
@@ -121,6 +121,7 @@ async def _serve(settings: Settings, verifier: TokenVerifier, path: str | None) 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    dump_tasks_on_sigusr2(loop)
 
     def on_sighup() -> None:
         nonlocal settings

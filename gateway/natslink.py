@@ -20,6 +20,7 @@ from nats.errors import Error as NatsError
 
 from fechatter_notify.log import log_event
 from fechatter_notify.nats_options import connect_options
+from fechatter_notify.tasks import stop_task
 from gateway.metrics import GatewayMetrics
 from settings.model import NatsConnection
 
@@ -63,14 +64,8 @@ class NatsLink:
         """Flush what is buffered (briefly) and close."""
         task, self._task = self._task, None
         # Python 3.11's asyncio.wait_for (inside nats.connect) can swallow a cancellation that
-        # lands as a refused connect completes; with endless reconnects one cancel may never end
-        # the task. Cancel again until it is done.
-        while task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.1)
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                task.result()
+        # lands as a refused connect completes, as redis-py can: cancel until it is done.
+        await stop_task(task)
         client, self._client = self._client, None
         if client is not None and not client.is_closed:
             with contextlib.suppress(NatsError, OSError, TimeoutError):

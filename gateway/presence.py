@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from events.inbox import members_key, online_key, presence_key
 from fechatter_notify.log import log_event
+from fechatter_notify.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +140,7 @@ class PresenceTracker:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_within):
                 await self._ops.join()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*(stop_task(task) for task in self._tasks))
         self._tasks = []
 
     # ------------------------------------------------------------------ streams

@@ -89,6 +89,9 @@ class Pipeline:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 # Where is it stuck? Its stacks go to its log, which the failing test prints.
+                os.killpg(proc.pid, signal.SIGUSR2)  # asyncio tasks (bridge, gateway)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=1)
                 os.killpg(proc.pid, signal.SIGUSR1)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=2)
