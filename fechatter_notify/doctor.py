@@ -67,10 +67,6 @@ class Report:
     def add(self, level: str, code: str, path: str, message: str, *, origin: str, fix: str | None = None) -> None:
         self.findings.append(Problem(level, code, path, message, origin=origin, fix=fix))  # type: ignore[arg-type]
 
-    @property
-    def errors(self) -> int:
-        return sum(f.level == "error" for f in self.findings)
-
 
 async def diagnose(settings: Settings) -> list[Problem]:
     """Every finding about the live NATS and Redis named by ``settings`` (none are changed)."""
