@@ -300,26 +300,27 @@ unified_joined, unified_left = _unified_member(MemberJoined), _unified_member(Me
 legacy_joined, legacy_left = _legacy_member(MemberJoined), _legacy_member(MemberLeft)
 
 
-def core_duplicate(data: bytes, rx: Received) -> Job:
-    """Decode a core ``DuplicateMessageEvent`` (C)."""
-    event = _decode(_CORE_DUPLICATE, data, rx, "core duplicate")
-    return DuplicateMessage(
-        origin=rx.origin(Dialect.CORE),
-        chat_id=event.chat_id,
-        sender_id=event.sender_id,
-        idempotency_key=str(event.idempotency_key),
-    )
+_Duplicate = TypeVar("_Duplicate", d.CDuplicateMessage, d.LDuplicateMessage)
 
 
-def legacy_duplicate(data: bytes, rx: Received) -> Job:
-    """Decode a legacy duplicate-message payload (L)."""
-    event = _decode(_LEGACY_DUPLICATE, data, rx, "legacy duplicate")
-    return DuplicateMessage(
-        origin=rx.origin(Dialect.LEGACY),
-        chat_id=event.chat_id,
-        sender_id=event.sender_id,
-        idempotency_key=str(event.idempotency_key),
-    )
+def _duplicate(decoder: msgspec.json.Decoder[_Duplicate], dialect: Dialect, what: str) -> Decoder:
+    """Return a decoder for a duplicate-message payload of ``dialect`` (C and L share the fields)."""
+
+    def decode(data: bytes, rx: Received) -> Job:
+        event = _decode(decoder, data, rx, what)
+        return DuplicateMessage(
+            origin=rx.origin(dialect),
+            chat_id=event.chat_id,
+            sender_id=event.sender_id,
+            idempotency_key=str(event.idempotency_key),
+        )
+
+    return decode
+
+
+#: C ``DuplicateMessageEvent``; L duplicate-message payload.
+core_duplicate = _duplicate(_CORE_DUPLICATE, Dialect.CORE, "core duplicate")
+legacy_duplicate = _duplicate(_LEGACY_DUPLICATE, Dialect.LEGACY, "legacy duplicate")
 
 
 def broadcast(data: bytes, rx: Received) -> Job:
