@@ -1,6 +1,7 @@
 """Shared fixtures: real nats-server / redis-server / PostgreSQL per test (see tests/servers.py).
 
-A missing server binary skips the test locally and FAILS it in CI (``CI=true``).
+A missing server binary skips the test locally and FAILS it in CI (``CI=true``, which `.ci/run` sets);
+in CI any other skip fails too.
 When a test fails, the tail of each server's log is attached to its report.
 """
 
@@ -38,9 +39,25 @@ def pytest_configure(config: pytest.Config) -> None:
     reap_orphans()
 
 
+def _no_skips_in_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """In CI every skip is a failure: a run that tested less than the whole suite must not pass."""
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, which CI=true counts as a failure: {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    report = yield
+    _no_skips_in_ci(report)
+    return report
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
+    _no_skips_in_ci(report)
     if report.failed:
         for server in item.stash.get(_SERVERS_KEY, []):
             report.sections.append((f"{server.kind} log tail ({server.log_path})", server.log_tail()))
