@@ -9,6 +9,7 @@ two-dialect ``fechatter.message.deleted``) and failures parse twice.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TypeAlias, TypeVar
 
@@ -26,7 +27,7 @@ from events.jobs import (
     MemberLeft,
 )
 from events.received import Received
-from events.translate import from_core_message, from_flat, from_legacy_message, from_realtime
+from events.translate import from_core_message, from_flat, from_legacy_message, from_realtime, invalid_id
 
 __all__ = [
     "Decoder",
@@ -74,6 +75,14 @@ _OBJECT_KEYS = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 _REALTIME_VARIANT_NAMES = frozenset(d.REALTIME_VARIANTS)
 
+#: msgspec's message for a value outside :data:`events.dialects.Id`'s bounds; the other
+#: bounded integers (unix seconds) have other bounds, so they stay ``invalid_payload``.
+_ID_OUT_OF_RANGE = re.compile(
+    rf"Expected `int` (?:>= {d.MIN_ID}|<= {d.MAX_ID}) - at `(\$[^`]*)`"
+)
+#: One step of a msgspec error path: ``.key`` or ``[index]``.
+_PATH_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
 # -- decoding with classified failures -----------------------------------------
 
 
@@ -116,7 +125,30 @@ def _explain(
         value = _discriminator(data, key)
         if value is not None and value not in known:
             return _unknown_variant(rx, shape, key, value, known)
+    out_of_range = _ID_OUT_OF_RANGE.search(str(exc))
+    if out_of_range is not None:
+        path = out_of_range.group(1)
+        return invalid_id(rx, f"{shape} payload", path, _value_at(data, path))
     return EventRejected(f"{shape} payload on {rx.subject!r} is invalid: {exc}", RejectCode.INVALID_PAYLOAD)
+
+
+def _value_at(data: bytes, path: str) -> object:
+    """The JSON value at msgspec's error ``path`` (``$.a.b[2]``), or None when it cannot be found.
+
+    Only called for a rejected payload, so the second parse costs nothing on the hot path.
+    """
+    try:
+        value: object = msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    for key, index in _PATH_STEP.findall(path.removeprefix("$")):
+        if key and isinstance(value, dict) and key in value:
+            value = value[key]
+        elif index and isinstance(value, list) and int(index) < len(value):
+            value = value[int(index)]
+        else:
+            return None
+    return value if isinstance(value, int) else None
 
 
 def _discriminator(data: bytes, key: str) -> str | None:

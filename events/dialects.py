@@ -15,18 +15,34 @@ A timestamp without an offset is rejected rather than guessed.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, Final, Literal, TypeAlias
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from events.jobs import AwareDatetime
 
-# Rust i64: a bigger JSON number is corruption, and msgspec would accept it
-# as an unbounded Python int that the job encoder and Redis then choke on.
-Id: TypeAlias = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+#: The smallest and largest id the contract accepts. Fechatter's ids are PostgreSQL
+#: bigserials, so every real one is a positive i64. Zero or a negative id names no user,
+#: chat or message: delivering it would write inboxes nobody can read (the gateway refuses
+#: such tokens), so the event is rejected as ``invalid_id``. A number beyond i64 is
+#: corruption, and msgspec would accept it as an unbounded Python int that the job encoder
+#: and Redis then choke on.
+MIN_ID: Final = 1
+MAX_ID: Final = 2**63 - 1
 
-#: ``StreamMessage.id``: an i64 serialised as a string of digits.
-DigitString: TypeAlias = Annotated[str, Meta(pattern=r"^[0-9]{1,19}$")]
+#: A user, chat or message id, alone or in a list (recipients, members, target users): a
+#: list holding one bad id rejects the whole event, naming the id's position, rather than
+#: silently delivering to the rest of a list that is evidently corrupt.
+Id: TypeAlias = Annotated[int, Meta(ge=MIN_ID, le=MAX_ID)]
+
+#: ``workspace_id``: only bounded to i64. Nothing is delivered by it (it is carried into the
+#: job for tracing), so an odd value must not cost the message itself.
+I64: TypeAlias = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+
+#: ``StreamMessage.id``: an i64 serialised as a string of digits; its range is checked when
+#: it is converted (:func:`events.translate.from_realtime`), so a ``"0"`` or ``"-5"`` is an
+#: ``invalid_id`` like any other bad id, not a shape error.
+DigitString: TypeAlias = Annotated[str, Meta(pattern=r"^-?[0-9]{1,19}$")]
 
 #: Unix time in seconds, bounded to years 1970-9999 so it always converts.
 UnixSeconds: TypeAlias = Annotated[int, Meta(ge=0, le=253_402_300_799)]
@@ -170,7 +186,7 @@ class _FlatMessage(_Flat, frozen=True):
     message_id: Id
     sender_name: str | None = None
     files: list[str] | None = None
-    workspace_id: Id | None = None
+    workspace_id: I64 | None = None
 
 
 class NNewMessage(_FlatMessage, frozen=True, tag="new_message"):
@@ -303,7 +319,7 @@ class UMessageEvent(CMessageEvent, frozen=True, kw_only=True):
     """``EnhancedMessageEvent``: its ``members`` is the sender only, never the recipients."""
 
     sender_name: str
-    workspace_id: Id
+    workspace_id: I64
     event_id: str
     trace_context: dict[str, str] = {}
 

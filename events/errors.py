@@ -33,6 +33,10 @@ class RejectCode(StrEnum):
     DISGUISED_READ_RECEIPT = "disguised_read_receipt"
     #: A subject whose payload type Fechatter declares but never constructs.
     UNSUPPORTED_DIALECT = "unsupported_dialect"
+    #: A user, chat or message id (alone or in a list) is zero, negative or beyond i64.
+    INVALID_ID = "invalid_id"
+    #: The payload is larger than ``events.max_payload_bytes``; rejected before decoding.
+    PAYLOAD_TOO_LARGE = "payload_too_large"
 
 
 class EventError(Exception):

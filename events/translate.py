@@ -12,6 +12,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from events.dialects import (
+    MAX_ID,
+    MIN_ID,
     CMessageEvent,
     CoreMessage,
     Flat,
@@ -56,10 +58,20 @@ from events.jobs import (
 )
 from events.received import Received
 
-__all__ = ["from_core_message", "from_flat", "from_legacy_message", "from_realtime"]
+__all__ = ["from_core_message", "from_flat", "from_legacy_message", "from_realtime", "invalid_id"]
 
 #: Prefix Fechatter's notify-flat publisher puts before edited content (enh:127-147).
 EDITED_MARKER = "✏️ [EDITED] "
+
+
+def invalid_id(rx: Received, what: str, path: str, value: object) -> EventRejected:
+    """The rejection of an id outside ``[MIN_ID, MAX_ID]`` at ``path`` (``value`` None if unknown)."""
+    shown = "" if value is None else f" {value!r}"
+    return EventRejected(
+        f"{what} on {rx.subject!r} has id{shown} at {path}: ids must be positive integers "
+        f"from {MIN_ID} to {MAX_ID} (2^63-1)",
+        RejectCode.INVALID_ID,
+    )
 
 
 def from_realtime(v: RealtimeVariant, rx: Received, dialect: Dialect) -> Job:
@@ -73,10 +85,14 @@ def from_realtime(v: RealtimeVariant, rx: Received, dialect: Dialect) -> Job:
                     RejectCode.INVALID_PAYLOAD,
                 )
             ts = m.timestamp
+            message_id = int(m.id)  # a digit string on the wire: its range is checked here
+            if not MIN_ID <= message_id <= MAX_ID:
+                where = "$.MessageReceived.message.id" if dialect is Dialect.REALTIME else "$.message.id"
+                raise invalid_id(rx, "MessageReceived", where, message_id)
             return NewMessage(
                 origin=rx.origin(dialect),
                 chat_id=m.chat_id,
-                message_id=int(m.id),
+                message_id=message_id,
                 sender_id=m.sender_id,
                 content=m.content,
                 files=m.files or [],

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from events import JOB_TYPES, ROUTES, EventRejected, NewMessage, decode_job, job_to_args, parse_event
+from events import JOB_TYPES, ROUTES, EventRejected, NewMessage, RejectCode, decode_job, job_to_args, parse_event
 
 SUBJECTS = [route.pattern.replace("*", "42").replace(">", "x") for route in ROUTES] + ["unknown.subject"]
 
@@ -71,7 +71,7 @@ def test_payloads_resembling_real_events_never_raise_anything_but_event_rejected
     check(subject, json.dumps({wrap: value} if wrap else value).encode())
 
 
-ids = st.integers(min_value=0, max_value=2**63 - 1)
+ids = st.integers(min_value=1, max_value=2**63 - 1)
 
 
 @settings(max_examples=300)
@@ -112,3 +112,26 @@ def test_any_well_typed_message_received_becomes_a_new_message_or_a_named_reject
     assert isinstance(job, NewMessage)
     assert job == decode_job(job_to_args(job))
     assert (job.message_id, job.recipients, job.files) == (message_id, recipients, files or [])
+
+
+any_ints = st.integers(min_value=-(2**70), max_value=2**70)
+
+
+@settings(max_examples=300)
+@given(chat_id=any_ints, user_id=any_ints, members=st.lists(any_ints, max_size=4), message_id=any_ints)
+def test_an_id_outside_1_to_2_63_is_always_an_invalid_id_and_never_reaches_a_job(
+    chat_id: int, user_id: int, members: list[int], message_id: int
+) -> None:
+    message = {"id": message_id, "chat_id": chat_id, "sender_id": user_id, "content": "Hi",
+               "files": [], "created_at": "2025-06-27T02:45:46Z", "idempotency_key": None}
+    payload = {"kind": "Created", "msg": message, "members": members, "occurred_at": "2025-06-27T02:45:46Z"}
+    bad = [i for i in (message_id, chat_id, user_id, *members) if not 1 <= i < 2**63]
+    try:
+        job = parse_event("fechatter.message.created", json.dumps(payload).encode())
+    except EventRejected as error:
+        assert bad and error.code == RejectCode.INVALID_ID, error
+        return
+    assert not bad
+    assert isinstance(job, NewMessage)
+    ids = [job.message_id, job.chat_id, job.sender_id, *(job.recipients or [])]
+    assert all(1 <= i < 2**63 for i in ids)

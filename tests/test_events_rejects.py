@@ -112,11 +112,66 @@ def test_a_timestamp_without_offset_is_invalid_rather_than_guessed() -> None:
     assert "$.MessageRead.read_at" in error.reason
 
 
-def test_an_id_beyond_i64_is_invalid() -> None:
+def test_an_id_beyond_i64_is_an_invalid_id() -> None:
     data = b'{"TypingStopped":{"chat_id":9223372036854775808,"user_id":9}}'
     error = reject("fechatter.realtime.chat.42.typing", data)
+    assert error.code == RejectCode.INVALID_ID
+    assert "id 9223372036854775808 at $.TypingStopped.chat_id" in error.reason
+
+
+C_CREATED = b'{"version":"V1","kind":"Created","msg":{"id":1234,"chat_id":42,"sender_id":7,"content":"Hi team","files":[],"created_at":"2025-06-27T02:45:46.782538Z","idempotency_key":null},"members":[7,9,11],"occurred_at":"2025-06-27T02:45:46.790112345Z"}'  # noqa: E501
+N_NEW = b'{"event_type":"new_message","chat_id":42,"sender_id":7,"sender_name":"Alice Zhang","content":"Hi team","files":[],"timestamp":"2025-06-27T02:45:46.782538Z","message_id":1234,"workspace_id":2}'  # noqa: E501
+
+
+@pytest.mark.parametrize(
+    ("subject", "data", "path", "value"),
+    [
+        # Every id a route reads: chat, sender, user, message, and each kind of list.
+        ("fechatter.realtime.chat.42.typing", b'{"TypingStarted":{"chat_id":0,"user_id":9}}',
+         "$.TypingStarted.chat_id", 0),
+        ("fechatter.realtime.chat.42.typing", b'{"type":"TypingStopped","chat_id":42,"user_id":-9}',
+         "$.user_id", -9),
+        ("fechatter.realtime.user.9.presence", b'{"UserPresence":{"user_id":0,"status":"online"}}',
+         "$.UserPresence.user_id", 0),
+        ("fechatter.realtime.chat.42.read",
+         b'{"MessageRead":{"message_id":-1,"chat_id":42,"reader_id":9,"read_at":"2025-06-27T02:46:01Z"}}',
+         "$.MessageRead.message_id", -1),
+        (REALTIME, MESSAGE_RECEIVED.replace(b'"recipients":[7,9,11]', b'"recipients":[7,0,11]'),
+         "$.MessageReceived.recipients[1]", 0),
+        (REALTIME, MESSAGE_RECEIVED.replace(b'"sender_id":7', b'"sender_id":-7'),
+         "$.MessageReceived.message.sender_id", -7),
+        (REALTIME, MESSAGE_RECEIVED.replace(b'"id":"1234"', b'"id":"0"'), "$.MessageReceived.message.id", 0),
+        (REALTIME, MESSAGE_RECEIVED.replace(b'"id":"1234"', b'"id":"-3"'), "$.MessageReceived.message.id", -3),
+        ("fechatter.message.created", C_CREATED.replace(b'"members":[7,9,11]', b'"members":[7,9,-3]'),
+         "$.members[2]", -3),
+        ("fechatter.message.created", C_CREATED.replace(b'"id":1234', b'"id":0'), "$.msg.id", 0),
+        ("fechatter.message.new", N_NEW.replace(b'"chat_id":42', b'"chat_id":0'), "$.chat_id", 0),
+        ("fechatter.messages.created",
+         b'{"message":' + C_CREATED[C_CREATED.index(b'{"id"'):C_CREATED.index(b',"members"')]
+         + b',"chat_members":[0]}', "$.chat_members[0]", 0),
+        ("fechatter.broadcast", b'{"target_users":[9,-1],"event_data":{}}', "$.target_users[1]", -1),
+        ("fechatter.chat.joined", b'{"chat_id":42,"user_id":0,"occurred_at":"2025-06-27T03:00:00Z"}',
+         "$.user_id", 0),
+    ],
+)
+def test_a_zero_or_negative_id_is_an_invalid_id_naming_where_and_what(
+    subject: str, data: bytes, path: str, value: int
+) -> None:
+    error = reject(subject, data)
+    assert error.code == RejectCode.INVALID_ID
+    assert f"id {value} at {path}:" in error.reason
+    assert "positive" in error.reason
+
+
+def test_a_workspace_id_is_not_an_address_so_an_odd_one_costs_nothing() -> None:
+    # workspace_id routes nothing: a message carrying 0 there is still delivered.
+    job = parse_event("fechatter.message.new", N_NEW.replace(b'"workspace_id":2', b'"workspace_id":0'))
+    assert job.workspace_id == 0  # type: ignore[union-attr]
+
+
+def test_unix_seconds_out_of_range_stay_an_invalid_payload_not_an_id() -> None:
+    error = reject(REALTIME, MESSAGE_RECEIVED.replace(b'"timestamp":1719456346', b'"timestamp":-1'))
     assert error.code == RejectCode.INVALID_PAYLOAD
-    assert "$.TypingStopped.chat_id" in error.reason
 
 
 def test_an_unsupported_version_is_invalid() -> None:
