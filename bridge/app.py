@@ -131,6 +131,7 @@ class Bridge:
                 consumer, enqueuer=self.enqueuer, factory=self.factory, circuit=self.circuit, metrics=self.metrics,
                 queues=self.queues, typing_ttl=self.settings.realtime.typing_ttl,
                 presence_ttl=self.settings.realtime.presence_ttl,
+                max_payload_bytes=self.settings.events.max_payload_bytes,
             )
             puller = PullConsumer(nc, consumer, processor=processor, provisioner=provisioner, metrics=self.metrics,
                                   max_missed_heartbeats=js.max_missed_heartbeats)
@@ -142,7 +143,8 @@ class Bridge:
             await puller.start()
         if self.settings.realtime.subjects:
             self.core = CoreSubscriber(nc, self.settings.realtime, enqueuer=self.enqueuer, factory=self.factory,
-                                       circuit=self.circuit, metrics=self.metrics, queues=self.queues)
+                                       circuit=self.circuit, metrics=self.metrics, queues=self.queues,
+                                       max_payload_bytes=self.settings.events.max_payload_bytes)
             await self.core.start()
         # A PING/PONG round trip: the server has every SUB before the bridge calls itself started
         # (core NATS published before that would find no interest and be dropped).

@@ -7,19 +7,28 @@ caller can settle (ack/term) and count without a second pass over the payloads.
 Identity of a JetStream event: its ``Nats-Msg-Id`` header when present (the publisher's id;
 JetStream itself dedupes on it within ``duplicate_window``), else stream name + stream sequence.
 The dedupe marker and the deterministic dramatiq ``message_id`` both derive from it.
+
+A payload over ``events.max_payload_bytes`` is dead-lettered as ``payload_too_large`` before it
+is decoded: checking a length costs nothing, while decoding megabytes (and then copying them
+into every member's inbox) is what the limit exists to prevent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Final
 
-from bridge.dead_letters import dead_letter_fields
+from bridge.dead_letters import TOO_LARGE_PREFIX, dead_letter_fields
 from bridge.enqueue import DEDUPE_PREFIX, Batch
 from bridge.messages import StampedBatch, message_id_for, producer_trace, random_message_id
-from events import ACTORS, EventRejected, Lane, parse_event
+from events import ACTORS, EventRejected, Lane, RejectCode, parse_event
+from settings.model import Events
 
-__all__ = ["EventBatch"]
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "EventBatch", "too_large"]
+
+#: ``events.max_payload_bytes``'s default, for callers without settings (tests, benchmarks).
+DEFAULT_MAX_PAYLOAD_BYTES: Final[int] = Events().max_payload_bytes
 
 _MSG_ID_HEADER = "Nats-Msg-Id"
 
@@ -34,9 +43,11 @@ class EventBatch:
       received_at(datetime): Arrival time stamped on every job of the batch (aware, UTC).
       typing_ttl(float): Typing jobs' lifetime, in seconds.
       presence_ttl(float): Presence jobs' lifetime, in seconds.
+      max_payload_bytes(int): Larger payloads become ``payload_too_large`` dead letters.
     """
 
-    __slots__ = ("_queue_index", "_ttls", "batch", "job_types", "received_at", "rejects", "stamped")
+    __slots__ = ("_max_payload", "_queue_index", "_ttls", "batch", "job_types", "received_at", "rejects",
+                 "stamped")
 
     def __init__(
         self,
@@ -46,8 +57,10 @@ class EventBatch:
         received_at: datetime,
         typing_ttl: float,
         presence_ttl: float,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         self.batch = batch
+        self._max_payload = max_payload_bytes
         self.stamped = stamped
         self.received_at = received_at
         self._ttls = (typing_ttl, presence_ttl)
@@ -83,15 +96,19 @@ class EventBatch:
         else:
             identity = None
             dedupe_key = ""
+        size = len(data)
         try:
+            if size > self._max_payload:
+                raise too_large(subject, size, self._max_payload)
             job = parse_event(
                 subject, data, headers, stream=stream, stream_seq=stream_seq, delivered=delivered,
                 received_at=self.received_at, typing_ttl_s=self._ttls[0], presence_ttl_s=self._ttls[1],
             )
         except EventRejected as reject:
+            kept = data[:TOO_LARGE_PREFIX] if reject.code is RejectCode.PAYLOAD_TOO_LARGE else data
             self.batch.add_dead_letter(dedupe_key, dead_letter_fields(
-                subject, data, headers, consumer=consumer, code=str(reject.code), reason=reject.reason,
-                at=self.received_at, stream=stream, stream_seq=stream_seq, delivered=delivered,
+                subject, kept, headers, consumer=consumer, code=str(reject.code), reason=reject.reason,
+                at=self.received_at, stream=stream, stream_seq=stream_seq, delivered=delivered, size=size,
             ))
             self.job_types.append(None)
             self.rejects.append(reject)
@@ -103,3 +120,12 @@ class EventBatch:
         self.batch.add_job(dedupe_key, index, message_id, encoded)
         self.job_types.append(type(job).__name__)
         self.rejects.append(None)
+
+
+def too_large(subject: str, size: int, limit: int) -> EventRejected:
+    """The rejection of a ``size``-byte payload over ``limit`` (``events.max_payload_bytes``)."""
+    return EventRejected(
+        f"payload of {size} bytes on {subject!r} exceeds events.max_payload_bytes ({limit}); "
+        f"not decoded, the dead letter keeps its first {min(size, TOO_LARGE_PREFIX)} bytes",
+        RejectCode.PAYLOAD_TOO_LARGE,
+    )

@@ -26,7 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from bridge.batch import EventBatch
+from bridge.batch import DEFAULT_MAX_PAYLOAD_BYTES, EventBatch
 from bridge.circuit import Circuit
 from bridge.enqueue import WRITTEN, Enqueuer
 from bridge.errors import RedisUnavailable
@@ -50,6 +50,7 @@ class CoreSubscriber:
       settings(Realtime): The ``realtime`` section.
       enqueuer(Enqueuer), factory(MessageFactory), circuit(Circuit), metrics(Metrics): Shared parts.
       queues(Mapping[Lane, str]): Lane -> dramatiq queue.
+      max_payload_bytes(int): ``events.max_payload_bytes``: larger payloads are dead-lettered.
     """
 
     def __init__(
@@ -62,8 +63,10 @@ class CoreSubscriber:
         circuit: Circuit,
         metrics: Metrics,
         queues: Mapping[Lane, str],
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         self._nc = nc
+        self._max_payload = max_payload_bytes
         self._settings = settings
         self._enqueuer = enqueuer
         self._factory = factory
@@ -146,7 +149,7 @@ class CoreSubscriber:
             self._drop(len(msgs), "circuit_open", msgs[0].subject)
             return
         events = EventBatch(self._enqueuer.new_batch(), self._factory.begin(), self._queues, datetime.now(UTC),
-                            self._settings.typing_ttl, self._settings.presence_ttl)
+                            self._settings.typing_ttl, self._settings.presence_ttl, self._max_payload)
         for msg in msgs:
             events.add(msg.subject, msg.data, msg.headers, consumer=CORE_SOURCE)
         began = time.perf_counter()

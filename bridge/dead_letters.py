@@ -7,7 +7,10 @@ it is idempotent too (a redelivered poison message is stored once). Fields:
 =============  ==============================================================
 ``subject``    NATS subject
 ``headers``    JSON object of the NATS headers (``{}`` when none)
-``data``       the raw payload bytes, unchanged
+``data``       the raw payload bytes, unchanged; for ``payload_too_large`` only its first
+               :data:`TOO_LARGE_PREFIX` bytes (enough to see what it was, without storing
+               megabytes per poison message)
+``size``       the payload's full length in bytes (``len(data) < size``: ``data`` is a prefix)
 ``stream``     JetStream stream (empty on core NATS)
 ``seq``        stream sequence (empty on core NATS)
 ``delivered``  JetStream delivery count (empty on core NATS)
@@ -25,10 +28,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Final
 
-__all__ = ["MAX_DELIVERIES", "dead_letter_fields"]
+__all__ = ["MAX_DELIVERIES", "TOO_LARGE_PREFIX", "dead_letter_fields"]
 
 #: The code of a dead letter recorded from a max-deliveries advisory.
 MAX_DELIVERIES: Final = "max_deliveries"
+
+#: Bytes of an oversized payload kept in its dead letter: the subject and reason say what
+#: happened, and the start of the JSON shows which event it was (its variant, ids, sender).
+TOO_LARGE_PREFIX: Final = 4096
 
 
 def dead_letter_fields(
@@ -43,12 +50,17 @@ def dead_letter_fields(
     stream: str | None = None,
     stream_seq: int | None = None,
     delivered: int | None = None,
+    size: int | None = None,
 ) -> list[str | bytes]:
-    """The stream entry's alternating field names and values."""
+    """The stream entry's alternating field names and values.
+
+    ``size`` is the full payload's length when ``data`` is only its prefix; else ``len(data)``.
+    """
     return [
         "subject", subject,
         "headers", json.dumps(dict(headers) if headers else {}, separators=(",", ":")),
         "data", data,
+        "size", str(len(data) if size is None else size),
         "stream", stream or "",
         "seq", "" if stream_seq is None else str(stream_seq),
         "delivered", "" if delivered is None else str(delivered),

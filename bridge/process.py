@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from nats.aio.msg import Msg
 
 from bridge.acks import Settler
-from bridge.batch import EventBatch
+from bridge.batch import DEFAULT_MAX_PAYLOAD_BYTES, EventBatch
 from bridge.circuit import Circuit
 from bridge.enqueue import WRITTEN, Enqueuer
 from bridge.errors import RedisUnavailable
@@ -65,6 +65,7 @@ class JetStreamProcessor:
       enqueuer(Enqueuer), factory(MessageFactory), circuit(Circuit), metrics(Metrics): Shared parts.
       queues(Mapping[Lane, str]): Lane -> dramatiq queue.
       typing_ttl(float), presence_ttl(float): Ephemeral job lifetimes, in seconds.
+      max_payload_bytes(int): ``events.max_payload_bytes``: larger payloads are dead-lettered.
     """
 
     def __init__(
@@ -78,8 +79,10 @@ class JetStreamProcessor:
         queues: Mapping[Lane, str],
         typing_ttl: float,
         presence_ttl: float,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         self._consumer = consumer
+        self._max_payload = max_payload_bytes
         self._name = consumer.durable
         self._enqueuer = enqueuer
         self._factory = factory
@@ -109,7 +112,8 @@ class JetStreamProcessor:
         """Enqueue and settle ``msgs``; never raises (failures nak and open the circuit)."""
         self._fetched.inc(len(msgs))
         received_at = datetime.now(UTC)
-        events = EventBatch(self._enqueuer.new_batch(), self._factory.begin(), self._queues, received_at, *self._ttls)
+        events = EventBatch(self._enqueuer.new_batch(), self._factory.begin(), self._queues, received_at, *self._ttls,
+                            self._max_payload)
         delivered: list[int] = []
         seqs: list[int | None] = []
         add = events.add

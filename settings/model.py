@@ -172,6 +172,17 @@ class DeadLetters(Section):
     max_len: int = Field(default=100_000, ge=1)
 
 
+class Events(Section):
+    """Limits the bridge applies to every event before decoding it."""
+
+    #: A payload larger than this (bytes) becomes a ``payload_too_large`` dead letter
+    #: without being decoded. A real event is chat text plus file URLs (files travel
+    #: separately) and a few ids: a few KiB. 256 KiB leaves long messages ample room while one
+    #: oversized event can no longer be copied whole into every member's inbox. At least
+    #: 1 KiB (a smaller limit would refuse ordinary events), at most NATS's own 64 MiB ceiling.
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+
 class Delivery(Section):
     """Per-user inboxes the workers write and the gateway reads."""
 
@@ -257,6 +268,7 @@ class Settings(Section):
     redis: Redis = Field(default_factory=Redis)
     queues: Queues = Field(default_factory=Queues)
     dead_letters: DeadLetters = Field(default_factory=DeadLetters)
+    events: Events = Field(default_factory=Events)
     delivery: Delivery = Field(default_factory=Delivery)
     sentry: Sentry = Field(default_factory=Sentry)
     gateway: Gateway = Field(default_factory=Gateway)

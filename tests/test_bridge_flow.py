@@ -271,3 +271,61 @@ async def test_readyz_reports_redis_down_with_the_reason(nats_server: NatsServer
         body = await async_wait_until(not_ready, timeout=5)
         assert body["ready"] is False
         assert any(reason.startswith("redis: not answering") for reason in body["reasons"])
+
+
+async def test_an_oversized_payload_is_dead_lettered_undecoded_with_its_prefix_and_size(
+    nats_server: NatsServer, redis_server: RedisServer, nc: NATS, rds: aioredis.Redis
+) -> None:
+    # Given a 4 KiB limit
+    settings = bridge_settings(nats_server.url, redis_server.url, {"events": {"max_payload_bytes": 4096}})
+    content = "x" * 20_000
+    big_message = N_NEW_MESSAGE.replace(b'"content":"Hi team"', json.dumps({"content": content})[1:-1].encode())
+    big_typing = json.dumps({"TypingStarted": {"chat_id": 42, "user_id": 9, "user_name": content}}).encode()
+    async with running_bridge(settings) as bridge:
+        js = nc.jetstream()
+        # When an oversized event arrives on JetStream and on core NATS, beside ones within the limit
+        await js.publish("fechatter.message.new", big_message)
+        await js.publish("fechatter.message.new", N_NEW_MESSAGE)
+        await nc.publish("fechatter.realtime.chat.42.typing", big_typing)
+        await nc.publish("fechatter.realtime.chat.42.typing", TYPING)
+        await nc.flush()
+        letters = await async_wait_until(lambda: _n_letters(rds, 2), timeout=10, message="dead letters missing")
+        await async_wait_until(lambda: all_settled(nc, 2), timeout=5)
+        info = await consumer_state(nc)
+        # Then the oversized JetStream copy is termed (no redelivery) and the small events are jobs
+        assert info["num_redelivered"] == 0 and info["num_pending"] == 0
+        assert len(await queued_messages(rds, NS, "domain")) == 1
+        assert len(await queued_messages(rds, NS, "realtime")) == 1
+        dead = bridge.metrics.registry.get_sample_value
+    by_subject = {f[b"subject"].decode(): f for _, f in letters}
+    assert set(by_subject) == {"fechatter.message.new", "fechatter.realtime.chat.42.typing"}
+    for subject, payload in (("fechatter.message.new", big_message), ("fechatter.realtime.chat.42.typing", big_typing)):
+        letter = by_subject[subject]
+        # And each dead letter names size and limit, keeps only a 4 KiB prefix, and the full size
+        assert letter[b"code"] == b"payload_too_large"
+        assert f"payload of {len(payload)} bytes".encode() in letter[b"reason"]
+        assert b"events.max_payload_bytes (4096)" in letter[b"reason"]
+        assert letter[b"data"] == payload[:4096]
+        assert letter[b"size"] == str(len(payload)).encode()
+    assert dead("fechatter_notify_bridge_dead_letters_total", {"consumer": DURABLE, "code": "payload_too_large"}) == 1
+    assert dead("fechatter_notify_bridge_dead_letters_total", {"consumer": "core", "code": "payload_too_large"}) == 1
+
+
+async def test_an_event_naming_a_non_positive_id_is_dead_lettered_not_delivered(settings: Settings, nc: NATS,
+                                                                                rds: aioredis.Redis) -> None:
+    async with running_bridge(settings):
+        js = nc.jetstream()
+        # When a message names chat 0 (JetStream) and a typing event names user -3 (core NATS)
+        await js.publish("fechatter.message.new", N_NEW_MESSAGE.replace(b'"chat_id":42', b'"chat_id":0'))
+        await nc.publish("fechatter.realtime.chat.42.typing", TYPING.replace(b'"user_id":9', b'"user_id":-3'))
+        await nc.flush()
+        letters = await async_wait_until(lambda: _n_letters(rds, 2), timeout=10, message="dead letters missing")
+        await async_wait_until(lambda: all_settled(nc, 1), timeout=5)
+        # Then neither became a job, and the dead letters name the id and where it was
+        assert not await queued_messages(rds, NS, "domain")
+        assert not await queued_messages(rds, NS, "realtime")
+    reasons = {f[b"subject"].decode(): (f[b"code"], f[b"reason"].decode()) for _, f in letters}
+    assert reasons["fechatter.message.new"][0] == b"invalid_id"
+    assert "id 0 at $.chat_id" in reasons["fechatter.message.new"][1]
+    assert reasons["fechatter.realtime.chat.42.typing"][0] == b"invalid_id"
+    assert "id -3 at $.TypingStarted.user_id" in reasons["fechatter.realtime.chat.42.typing"][1]

@@ -175,3 +175,17 @@ def test_nats_msg_id_is_the_identity_when_present() -> None:
                stream_seq=7, delivered=1)
     assert events.batch.entries[0][1] == "ns:bridge:dedupe:S:id:abc"
     assert events.batch.entries[0][3] == message_id_for("S:id:abc")
+
+
+def test_the_payload_limit_is_inclusive_and_counted_in_bytes() -> None:
+    # Given a limit exactly the size of a real payload
+    events = EventBatch(Batch("ns"), MessageFactory().begin(), {Lane.DOMAIN: "d", Lane.REALTIME: "r"},
+                        datetime.now(UTC), 5.0, 60.0, len(C_CREATED))
+    # When that payload arrives, and one a byte longer
+    events.add("fechatter.message.created", C_CREATED, None, consumer="c")
+    events.add("fechatter.message.created", C_CREATED + b" ", None, consumer="c")
+    # Then the first is a job and the second a payload_too_large dead letter, before any decoding
+    assert events.job_types == ["NewMessage", None]
+    reject = events.rejects[1]
+    assert reject is not None and reject.code == "payload_too_large"
+    assert f"payload of {len(C_CREATED) + 1} bytes" in reject.reason
