@@ -38,7 +38,7 @@ from tests.servers import NatsServer, RedisServer, async_wait_until
 
 STREAM = "FECHATTER_EVENTS"
 
-#: Fechatter-shaped payloads (fechatter-events.md §4), ids varied per event.
+#: Fechatter-shaped payloads (docs/event-contract.md#payloads), ids varied per event.
 def _events(n: int) -> list[tuple[str, bytes]]:
     out = []
     for i in range(n):

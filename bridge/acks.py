@@ -1,6 +1,7 @@
 """Settling JetStream messages: ack, nak with a delay, term, in-progress.
 
-Every one of these is a fire-and-forget publish on the message's reply subject (pitfalls §9):
+Every one of these is a fire-and-forget publish on the message's reply subject (nats-py's
+``ack()`` gets no answer, so one lost in a leader change or a disconnect fails silently):
 a lost ack means a redelivery, which the idempotent enqueue absorbs. A nak always carries a
 delay from the consumer's backoff schedule - an instant nak would burn ``max_deliver`` in
 milliseconds. nats-py exceptions stop here: a failed settle is counted, never raised.

@@ -1,14 +1,14 @@
 """Core NATS realtime subjects: queue-group subscriptions, batched enqueue, at-most-once.
 
-Every subject is subscribed with the settings' queue group, so N bridge replicas share the
-events instead of enqueueing N copies (pitfalls §13). The callback only files the event; a
-flusher enqueues what is waiting (up to ``realtime.batch_size`` events) as soon as its previous
-enqueue has returned, optionally lingering ``realtime.batch_window`` after the first event. The
-window is 0 by default: batches form from what arrives during an enqueue, so they grow with the
-rate while a lone typing event waits for nothing. Core NATS has no redelivery: what cannot be
-enqueued (Redis down, circuit open, local buffer full) is counted and logged, never retried,
-and the subscription is never blocked. Slow-consumer drops by the
-client are reported through the connection's error callback (:mod:`bridge.connection`).
+Every subject is subscribed with the settings' queue group, so N bridge replicas share the events
+instead of enqueueing N copies (without a queue group every subscriber gets every message). The
+callback only files the event; a flusher enqueues what is waiting (up to ``realtime.batch_size``
+events) as soon as its previous enqueue has returned, optionally lingering ``realtime.batch_window``
+after the first event. The window is 0 by default: batches form from what arrives during an enqueue,
+so they grow with the rate while a lone typing event waits for nothing. Core NATS has no redelivery:
+what cannot be enqueued (Redis down, circuit open, local buffer full) is counted and logged, never
+retried, and the subscription is never blocked. Slow-consumer drops by the client are reported
+through the connection's error callback (:mod:`bridge.connection`).
 """
 
 from __future__ import annotations

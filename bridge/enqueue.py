@@ -2,10 +2,11 @@
 
 dramatiq's ``RedisBroker.enqueue`` costs a round trip per message and stamps a fresh
 ``redis_message_id`` on every call, so a JetStream redelivery would create a second job
-(pitfalls §14, §15). :file:`enqueue.lua` instead writes dramatiq's own key layout for a whole
-batch, skips any event whose dedupe marker exists, sets the marker, stores dead letters in the
-same script, and PUBLISHes the wake-up count per queue. The batch travels as ONE msgpack
-argument: redis-py's per-argument packing was a quarter of a naive bridge's CPU (§22).
+(docs/dramatiq-pitfalls.md#enqueue-is-not-idempotent). :file:`enqueue.lua` instead writes dramatiq's
+own key layout for a whole batch, skips any event whose dedupe marker exists, sets the marker,
+stores dead letters in the same script, and PUBLISHes the wake-up count per queue. The batch travels
+as ONE msgpack argument: redis-py's per-argument packing was a quarter of a naive bridge's CPU
+(docs/nats-pitfalls.md#where-the-bridges-cpu-goes).
 
 redis-py exceptions stop here: everything Redis does wrong is a :class:`RedisUnavailable`.
 """

@@ -13,11 +13,13 @@ Sentry's ``_sentry_headers`` come from the current scope, and the bridge gives e
 trace (a fresh propagation context), so every job of a batch continues the batch's trace. It
 would be wrong for a middleware that stamps per-message values in ``before_enqueue`` (none of
 dramatiq's defaults does; ``Retries``/``AgeLimit``/``TimeLimit`` read options on the worker).
-Building a ``dramatiq.Message`` per event would cost ~25 us each (pitfalls §22).
+Building a ``dramatiq.Message`` per event would cost ~25 us each (measured:
+docs/nats-pitfalls.md#where-the-bridges-cpu-goes).
 
 A producer's trace wins over the batch's: an event published with Sentry's ``sentry-trace``
 (and ``baggage``) NATS headers carries those as its job's ``_sentry_headers``, so the worker's
-transaction joins the trace of the request that caused the event (pitfalls §20). That holds
+transaction joins the trace of the request that caused the event (sentry-sdk has no NATS
+integration that would carry it; docs/dramatiq-pitfalls.md#sentrys-dramatiq-integration). That holds
 whether or not the bridge itself reports to Sentry.
 """
 

@@ -4,7 +4,9 @@
 only compares and refuses to start, naming every differing field. In both modes the config
 the server *returns* is compared with the wanted one afterwards: nats-server < 2.10 silently
 drops ``filter_subjects``, and a stream's ``consumer_limits`` can give a durable an
-``inactive_threshold`` that would delete it when idle (pitfalls §7, §8, §11).
+``inactive_threshold`` that would delete it when idle; and nats-py's ``pull_subscribe`` would bind
+an existing durable as it is, ignoring the config it is given
+(docs/nats-pitfalls.md#the-deployed-consumer-is-not-what-the-code-asks-for).
 
 Pull consumers never get a consumer-level ``idle_heartbeat`` (the server rejects it, 10088):
 the heartbeat travels in each pull request (:mod:`bridge.pull`).

@@ -2,8 +2,9 @@
 
 The loop owns a private inbox and publishes ``$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>``
 requests to it itself (nats-py's ``fetch(heartbeat=)`` sends a shortened expiry with the full
-heartbeat and gets ``400 heartbeat value too large``, pitfalls §2; the own request is also ~4x
-cheaper, §22). Its request state is :class:`~bridge.pull_request.PullState`, and
+heartbeat and gets ``400 heartbeat value too large``, nats.py#794 and #986; the own request is
+also ~4x cheaper; docs/nats-pitfalls.md#pull-request-heartbeats). Its request state is
+:class:`~bridge.pull_request.PullState`, and
 :func:`~bridge.pull_request.next_pull` is the ONE place that decides whether and what to pull
 next (and clamps the heartbeat to expires/2 on every request).
 

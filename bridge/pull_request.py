@@ -2,7 +2,8 @@
 
 Pure logic (no I/O), so it is unit-tested on its own: ADR-37's refill threshold, the local
 in-flight cap, and the heartbeat clamp ``2 * idle_heartbeat <= expires`` on every request
-(nats-server answers ``400 heartbeat value too large`` otherwise, pitfalls §2).
+(nats-server answers ``400 heartbeat value too large`` otherwise,
+docs/nats-pitfalls.md#pull-request-heartbeats).
 """
 
 from __future__ import annotations

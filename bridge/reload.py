@@ -1,6 +1,7 @@
 """What a running bridge can take from a changed notify.yml (SIGHUP), and what needs a restart.
 
-Every pull request carries its own batch, expiry and idle heartbeat (pitfalls §2), so those
+Every pull request carries its own batch, expiry and idle heartbeat (a pull consumer's config
+cannot hold a heartbeat: docs/nats-pitfalls.md#pull-request-heartbeats), so those
 take effect with the next request: an operator can widen a heartbeat that keeps being missed
 without dropping a connection or an in-flight batch. The same holds for the local in-flight
 cap, the miss count before "not ready", and the core path's batching. Everything else

@@ -26,7 +26,8 @@ __all__ = ["bridge_settings", "deep_merge", "queued_messages", "running_bridge",
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 
-#: Short durations so every fault is seen within seconds (seed rule: heartbeat > ping).
+#: Short durations so every fault is seen within seconds (the seed's rule, heartbeat > ping:
+#: docs/nats-pitfalls.md#the-seeds-heartbeat-rule).
 TEST_CONSUMER: dict[str, Any] = {
     "durable": "notification_processor",
     "stream": "FECHATTER_EVENTS",

@@ -1,7 +1,7 @@
 """Wire shapes of every payload Fechatter publishes, exactly as sent.
 
 One ``msgspec.Struct`` per payload, named ``<dialect letter><Rust type>``
-after fechatter-events.md §2 and §4. They validate types but do not
+(the letters and payloads: docs/event-contract.md#dialects and #payloads). They validate types but do not
 normalise: :mod:`events.translate` turns them into jobs. Unknown keys are
 ignored (Fechatter adds fields freely, e.g. ``sig`` and ``trace_context``),
 and ``version`` defaults to ``"V1"`` as serde's ``#[serde(default)]`` does.

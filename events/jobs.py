@@ -52,7 +52,7 @@ AwareDatetime: TypeAlias = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 class Dialect(StrEnum):
-    """The wire dialect an event arrived in (see fechatter-events.md §2)."""
+    """The wire dialect an event arrived in (see docs/event-contract.md#dialects)."""
 
     #: Realtime enum, externally tagged: ``{"MessageReceived": {...}}``.
     REALTIME = "R"
@@ -249,8 +249,8 @@ JOB_TYPES: Final[tuple[type[Job], ...]] = (
 def dedupe_key(job: Job) -> str | None:
     """Return the identity shared by every copy of one event, or None.
 
-    Fechatter publishes each message up to four times in different dialects
-    (fechatter-events.md §6.1), all carrying the same chat and message id.
+    Fechatter publishes each message up to four times in different dialects, in no
+    defined order (docs/event-contract.md#quirks), all carrying the same chat and message id.
     A deletion happens once per message, so its copies collapse the same
     way; the ``:deleted`` suffix keeps it apart from the message's own key.
     Edits have no shared edit id across dialects, so they get no key.

@@ -5,7 +5,8 @@ Read it top to bottom: the first pattern that matches a subject wins
 shapes the decoder accepts there, in the order it checks them; the job a
 payload becomes is decided by the payload (its variant, ``event_type`` or
 ``kind``) except for membership subjects, whose payload does not say
-whether the member joined or left. Sources: fechatter-events.md §3.
+whether the member joined or left. Sources: Fechatter's server at commit 60eb80b, summarised
+in docs/event-contract.md#subjects.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """SSE wire format: frames, the keep-alive comment, and inbox entry ids.
 
-The web client listens only to ``onmessage`` (web-client.md §4), so no frame ever carries an
+The web client listens only to ``onmessage``, which never sees a frame with another event name
+(docs/web-client-contract.md#frame-format), so no frame ever carries an
 ``event:`` line; every ``data:`` is one JSON object with a string ``type``. Inbox entry ids are
 Redis stream ids (``<ms>-<seq>``), compared as ``(ms, seq)`` pairs, never as strings.
 """
@@ -14,7 +15,8 @@ from typing import Any, NamedTuple
 #: The keep-alive: an SSE comment, which EventSource ignores (proxies still see traffic).
 KEEP_ALIVE = b": ping\n\n"
 
-#: The browser's reconnection delay for orphaned streams (web-client.md §7), in milliseconds.
+#: The browser's reconnection delay for orphaned streams, in milliseconds: the client's live stream
+#: never reconnects, only streams it orphaned do (docs/web-client-contract.md#reconnecting-and-last-event-id).
 RETRY_MS = 3000
 
 _STREAM_ID = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
@@ -72,5 +74,5 @@ def json_frame(payload: dict[str, Any]) -> bytes:
 
 
 def retry_line(milliseconds: int = RETRY_MS) -> bytes:
-    """The ``retry:`` field; it only affects streams the client orphaned (web-client.md §7)."""
+    """The ``retry:`` field; it only affects streams the client orphaned (the live one closes itself on error)."""
     return b"retry: %d\n\n" % milliseconds

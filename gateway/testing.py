@@ -126,7 +126,7 @@ async def publish_notification(
 
 
 def new_message(message_id: int, chat_id: int = 42, sender_id: int = 7, **extra: Any) -> dict[str, Any]:
-    """The flat ``new_message`` frame web-client.md §8 recommends."""
+    """The flat ``new_message`` frame the web client reads (docs/web-client-contract.md#payload-shapes)."""
     return {
         "type": "new_message",
         "id": message_id,

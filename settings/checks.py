@@ -25,7 +25,12 @@ ACK_MARGIN_S = 1.0
 
 
 def heartbeat_above_ping(s: Settings, o: Origins) -> Iterator[Problem]:
-    """The seed's rule: a consumer's idle_heartbeat must exceed the connection ping_interval."""
+    """The seed's rule: a consumer's idle_heartbeat must exceed the connection ping_interval.
+
+    Fechatter's own fix for its notify server's "missed idle heartbeat" set this rule
+    (docs/nats-pitfalls.md#the-seeds-heartbeat-rule); the diagnosis does not hold, but files are
+    written to it, so it is still checked.
+    """
     ping = s.nats.ping_interval
     beats: list[tuple[Path, float]] = [
         (("jetstream", "consumers", i, "idle_heartbeat"), c.idle_heartbeat)

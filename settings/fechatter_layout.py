@@ -5,9 +5,14 @@ Fechatter's files use ``server``, ``auth``, ``messaging.nats.jetstream.consumers
 its file position; each value we do not use is reported once as ignored. How each section
 was read is reported too, so ``config check`` shows the interpretation, not just the result.
 
-Per decisions.md, ``consumers.notification_processor`` is a JetStream durable pull consumer and
-``consumers.realtime_processor.filter_subjects`` are the **core NATS** subjects the bridge
-subscribes to (Fechatter calls that path "Core NATS - Non-persistent").
+``consumers.notification_processor`` is read as a JetStream durable pull consumer and
+``consumers.realtime_processor.filter_subjects`` as the **core NATS** subjects the bridge
+subscribes to: Fechatter lists both under ``consumers`` but describes the realtime path as "Core
+NATS - Non-persistent", and its server publishes realtime events with a plain core publish that no
+stream captures (docs/event-contract.md#transport). The realtime section's ``idle_heartbeat`` is
+kept only to be checked against the seed's heartbeat rule
+(docs/nats-pitfalls.md#the-seeds-heartbeat-rule), so such a file validates the way its authors
+expect.
 """
 
 from __future__ import annotations

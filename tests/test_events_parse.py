@@ -1,4 +1,4 @@
-"""Every example payload of fechatter-events.md §4 and issue 3 becomes the exact job."""
+"""Every example payload of docs/event-contract.md#payloads, and the broadcast, becomes the exact job."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ KEY = "0190b5e2-7c3a-7d82-9206-54b2f6b4f7c4"
 EVENT_ID = "5b0c7f3e-2d1a-4c53-9a55-1f0f3f6f9b21"
 CREATED = datetime(2025, 6, 27, 2, 45, 46, 782538, tzinfo=UTC)
 
-# fechatter-events.md §4, verbatim.
+# docs/event-contract.md#payloads, verbatim (Fechatter's wire bytes, not our rendering).
 R_MESSAGE_RECEIVED = b'{"MessageReceived":{"message":{"id":"1234","chat_id":42,"sender_id":7,"content":"Hi team","files":[],"timestamp":1750992346},"chat_id":42,"recipients":[7,9,11]}}'  # noqa: E501
 N_NEW_MESSAGE = b'{"event_type":"new_message","chat_id":42,"sender_id":7,"sender_name":"Alice Zhang","content":"Hi team","files":[],"timestamp":"2025-06-27T02:45:46.782538Z","message_id":1234,"workspace_id":2}'  # noqa: E501
 C_CREATED = b'{"version":"V1","kind":"Created","msg":{"id":1234,"chat_id":42,"sender_id":7,"content":"Hi team","files":[],"created_at":"2025-06-27T02:45:46.782538Z","idempotency_key":"0190b5e2-7c3a-7d82-9206-54b2f6b4f7c4"},"members":[7,9,11],"occurred_at":"2025-06-27T02:45:46.790112345Z"}'  # noqa: E501
@@ -183,7 +183,7 @@ def test_issue_3_message_received_example_gives_ints_and_aware_datetime() -> Non
     assert job.recipients == [7, 9, 11]
 
 
-# -- read, typing, presence (§4.5) ---------------------------------------------
+# -- read, typing, presence (event-contract: read-typing-and-presence) ---------
 
 
 def test_realtime_message_read_becomes_messages_read_by_the_reader() -> None:
@@ -252,7 +252,7 @@ def test_ttls_passed_by_the_caller_set_expires_at() -> None:
     assert presence.last_seen is None
 
 
-# -- not live, publisher present (§4.6) ---------------------------------------
+# -- not live, publisher present (event-contract: published-by-code-no-route-reaches)
 
 
 def test_realtime_message_unread_becomes_message_unread() -> None:
@@ -445,7 +445,7 @@ def test_version_defaults_to_v1_when_absent() -> None:
     assert isinstance(parse("fechatter.chat.joined", data), MemberJoined)
 
 
-# -- notify-only N forms (§4.6) -----------------------------------------------
+# -- notify-only N forms (event-contract: notify-only-forms) --------------------
 
 
 def test_notify_only_typing_started_is_accepted_on_a_realtime_subject() -> None:
@@ -488,7 +488,7 @@ def test_notify_only_presence_forms_become_user_presence(subject: str, data: byt
     )
 
 
-# -- legacy (§4.7) and broadcast ----------------------------------------------
+# -- legacy (event-contract: legacy-forms) and broadcast ------------------------
 
 
 @pytest.mark.parametrize(
@@ -562,7 +562,7 @@ def test_a_naive_received_at_is_a_caller_error() -> None:
         parse_event("fechatter.realtime.chat.42", R_MESSAGE_RECEIVED, received_at=datetime(2025, 1, 1))
 
 
-# -- timestamp and id forms (§2) -----------------------------------------------
+# -- timestamp and id forms (event-contract: dialects) --------------------------
 
 
 @pytest.mark.parametrize("digits", range(10))

@@ -1,4 +1,4 @@
-"""The routing table covers every notify subject of fechatter-events.md §3, with NATS wildcards."""
+"""The routing table covers every notify subject of docs/event-contract.md#subjects, with NATS wildcards."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from events import ROUTES, Status, route_for
 from events.subjects import SubjectIndex, matches, validate_pattern
 
-# fechatter-events.md §3, with concrete ids, and the job kind each produces.
+# Every subject of docs/event-contract.md#subjects, with concrete ids, and the job kind each produces.
 NOTIFY_SUBJECTS = [
     "fechatter.realtime.chat.42",
     "fechatter.message.new",

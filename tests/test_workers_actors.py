@@ -1,6 +1,6 @@
 """Each job type -> the right notifications for the right users (real Redis, real dramatiq workers).
 
-Cast (fechatter-events.md §4): chat 42 with members 7 (Alice, the sender), 9 (Bob) and 11 (Carol).
+Cast (docs/event-contract.md#payloads): chat 42 with members 7 (Alice, the sender), 9 (Bob) and 11 (Carol).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from workers.actors import queue_for
 from workers.metrics import WorkerMetrics
 from workers.process import WorkerRuntime
 
-# fechatter-events.md §4, verbatim: one message (chat 42, members 7 = sender, 9, 11) in four dialects.
+# docs/event-contract.md#payloads, verbatim: one message (chat 42, members 7 = sender, 9, 11) in four dialects.
 R_MESSAGE = b'{"MessageReceived":{"message":{"id":"1234","chat_id":42,"sender_id":7,"content":"Hi team","files":[],"timestamp":1750992346},"chat_id":42,"recipients":[7,9,11]}}'  # noqa: E501
 N_MESSAGE = b'{"event_type":"new_message","chat_id":42,"sender_id":7,"sender_name":"Alice Zhang","content":"Hi team","files":[],"timestamp":"2025-06-27T02:45:46.782538Z","message_id":1234,"workspace_id":2}'  # noqa: E501
 C_MESSAGE = b'{"version":"V1","kind":"Created","msg":{"id":1234,"chat_id":42,"sender_id":7,"content":"Hi team","files":[],"created_at":"2025-06-27T02:45:46.782538Z","idempotency_key":"0190b5e2-7c3a-7d82-9206-54b2f6b4f7c4"},"members":[7,9,11],"occurred_at":"2025-06-27T02:45:46.790112345Z"}'  # noqa: E501

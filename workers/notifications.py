@@ -1,7 +1,8 @@
 """Job -> notification: the JSON objects the browser receives, one per SSE ``data:`` frame.
 
 Every notification is a flat JSON object with a string ``type`` (the Fechatter web client
-dispatches on it, web-client.md §4/§8). Ids are JSON numbers, times are ISO 8601 in UTC with
+dispatches on it and reads a message's fields from the top level of the object, so nested shapes
+give it ``NaN`` ids; docs/web-client-contract.md#payload-shapes). Ids are JSON numbers, times are ISO 8601 in UTC with
 ``Z``, absent values are ``null``. Who receives each type is decided in :mod:`workers.actors`.
 
 | `type`                | fields besides `type`                                     | sent to                          |

@@ -1,11 +1,11 @@
 """Recovery: heartbeat and requeue dead workers' jobs on a clock, not by chance.
 
-dramatiq's Redis broker requeues a crashed worker's unacked jobs only inside a dispatch call
-that wins a 0.1 % draw, and only for that call's queue: with idle queues that takes tens of
-minutes (pitfalls.md §18). A killed worker's typing indicator would be long stale, and its new
-message very late. This middleware runs one maintenance call per known queue every
-``interval`` seconds from a thread of each worker process. The same call refreshes the
-process's heartbeat, so a process busy in long jobs is never mistaken for a dead one.
+dramatiq's Redis broker requeues a crashed worker's unacked jobs only inside a dispatch call that
+wins a 0.1 % draw, and only for that call's queue: with idle queues that takes tens of minutes
+(docs/dramatiq-pitfalls.md#a-dead-workers-jobs-come-back-late). A killed worker's typing indicator
+would be long stale, and its new message very late. This middleware runs one maintenance call per
+known queue every ``interval`` seconds from a thread of each worker process. The same call refreshes
+the process's heartbeat, so a process busy in long jobs is never mistaken for a dead one.
 
 Maintenance covers every queue of the deployment, not only the ones this process consumes:
 a dead worker leaves an ack set per queue it consumed, and dramatiq forgets the dead worker
