@@ -1,10 +1,13 @@
 """The NATS connection: settings' options, capped exponential backoff, one log line per state change.
 
 nats-py exceptions stop here. Connection events fan out to listeners (the pull loops pause on
-disconnect and re-issue their pulls on reconnect, ADR-37). The initial connect retries with
+disconnect and re-issue their pulls on reconnect, as NATS ADR-37 prescribes: a pull request does not
+survive a reconnect, docs/nats-pitfalls.md#pull-requests-do-not-survive-reconnects). The initial
+connect retries with
 ``min(base * 2**n, cap)`` +- jitter; reconnects use the same schedule through nats-py's
-``reconnect_to_server_handler``. ``max_reconnects: -1`` never gives up (the seed's 10 left a
-dead process reporting healthy, pitfalls §10).
+``reconnect_to_server_handler``. ``max_reconnects: -1`` never gives up (nats-py closes the client
+for good after 60 attempts; Fechatter's old notify server stopped at 10 and then sat dead while its
+health check said healthy, docs/nats-pitfalls.md#connection-options).
 """
 
 from __future__ import annotations

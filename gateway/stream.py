@@ -4,7 +4,8 @@ Order of a stream's life, and why:
 
 1. Authenticate; refuse with 401 before anything is streamed.
 2. Answer 200 and flush the headers at once: the client gives up after 10 s without
-   ``onopen`` and then polls forever (web-client.md §3).
+   ``onopen`` and then polls Fechatter's API forever, never retrying SSE
+   (docs/web-client-contract.md#opening-within-ten-seconds-or-never-again).
 3. Subscribe through the hub and wait for Redis to confirm, THEN read the inbox, THEN write
    ``connection_confirmed`` (a replay follows it). Anything published after the confirmation
    is buffered in this stream; anything before is in the inbox. After the read, buffered ids

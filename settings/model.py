@@ -17,8 +17,10 @@ Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 PositiveSeconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 
-#: Subjects Fechatter's server publishes durable domain events on (see fechatter-events.md);
-#: the seed's ``fechatter.messages.>``/``fechatter.chats.>`` plus what the server uses today.
+#: Subjects Fechatter's server publishes durable domain events on: the seed's
+#: ``fechatter.messages.>``/``fechatter.chats.>`` (docs/nats-pitfalls.md#the-seeds-heartbeat-rule)
+#: plus the singular ``fechatter.message.>``/``fechatter.chat.>`` the server uses today, and the rest
+#: of docs/event-contract.md#subjects.
 DEFAULT_DOMAIN_SUBJECTS = [
     "fechatter.messages.>",
     "fechatter.chats.>",
@@ -62,7 +64,8 @@ class NatsConnection(Section):
     reconnect_backoff_base: PositiveSeconds = 1.0
     reconnect_backoff_cap: PositiveSeconds = 30.0
     reconnect_jitter: float = Field(default=0.2, ge=0, le=1)
-    #: -1 means never give up (the seed's 10 left a dead process reporting healthy).
+    #: -1 means never give up (Fechatter's old notify server stopped after 10 and then reported a
+    #: dead process as healthy; docs/nats-pitfalls.md#connection-options).
     max_reconnects: int = Field(default=-1, ge=-1)
     user: str | None = None
     password: SecretStr | None = None
@@ -133,7 +136,8 @@ class Realtime(Section):
 
     subjects: list[str] = Field(default_factory=lambda: list(DEFAULT_REALTIME_SUBJECTS))
     queue_group: str = "fechatter-notify-bridge"
-    #: Only from a Fechatter-layout file; checked against the seed's rule, not used on core NATS.
+    #: Only from a Fechatter-layout file; checked against the seed's rule
+    #: (docs/nats-pitfalls.md#the-seeds-heartbeat-rule), not used on core NATS.
     idle_heartbeat: PositiveSeconds | None = None
     #: How long to wait for more events before enqueueing a batch (or until ``batch_size``).
     #: 0 enqueues at once; events that arrive while an enqueue is in flight form the next

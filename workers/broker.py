@@ -2,20 +2,21 @@
 
 Stock ``_RedisConsumer`` sleeps ``compute_backoff(misses, max_backoff=worker_timeout)`` after an
 empty fetch: 5 ms doubling up to ~1 s, so a job enqueued on an idle queue waits up to a second
-(pitfalls.md §17). :class:`_WakeConsumer` makes exactly the same fetches and sleeps for the same
-backoff, but sleeps in ``Event.wait`` on its queue's doorbell (:mod:`workers.wake`), which the
-bridge's wake publish rings. Everything else is dramatiq's own: the Lua dispatch script, acks into
-``__acks__``, requeue on shutdown, heartbeats on every dispatch. Acks also ring the doorbell once
-half of the prefetched messages are done, so a consumer with a backlog refills in batches as
-soon as there is room instead of after its backoff.
+(docs/dramatiq-pitfalls.md#idle-consumers-poll). :class:`_WakeConsumer` makes exactly the same
+fetches and sleeps for the same backoff, but sleeps in ``Event.wait`` on its queue's doorbell
+(:mod:`workers.wake`), which the bridge's wake publish rings. Everything else is dramatiq's own: the
+Lua dispatch script, acks into ``__acks__``, requeue on shutdown, heartbeats on every dispatch. Acks
+also ring the doorbell once half of the prefetched messages are done, so a consumer with a backlog
+refills in batches as soon as there is room instead of after its backoff.
 
 Dispatch calls (fetch, ack, requeue, enqueue) run dramatiq's own script with dramatiq's own
 arguments, only on a connection held by the calling thread rather than through a pool checkout
 per call (:mod:`workers.connections`): that checkout cost more CPU than the call.
 
-Redis key layout (unchanged from dramatiq, pitfalls.md §16): ``{ns}:{queue}`` list of ids,
-``{ns}:{queue}.msgs`` hash id -> message, ``.DQ``/``.XQ`` delay and dead-letter queues,
-``{ns}:__acks__.{broker_id}.{queue}`` fetched-but-unacked, ``{ns}:__heartbeats__``.
+Redis key layout (unchanged from dramatiq, docs/dramatiq-pitfalls.md#redis-key-layout):
+``{ns}:{queue}`` list of ids, ``{ns}:{queue}.msgs`` hash id -> message, ``.DQ``/``.XQ`` delay and
+dead-letter queues, ``{ns}:__acks__.{broker_id}.{queue}`` fetched-but-unacked,
+``{ns}:__heartbeats__``.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ __all__ = [
 
 #: A broker process that has not dispatched for this long is dead and its unacked jobs are
 #: requeued, in milliseconds. dramatiq's 60 s plus 0.1 % maintenance meant tens of minutes
-#: (pitfalls.md §18); :class:`workers.recovery.Recovery` heartbeats every few seconds, so a
-#: live process never goes this long without one.
+#: (docs/dramatiq-pitfalls.md#a-dead-workers-jobs-come-back-late);
+#: :class:`workers.recovery.Recovery` heartbeats every few seconds, so a live process never goes
+#: this long without one.
 DEFAULT_HEARTBEAT_TIMEOUT_MS: Final = 15_000
 #: Seconds a pooled Redis connection may sit idle before it is PINGed on reuse.
 HEALTH_CHECK_INTERVAL_S: Final = 10
