@@ -105,10 +105,22 @@ class Bridge:
         """
         try:
             await self.start(stop)
+        except BaseException:
+            # The start's own error is the one to report: a shutdown of half-started parts
+            # (a NATS client that never connected, say) must not replace it with its own.
+            await self._shutdown_after_failed_start()
+            raise
+        try:
             if not stop.is_set():
                 await stop.wait()
         finally:
             await self.shutdown()
+
+    async def _shutdown_after_failed_start(self) -> None:
+        try:
+            await self.shutdown()
+        except Exception as exc:
+            log_event(log, "bridge_shutdown_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
 
     async def start(self, stop: asyncio.Event | None = None) -> None:
         """Bring every part up in dependency order (see the module docstring)."""

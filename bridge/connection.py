@@ -28,12 +28,17 @@ from bridge.backoff import backoff_delay
 from bridge.errors import NatsUnavailable
 from bridge.metrics import Metrics
 from fechatter_notify.log import log_event
-from fechatter_notify.nats_options import connect_options
+from fechatter_notify.nats_options import connect_options, server_address
+from fechatter_notify.tasks import stop_task
 from settings.model import NatsConnection
 
 __all__ = ["Connection"]
 
 log = logging.getLogger("bridge.connection")
+
+
+class _Stopped(Exception):
+    """A stop request ended a connect attempt."""
 
 
 class Connection:
@@ -53,6 +58,9 @@ class Connection:
         self.on_closed: list[Callable[[], None]] = []
         self._slow_logged = 0
         self._closing = False
+        #: False until a connect succeeded: a client that never connected has nothing to drain
+        #: (nats-py's drain() then fails with "Client.connect must be called first").
+        self._ever_connected = False
 
     @property
     def connected(self) -> bool:
@@ -60,8 +68,7 @@ class Connection:
         return bool(self.nc.is_connected)
 
     def _server(self) -> str:
-        url = self.nc.connected_url
-        return f"{url.hostname}:{url.port}" if url is not None else "-"
+        return server_address(self.nc.connected_url)
 
     def _options(self) -> dict[str, Any]:
         return {
@@ -98,7 +105,11 @@ class Connection:
         while True:
             self.nc = NATS()
             try:
-                await self.nc.connect(**self._options())
+                await self._attempt(stop)
+            except _Stopped:
+                with contextlib.suppress(nats.errors.Error, OSError):
+                    await self.nc.close()
+                raise NatsUnavailable("stopped while connecting") from None
             except (TimeoutError, nats.errors.Error, OSError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
                 if 0 <= s.max_reconnects <= attempt:
@@ -117,10 +128,28 @@ class Connection:
                 if stop.is_set():
                     raise NatsUnavailable(f"stopped while connecting ({reason})") from None
                 continue
+            self._ever_connected = True
             self._metrics.connection_events.labels("connected").inc()
             log_event(log, "nats_connected", server=self._server(), attempt=attempt + 1,
                       server_version=str(self.nc.connected_server_version))
             return self.nc
+
+    async def _attempt(self, stop: asyncio.Event | None) -> None:
+        # nats-py's connect() itself retries forever with max_reconnects -1 and never looks at
+        # a stop request: race it against ``stop`` so SIGTERM during an outage ends the start.
+        connecting = asyncio.ensure_future(self.nc.connect(**self._options()))
+        if stop is None:
+            await connecting
+            return
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not connecting.done():
+            await stop_task(connecting)
+            raise _Stopped
+        connecting.result()
 
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, nats.errors.SlowConsumerError):
@@ -173,13 +202,19 @@ class Connection:
 
     async def close(self, within: float) -> None:
         """Drain and close (within ``within`` seconds), falling back to a plain close."""
-        if self.nc.is_closed:
+        if self.nc.is_closed or not self._ever_connected:
             return
         self._closing = True
-        try:
-            await asyncio.wait_for(self.nc.drain(), within)
-        except (TimeoutError, nats.errors.Error) as exc:
-            log_event(log, "nats_drain_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
+        # A stop is clean whatever the connection's state: during an outage nats-py's drain and
+        # close meet a reconnecting client or a reset socket (ConnectionResetError), which must
+        # not turn a requested stop into a crash. What was not acked is redelivered later.
+        if self.nc.is_connected:
+            try:
+                await asyncio.wait_for(self.nc.drain(), within)
+            except (TimeoutError, nats.errors.Error, OSError) as exc:
+                log_event(log, "nats_drain_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
         if not self.nc.is_closed:
-            with contextlib.suppress(nats.errors.Error):
-                await self.nc.close()
+            try:
+                await asyncio.wait_for(self.nc.close(), within)
+            except (TimeoutError, nats.errors.Error, OSError) as exc:
+                log_event(log, "nats_close_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")

@@ -1,8 +1,9 @@
 """HTTP endpoints: ``/healthz`` (alive), ``/readyz`` (ready, with reasons) and ``/metrics`` (Prometheus text).
 
-Health and metrics listen on ``settings.health`` and ``settings.metrics``; when both name the
-same host and port, one server serves all three paths. Port 0 binds a free port (tests);
-:attr:`HttpEndpoints.health_port` / :attr:`metrics_port` say which.
+Health and metrics listen on ``health.port`` and ``metrics.port``; when both name the same
+host and port, one server serves all three paths. Port 0 binds a free port (tests);
+:attr:`HttpEndpoints.health_port` / :attr:`metrics_port` say which. A port held by another
+process is :class:`~fechatter_notify.ports.PortInUse`, naming the setting that chose it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,16 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from fechatter_notify.ports import PortInUse, address_in_use
+from settings.problems import Path
+
 __all__ = ["HttpEndpoints", "Readiness"]
 
 #: Returns ``{"check name": "problem" | None}``; ready when every value is None.
 Readiness = Callable[[], Awaitable[dict[str, str | None]]]
+
+HEALTH_SETTING: Path = ("health", "port")
+METRICS_SETTING: Path = ("metrics", "port")
 
 
 class HttpEndpoints:
@@ -54,14 +61,19 @@ class HttpEndpoints:
     async def _metrics_text(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _serve(self, host: str, port: int, routes: list[web.RouteDef]) -> int:
+    async def _serve(self, host: str, port: int, routes: list[web.RouteDef], setting: Path) -> int:
         app = web.Application()
         app.add_routes(routes)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True)
         await runner.setup()
+        self._runners.append(runner)  # cleaned up by stop() even when the bind fails
         site = web.TCPSite(runner, host, port)
-        await site.start()
-        self._runners.append(runner)
+        try:
+            await site.start()
+        except OSError as exc:
+            if address_in_use(exc):
+                raise PortInUse(setting, host, port, exc) from exc
+            raise
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         return int(sockets[0].getsockname()[1]) if sockets else port
@@ -71,10 +83,11 @@ class HttpEndpoints:
         health = [web.get("/healthz", self._healthz), web.get("/readyz", self._readyz)]
         metrics = [web.get("/metrics", self._metrics_text)]
         if self._health == self._metrics and self._health[1] != 0:
-            self.health_port = self.metrics_port = await self._serve(*self._health, health + metrics)
+            self.health_port = self.metrics_port = await self._serve(*self._health, health + metrics,
+                                                                     HEALTH_SETTING)
             return
-        self.health_port = await self._serve(*self._health, health)
-        self.metrics_port = await self._serve(*self._metrics, metrics)
+        self.health_port = await self._serve(*self._health, health, HEALTH_SETTING)
+        self.metrics_port = await self._serve(*self._metrics, metrics, METRICS_SETTING)
 
     async def stop(self) -> None:
         """Stop serving."""

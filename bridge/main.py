@@ -2,7 +2,8 @@
 
 Exit codes: :data:`RET_OK` after a graceful stop, :data:`RET_REFUSED` when JetStream is not as
 the settings describe (``provision: verify``) or NATS never answered, :data:`RET_RUNTIME` on a
-crash.
+crash, :data:`~fechatter_notify.ports.RET_PORT_IN_USE` when ``health.port`` or ``metrics.port``
+is held by another process.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Final
 from bridge.app import Bridge
 from bridge.errors import BridgeError
 from fechatter_notify.log import dump_tasks_on_sigusr2, log_event, setup_logging
+from fechatter_notify.ports import PortInUse, report_port_in_use
 from fechatter_notify.reloading import config_path, reload_settings
 from settings import Loaded
 from settings.model import Settings
@@ -65,6 +67,9 @@ async def serve(settings: Settings, reload: Callable[[], Settings | None] | None
     try:
         await bridge.run(stop)
     except BridgeError as exc:
+        if stop.is_set():  # SIGTERM while NATS or JetStream was not answering: still a clean stop
+            log_event(log, "bridge_stopped_while_starting", reason=str(exc))
+            return RET_OK
         log_event(log, "bridge_refused_to_start", logging.ERROR, reason=str(exc))
         print(f"fechatter-notify bridge: {exc}", file=sys.stderr)
         return RET_REFUSED
@@ -88,6 +93,8 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
     path = config_path(args)
     try:
         return asyncio.run(serve(loaded.settings, lambda: reload_settings(path)))
+    except PortInUse as exc:
+        return report_port_in_use(log, "bridge", exc, loaded.origins)
     except Exception:
         log.exception("bridge crashed")
         return RET_RUNTIME

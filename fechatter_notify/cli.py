@@ -25,6 +25,8 @@ PROCESSES: dict[str, tuple[str, str]] = {
     "worker": ("workers.main:run", "dramatiq workers: jobs -> per-user notifications"),
     "gateway": ("gateway.main:run", "the SSE endpoint browsers connect to"),
     "dev": ("fechatter_notify.dev:run", "everything locally, with embedded nats-server/redis-server"),
+    "provision": ("fechatter_notify.provision:run", "create/update the JetStream streams and consumers, then "
+                  "exit (Procfile release:); exit 3 when refused"),
 }
 
 

@@ -6,8 +6,15 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
+from urllib.parse import ParseResult
 
 from settings.model import NatsConnection
+
+
+def server_address(url: ParseResult | None) -> str:
+    """``host:port`` of nats-py's ``connected_url`` (a ParseResult, whose repr would be logged
+    field by field, credentials included), or ``-`` when not connected."""
+    return f"{url.hostname}:{url.port}" if url is not None else "-"
 
 
 def tls_context(config: NatsConnection) -> ssl.SSLContext | None:

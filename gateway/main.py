@@ -1,6 +1,9 @@
 """``fechatter-notify gateway`` (Procfile ``web:``): serve the SSE gateway until SIGTERM/SIGINT.
 
-SIGHUP re-reads the configuration and applies ``gateway.jwt`` live (see :func:`reload`)."""
+SIGHUP re-reads the configuration and applies ``gateway.jwt`` live (see :func:`reload`).
+It listens on ``gateway.port`` (``$PORT`` where a Heroku-style platform or Procfile runner sets
+it; ``NOTIFY_PORT`` and ``NOTIFY__GATEWAY__PORT`` win over it); a port held by another process
+ends the start with :data:`~fechatter_notify.ports.RET_PORT_IN_USE`."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from collections.abc import Callable
 from typing import Final
 
 from fechatter_notify.log import dump_tasks_on_sigusr2, log_event, setup_logging
+from fechatter_notify.ports import PortInUse, address_in_use, report_port_in_use
 from fechatter_notify.reloading import config_path, reload_settings
 from gateway.app import build_app, start_server
 from gateway.auth import TokenVerifier
@@ -75,7 +79,9 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(_serve(settings, verifier, config_path(args)))
-    except OSError as exc:  # typically: the port is taken
+    except PortInUse as exc:
+        return report_port_in_use(log, "gateway", exc, loaded.origins)
+    except OSError as exc:
         log_event(log, "gateway_failed", logging.ERROR, error=exc)
         return RET_RUNTIME
     return RET_OK
@@ -114,7 +120,13 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 async def _serve(settings: Settings, verifier: TokenVerifier, path: str | None) -> None:
     app = build_app(settings, verifier=verifier)
-    runner, port = await start_server(app, settings.gateway.host, settings.gateway.port)
+    host, port = settings.gateway.host, settings.gateway.port
+    try:
+        runner, port = await start_server(app, host, port)
+    except OSError as exc:
+        if address_in_use(exc):
+            raise PortInUse(("gateway", "port"), host, port, exc) from exc
+        raise
     log_event(log, "gateway_listening", host=settings.gateway.host, port=port,
               namespace=settings.redis.namespace)
     stop = asyncio.Event()

@@ -19,7 +19,7 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 
 from fechatter_notify.log import log_event
-from fechatter_notify.nats_options import connect_options
+from fechatter_notify.nats_options import connect_options, server_address
 from fechatter_notify.tasks import stop_task
 from gateway.metrics import GatewayMetrics
 from settings.model import NatsConnection
@@ -87,7 +87,7 @@ class NatsLink:
             log_event(log, "nats_unavailable", logging.WARNING, error=exc, presence="disabled")
             return
         self._warned_down = False
-        log_event(log, "nats_connected", server=self._client.connected_url or "")
+        log_event(log, "nats_connected", server=server_address(self._client.connected_url))
 
     async def publish_presence(self, user_id: int, status: str, last_seen: str) -> bool:
         """Publish a UserPresence event; False (logged once per outage) when NATS is down."""
@@ -121,4 +121,4 @@ class NatsLink:
     async def _on_reconnected(self) -> None:
         self._warned_down = False
         url = self._client.connected_url if self._client is not None else None
-        log_event(log, "nats_reconnected", server=url or "")
+        log_event(log, "nats_reconnected", server=server_address(url))

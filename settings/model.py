@@ -242,17 +242,28 @@ class Gateway(Section):
 
 
 class Health(Section):
-    """Liveness/readiness HTTP endpoint of the bridge and workers."""
+    """Liveness/readiness HTTP endpoints of the bridge and the worker supervisor (0 = off).
+
+    Each process type has its own default port, so the Procfile's processes run side by side
+    on one host (honcho, foreman, ``heroku local``); the gateway serves ``/healthz`` on
+    ``gateway.port``. When ``port`` and ``metrics.port`` are equal one server serves both.
+    """
 
     host: str = "0.0.0.0"
+    #: The bridge's.
     port: Port = 8081
+    #: The worker supervisor's.
+    worker_port: Port = 8082
 
 
 class Metrics(Section):
-    """Prometheus text endpoint."""
+    """Prometheus text endpoints of the bridge and the worker supervisor (0 = off)."""
 
     host: str = "0.0.0.0"
+    #: The bridge's.
     port: Port = 9091
+    #: The worker supervisor's (the sum over its worker processes).
+    worker_port: Port = 9092
 
 
 class Database(Section):

@@ -177,3 +177,34 @@ async def ready(url: str) -> bool:
 async def _all_acked(url: str, seq: int) -> bool:
     info = await consumer_info(url)
     return bool("error" not in info and info["ack_floor"]["stream_seq"] >= seq and info["num_ack_pending"] == 0)
+
+
+async def test_sigterm_during_a_nats_outage_is_a_clean_stop(tmp_path: Path, config_file: Path, nats_server: NatsServer,
+                                                            processes: list[BridgeProcess]) -> None:
+    # Given a running bridge whose NATS server has gone away (nats-py is reconnecting)
+    proc = BridgeProcess(config_file, tmp_path / "bridge.log")
+    processes.append(proc)
+    await async_wait_until(lambda: "event=bridge_started" in proc.log(), timeout=20, message=proc.log)
+    nats_server.kill()
+    await async_wait_until(lambda: "event=nats_disconnected" in proc.log(), timeout=20, message=proc.log)
+    await async_wait_until(lambda: "ConnectionRefusedError" in proc.log(), timeout=20, message=proc.log)
+    # When it is asked to stop, then it stops cleanly: exit 0, not "bridge crashed"
+    code = await asyncio.to_thread(proc.stop, signal.SIGTERM, 15)
+    assert code == 0, proc.log()
+    assert "crashed" not in proc.log() and "Traceback" not in proc.log()
+    assert "event=bridge_stopped" in proc.log()
+    # and its log names the server as host:port, never a ParseResult(...)
+    assert "ParseResult" not in proc.log()
+
+
+async def test_sigterm_while_nats_never_answered_is_a_clean_stop(tmp_path: Path, redis_server: RedisServer,
+                                                                 processes: list[BridgeProcess]) -> None:
+    # nats-py's own connect retries forever (max_reconnects -1) and never sees the stop request.
+    path = tmp_path / "notify.yml"
+    path.write_text(settings_yaml("nats://127.0.0.1:1", redis_server.url))
+    proc = BridgeProcess(path, tmp_path / "bridge.log")
+    processes.append(proc)
+    await async_wait_until(lambda: "ConnectionRefusedError" in proc.log(), timeout=20, message=proc.log)
+    code = await asyncio.to_thread(proc.stop, signal.SIGTERM, 15)
+    assert code == 0, proc.log()
+    assert "event=bridge_stopped_while_starting" in proc.log() and "Traceback" not in proc.log()

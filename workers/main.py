@@ -9,8 +9,10 @@ once, here. SIGTERM/SIGINT stop the children gracefully (running jobs finish wit
 replaces the children, new ones first (see :func:`_restart`). If a child dies on its own, the
 supervisor stops the others and exits 1, so the platform restarts the whole unit.
 
-The supervisor serves the children's summed metrics at ``metrics.host:metrics.port``
-``/metrics`` and their liveness at ``health.host:health.port`` ``/healthz`` (port 0 = off).
+The supervisor serves the children's summed metrics at ``metrics.host:metrics.worker_port``
+``/metrics`` and their liveness at ``health.host:health.worker_port`` ``/healthz`` (port 0 =
+off), bound before any child starts: a port held by another process ends the start with
+:data:`~fechatter_notify.ports.RET_PORT_IN_USE`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from types import FrameType
 from typing import Final
 
 from fechatter_notify.log import log_event, setup_logging
+from fechatter_notify.ports import PortInUse, report_port_in_use
 from fechatter_notify.reloading import config_path, reload_settings
 from settings import Loaded
 from settings.model import Settings
@@ -90,9 +93,14 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
     # Children inherit the environment at spawn: prometheus_client then writes their values
     # to files there, which the supervisor sums (multiprocess mode).
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    children = _spawn(settings, queues, threads, processes)
-    exposition = Exposition(settings, metrics_dir, lambda: all(c.is_alive() for c in children))
-    exposition.start()
+    children: list[multiprocessing.process.BaseProcess] = []
+    exposition = Exposition(settings, metrics_dir, lambda: bool(children) and all(c.is_alive() for c in children))
+    try:
+        exposition.start()
+    except PortInUse as exc:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        return report_port_in_use(log, "worker", exc, loaded.origins)
+    children += _spawn(settings, queues, threads, processes)
     log_event(log, "worker_supervisor_started", processes=processes, threads=threads,
               queues=",".join(queues), namespace=settings.redis.namespace)
     code = RET_OK
