@@ -25,6 +25,9 @@ ENV_SHORTCUTS: dict[str, Path] = {
     "NATS_URL": ("nats", "servers"),
     "REDIS_URL": ("redis", "url"),
     "SENTRY_DSN": ("sentry", "dsn"),
+    # Heroku-style platforms and Procfile runners give the web process its port in $PORT;
+    # NOTIFY_PORT, listed after it, wins when both are set.
+    "PORT": ("gateway", "port"),
     "NOTIFY_PORT": ("gateway", "port"),
     "DATABASE_URL": ("database", "url"),
 }
@@ -112,7 +115,7 @@ def env_overrides(env: Mapping[str, str]) -> tuple[list[tuple[Path, Any, str]], 
         raw = env.get(name)
         if raw:
             value: Any = [s.strip() for s in raw.split(",") if s.strip()] if name == "NATS_URL" else raw
-            if name == "NOTIFY_PORT":
+            if name in ("PORT", "NOTIFY_PORT"):
                 value = _env_value(raw)
             overrides.append((path, value, f"env {name}"))
     for name in sorted(env):
