@@ -158,12 +158,20 @@ async def test_typing_reaches_the_other_members_only(pipeline: Pipeline, open_st
         await nc.publish("fechatter.realtime.chat.42", json.dumps(R_MESSAGE).encode())
         await nc.flush()
         await async_wait_until(lambda: carol.of_type("new_message"), timeout=20)
+        await async_wait_until(lambda: bob.of_type("new_message"), timeout=20)  # Bob's stream works
         typing = {"TypingStarted": {"chat_id": 42, "user_id": 9, "user_name": "Bob Li"}}
+        await nc.publish("fechatter.realtime.chat.42.typing", json.dumps(typing).encode())
+        await nc.flush()
+        await async_wait_until(lambda: carol.of_type("typing_started"), timeout=10)
+        # Then Carol types: Bob must see that, and nothing of his own typing before it
+        typing = {"TypingStarted": {"chat_id": 42, "user_id": 11, "user_name": "Carol"}}
         await nc.publish("fechatter.realtime.chat.42.typing", json.dumps(typing).encode())
         await nc.flush()
     finally:
         await nc.close()
-    await async_wait_until(lambda: carol.of_type("typing_started"), timeout=10)
     (frame,) = carol.of_type("typing_started")
     assert (frame["chat_id"], frame["user_id"], frame["user_name"]) == (42, 9, "Bob Li")
-    assert bob.of_type("typing_started") == []
+    # Bob's own typing was delivered (to Carol) before Carol's was published: had it been sent to
+    # Bob as well, it would have reached his stream first.
+    await async_wait_until(lambda: bob.of_type("typing_started"), timeout=10)
+    assert [(f["user_id"], f["user_name"]) for f in bob.of_type("typing_started")] == [(11, "Carol")]
