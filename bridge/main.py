@@ -21,6 +21,7 @@ from bridge.errors import BridgeError
 from fechatter_notify.log import dump_tasks_on_sigusr2, log_event, setup_logging
 from fechatter_notify.ports import PortInUse, report_port_in_use
 from fechatter_notify.reloading import config_path, reload_settings
+from fechatter_notify.sentry import init_sentry
 from settings import Loaded
 from settings.model import Settings
 
@@ -31,27 +32,6 @@ RET_RUNTIME: Final = 1
 RET_REFUSED: Final = 3
 
 log = logging.getLogger("bridge.main")
-
-
-def init_sentry(settings: Settings) -> None:
-    """Initialise Sentry (with the dramatiq integration) when a DSN is set.
-
-    Must run before the bridge builds its broker object: the integration patches
-    ``Broker.__init__`` to insert the middleware that stamps ``_sentry_headers``.
-    """
-    if settings.sentry.dsn is None:
-        return
-    import sentry_sdk
-    from sentry_sdk.integrations.dramatiq import DramatiqIntegration
-
-    sentry_sdk.init(
-        dsn=settings.sentry.dsn.get_secret_value(),
-        environment=settings.sentry.environment,
-        release=settings.sentry.release,
-        traces_sample_rate=settings.sentry.traces_sample_rate,
-        send_default_pii=settings.sentry.send_default_pii,
-        integrations=[DramatiqIntegration()],
-    )
 
 
 async def serve(settings: Settings, reload: Callable[[], Settings | None] | None = None) -> int:
@@ -89,7 +69,7 @@ def _reload(bridge: Bridge, reload: Callable[[], Settings | None]) -> None:
 def run(loaded: Loaded, args: argparse.Namespace) -> int:
     """The ``bridge`` subcommand (called by :mod:`fechatter_notify.cli`)."""
     setup_logging()
-    init_sentry(loaded.settings)
+    init_sentry(loaded.settings.sentry, "bridge")  # before Bridge() builds its dramatiq broker
     path = config_path(args)
     try:
         return asyncio.run(serve(loaded.settings, lambda: reload_settings(path)))

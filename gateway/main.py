@@ -19,6 +19,7 @@ from typing import Final
 from fechatter_notify.log import dump_tasks_on_sigusr2, log_event, setup_logging
 from fechatter_notify.ports import PortInUse, address_in_use, report_port_in_use
 from fechatter_notify.reloading import config_path, reload_settings
+from fechatter_notify.sentry import init_sentry
 from gateway.app import build_app, start_server
 from gateway.auth import TokenVerifier
 from settings import Loaded
@@ -66,6 +67,7 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
     """Run the gateway with ``loaded`` settings; returns the process exit code."""
     setup_logging()
     settings = loaded.settings
+    init_sentry(settings.sentry, "gateway")
     try:
         verifier = TokenVerifier(settings.gateway.jwt)
     except ValueError as exc:

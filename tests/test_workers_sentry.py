@@ -1,16 +1,15 @@
-"""Sentry: a real worker process reports final failures, tagged, to a real local HTTP endpoint."""
+"""Sentry: a real worker process reports final failures, tagged, to a real local HTTP endpoint.
+
+With and without ``send_default_pii``, and the other processes: tests/test_sentry_processes.py.
+"""
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,8 @@ import pytest
 import redis
 
 from events import job_to_args
-from settings.model import Settings
+from settings.model import Health, Metrics, Settings
+from tests.sentry_ingest import SentryIngest
 from tests.servers import HOST, RedisServer, free_port, wait_until
 from tests.test_workers_processes import child_env
 from tests.test_workers_support import (
@@ -34,50 +34,6 @@ from tests.test_workers_support import (
 )
 
 
-class SentryIngest:
-    """A local stand-in for Sentry's ingest: records every envelope POSTed to it."""
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-        ingest = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                ingest.bodies.append(body)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def dsn(self) -> str:
-        return f"http://public@{HOST}:{self.server.server_address[1]}/1"
-
-    def events(self) -> list[dict[str, Any]]:
-        """Every error event received (envelope items of type ``event``)."""
-        found = []
-        for body in list(self.bodies):
-            lines = body.split(b"\n")
-            for header, payload in zip(lines[1::2], lines[2::2], strict=False):
-                if json.loads(header).get("type") == "event":
-                    found.append(json.loads(payload))
-        return found
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def ingest() -> Iterator[SentryIngest]:
     server = SentryIngest()
@@ -90,6 +46,14 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     c = redis_server.client()
     yield c
     c.close()
+
+
+def worker_settings(redis_url: str, **sections: dict[str, Any]) -> Settings:
+    """``make_settings`` with the supervisor's HTTP endpoints off, whichever port settings exist."""
+    def off(section: type[Health | Metrics]) -> dict[str, Any]:
+        return {name: 0 for name in ("port", "worker_port") if name in section.model_fields}
+
+    return make_settings(redis_url, metrics=off(Metrics), health=off(Health), **sections)
 
 
 def start_worker(settings: Settings, tmp_path: Path) -> subprocess.Popen[bytes]:
@@ -123,7 +87,7 @@ def test_only_final_failures_are_reported_tagged_and_without_chat_content(
 ) -> None:
     # Given a worker with Sentry on, one retry allowed, and a database that refuses connections
     dead_db = f"postgresql://nobody@{HOST}:{free_port()}/fechatter?connect_timeout=1"
-    settings = make_settings(redis_server.url, sentry={"dsn": ingest.dsn},
+    settings = worker_settings(redis_server.url, sentry={"dsn": ingest.dsn},
                              database={"url": dead_db, "pool_min": 0},
                              delivery={"max_retries": 1, "min_backoff": 0.05, "max_backoff": 0.1})
     proc = start_worker(settings, tmp_path)
@@ -156,21 +120,3 @@ def test_only_final_failures_are_reported_tagged_and_without_chat_content(
     # And no chat content left the process
     assert all(b"Hi team" not in body for body in ingest.bodies)
     assert transient["contexts"]["dramatiq"]["data"]["args"] == "[Filtered]"
-
-
-@pytest.mark.slow
-def test_message_bodies_are_sent_when_send_default_pii_is_on(
-    redis_server: RedisServer, client: redis.Redis, ingest: SentryIngest, tmp_path: Path
-) -> None:
-    settings = make_settings(redis_server.url, sentry={"dsn": ingest.dsn, "send_default_pii": True})
-    proc = start_worker(settings, tmp_path)
-    try:
-        wait_subscribed(client, settings, ["domain"])
-        enqueue(client, settings, undecodable("fechatter.realtime.chat.42", R_MESSAGE))
-        wait_drained(client, settings)
-        wait_until(lambda: ingest.events(), timeout=10, message="event not received")
-    finally:
-        output = stop_worker(proc)
-    assert proc.returncode == 0, output
-    (event,) = ingest.events()
-    assert event["contexts"]["dramatiq"]["data"]["args"][0]["content"] == "Hi team"

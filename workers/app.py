@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dramatiq
 
+from fechatter_notify.sentry import init_sentry
 from settings import load_settings
 from workers.actors import declare_actors
 from workers.broker import WakeRedisBroker, build_broker
-from workers.sentry import init_sentry
 from workers.services import Services
 
 settings = load_settings().settings
-init_sentry(settings.sentry)  # before the broker: the integration hooks Broker.__init__
+init_sentry(settings.sentry, "worker")  # before the broker: the integration hooks Broker.__init__
 services = Services.open(settings)
 broker: WakeRedisBroker = build_broker(settings, services.metrics)
 actors = declare_actors(broker, services)

@@ -19,6 +19,7 @@ import sentry_sdk
 from dramatiq.middleware import Middleware
 
 from fechatter_notify.log import log_event, setup_logging
+from fechatter_notify.sentry import init_sentry
 from settings.model import Settings
 from workers.actors import declare_actors
 from workers.broker import (
@@ -29,7 +30,6 @@ from workers.broker import (
 )
 from workers.metrics import WorkerMetrics
 from workers.recovery import DEFAULT_INTERVAL_S
-from workers.sentry import init_sentry
 from workers.services import Services
 
 __all__ = ["WorkerRuntime", "serve"]
@@ -100,7 +100,7 @@ class WorkerRuntime:
 def serve(settings: Settings, queues: Sequence[str], threads: int) -> int:
     """Run one worker process until SIGTERM or SIGINT; the target of ``worker`` children."""
     setup_logging()
-    init_sentry(settings.sentry)  # before the broker: the integration hooks Broker.__init__
+    init_sentry(settings.sentry, "worker")  # before the broker: the integration hooks Broker.__init__
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> Any:

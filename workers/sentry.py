@@ -1,69 +1,27 @@
-"""Sentry for the workers: one issue per job that finally failed, tagged, without chat content.
+"""Sentry for the workers: one issue per job that finally failed, tagged with the job's ids.
 
-:func:`init_sentry` must run before the broker is built: sentry-sdk's ``DramatiqIntegration``
-adds its middleware from inside ``Broker.__init__`` (pitfalls.md §20). That middleware captures
-*every* failed attempt and attaches the whole message (chat content included) to the event;
-:class:`SentryTags` and the ``before_send`` hook fix both:
+The set-up and the scrubbing (no chat content unless ``sentry.send_default_pii``) are
+:mod:`fechatter_notify.sentry`'s; its :func:`~fechatter_notify.sentry.init_sentry` must run before the
+broker is built: sentry-sdk's ``DramatiqIntegration`` adds its middleware from inside
+``Broker.__init__``, so a broker built earlier has none
+(docs/dramatiq-pitfalls.md#sentrys-dramatiq-integration). That middleware captures *every* failed attempt;
+:class:`SentryTags` fixes that and tags the events:
 
 * each event is tagged with the job type, chat, event id and stream sequence;
 * an attempt that :class:`~dramatiq.middleware.Retries` will retry is not reported; only the
-  attempt after which the job is dead-lettered is (permanent failures: the first);
-* unless ``sentry.send_default_pii`` is on, the message arguments and local variables (the job,
-  with its ``content``) are left out of events.
+  attempt after which the job is dead-lettered is (permanent failures: the first).
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 import dramatiq
 import sentry_sdk
 from dramatiq.middleware import Middleware
-from sentry_sdk.integrations.dramatiq import DramatiqIntegration
-from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.types import Event, Hint
 
-from settings.model import Sentry
-
-__all__ = ["FILTERED", "SentryTags", "init_sentry", "job_tags"]
-
-#: What replaces message arguments in events when PII is off.
-FILTERED: Final = "[Filtered]"
-
-
-def init_sentry(config: Sentry) -> bool:
-    """Initialise sentry-sdk with the dramatiq integration if a DSN is configured.
-
-    Returns:
-      Whether Sentry is on.
-    """
-    if config.dsn is None:
-        return False
-    pii = config.send_default_pii
-    sentry_sdk.init(
-        dsn=config.dsn.get_secret_value(),
-        environment=config.environment,
-        release=config.release,
-        traces_sample_rate=config.traces_sample_rate,
-        send_default_pii=pii,
-        # Frame locals hold the decoded job, content included.
-        include_local_variables=pii,
-        integrations=[DramatiqIntegration()],
-        before_send=_scrub if not pii else None,
-    )
-    # dramatiq logs every failed attempt at ERROR: left to the logging integration, each one
-    # would become an issue of its own. The dramatiq integration reports the final one.
-    ignore_logger("dramatiq.worker.WorkerThread")
-    return True
-
-
-def _scrub(event: Event, hint: Hint) -> Event:
-    data = event.get("contexts", {}).get("dramatiq", {}).get("data")
-    if isinstance(data, dict):
-        for field in ("args", "kwargs"):
-            if field in data:
-                data[field] = FILTERED
-    return event
+__all__ = ["SentryTags", "job_tags"]
 
 
 def job_tags(message: dramatiq.MessageProxy | dramatiq.Message[Any]) -> dict[str, str]:
