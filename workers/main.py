@@ -33,6 +33,7 @@ from typing import Final
 from fechatter_notify.log import log_event, setup_logging
 from fechatter_notify.ports import PortInUse, report_port_in_use
 from fechatter_notify.reloading import config_path, reload_settings
+from fechatter_notify.sentry import init_sentry
 from settings import Loaded
 from settings.model import Settings
 from workers.exposition import Exposition
@@ -70,6 +71,8 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
     """Run the supervisor and its worker processes until SIGTERM/SIGINT; returns the exit code."""
     setup_logging()
     settings = loaded.settings
+    # The supervisor's own errors (a worker process died, ...); each child initialises its own.
+    init_sentry(settings.sentry, "worker")
     try:
         queues = select_queues(settings, getattr(args, "queues", None))
     except ValueError as exc:
