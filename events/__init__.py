@@ -29,7 +29,7 @@ from events.jobs import (
     UserPresence,
     dedupe_key,
 )
-from events.lanes import ACTORS, ActorSpec, Lane, actor_name_for, lane_for
+from events.lanes import ACTORS, LIVE_ONLY, ActorSpec, Lane, actor_name_for, is_live_only, lane_for
 from events.parse import parse_event
 from events.routes import ROUTES, Route, Status, route_for
 
@@ -58,9 +58,11 @@ __all__ = [
     "dedupe_key",
     # Lanes and transport (bridge and workers)
     "ACTORS",
+    "LIVE_ONLY",
     "ActorSpec",
     "Lane",
     "actor_name_for",
+    "is_live_only",
     "decode_job",
     "encode_job",
     "job_to_args",

@@ -7,7 +7,9 @@ key                                       type    content
 ========================================  ======  =================================================
 ``{ns}:inbox:{user_id}``                  stream  one entry per notification, field ``n`` = JSON;
                                                   capped (MAXLEN ~ / MINID); entry id = SSE ``id:``
-``{ns}:live:{user_id}``                   pubsub  announcement: ``{entry_id}\\n{notification JSON}``
+``{ns}:live:{user_id}``                   pubsub  announcement: ``{entry_id}\\n{notification JSON}``;
+                                                  an empty entry id: a live-only notification
+                                                  (typing, presence), in no inbox
 ``{ns}:members:{chat_id}``                set     user ids in the chat (membership cache)
 ``{ns}:chats:{user_id}``                  set     chat ids the user belongs to (presence scoping)
 ``{ns}:presence:{user_id}``               hash    ``status``, ``last_seen`` (ISO); expires
@@ -71,19 +73,23 @@ def wake_channel(namespace: str, queue: str) -> str:
     return f"{namespace}:wake:{queue}"
 
 
-def encode_announcement(entry_id: str, notification_json: str) -> str:
-    """The pub/sub payload: the inbox entry id, a newline, the notification JSON."""
-    return f"{entry_id}\n{notification_json}"
+def encode_announcement(entry_id: str | None, notification_json: str) -> str:
+    """The pub/sub payload: the inbox entry id, a newline, the notification JSON.
+
+    ``entry_id`` None (an empty id line) announces a live-only notification: it has no inbox
+    entry, so the gateway sends it without an SSE ``id:`` and a resume never replays it.
+    """
+    return f"{entry_id or ''}\n{notification_json}"
 
 
-def decode_announcement(payload: str | bytes) -> tuple[str, str]:
-    """Split an announcement into ``(entry_id, notification_json)``.
+def decode_announcement(payload: str | bytes) -> tuple[str | None, str]:
+    """Split an announcement into ``(entry_id, notification_json)``; entry_id None: live only.
 
     Raises:
-      ValueError: when the payload has no entry id line.
+      ValueError: when the payload has no id line at all.
     """
     text = payload.decode() if isinstance(payload, bytes) else payload
     entry_id, sep, body = text.partition("\n")
-    if not sep or not entry_id:
+    if not sep:
         raise ValueError("announcement without an entry id line")
-    return entry_id, body
+    return entry_id or None, body

@@ -1,4 +1,4 @@
-"""Where each job goes: its dramatiq actor name and its lane (queue).
+"""Where each job goes: its dramatiq actor name, its lane (queue), and whether it is stored.
 
 Two lanes keep bursts of one kind from delaying the other: ``realtime``
 carries short-lived signals (typing, presence, read state) that are worthless
@@ -29,7 +29,7 @@ from events.jobs import (
     UserPresence,
 )
 
-__all__ = ["ACTORS", "ActorSpec", "Lane", "actor_name_for", "lane_for"]
+__all__ = ["ACTORS", "LIVE_ONLY", "ActorSpec", "Lane", "actor_name_for", "is_live_only", "lane_for"]
 
 
 class Lane(StrEnum):
@@ -66,6 +66,19 @@ ACTORS: Final[Mapping[type[Job], ActorSpec]] = {
     UserPresence:     ActorSpec("user_presence",     Lane.REALTIME),
 }
 # fmt: on
+
+
+#: Jobs whose notifications are live only: announced to the streams open at that moment, never
+#: written to a user's inbox, never replayed on a resume. The inbox holds what a user must not
+#: miss; "Bob is typing" or "Bob is away" from minutes ago is not that, and stored it would
+#: consume the inbox's entry cap and be replayed as if current (a client resuming long after
+#: would be told someone is typing). A fresh client reads presence over HTTP instead.
+LIVE_ONLY: Final[frozenset[type[Job]]] = frozenset({TypingStarted, TypingStopped, UserPresence})
+
+
+def is_live_only(job: Job) -> bool:
+    """Whether ``job``'s notification goes to open streams only (see :data:`LIVE_ONLY`)."""
+    return type(job) in LIVE_ONLY
 
 
 def actor_name_for(job: Job) -> str:

@@ -1,6 +1,7 @@
 """The per-process fan-out: one Redis pub/sub connection, many local streams.
 
-Workers announce each inbox entry on the user's live channel (events/inbox.py). The hub
+Workers announce each inbox entry on the user's live channel (events/inbox.py), and each
+live-only notification (typing, presence) with an empty id line and no inbox entry. The hub
 subscribes to a user's channel while at least one of their streams is open on this process,
 and hands each announcement to every one of those streams, in memory. One connection per
 process, not one per stream: 10,000 streams cost one socket and one parser.
@@ -50,22 +51,27 @@ class HubUnavailable(Exception):
 
 
 class Announcement:
-    """One decoded live announcement; the frame is encoded once and shared by all streams."""
+    """One decoded live announcement; the frame is encoded once and shared by all streams.
+
+    ``entry_id`` is None for a live-only notification (typing, presence): it has no inbox
+    entry, so its frame carries no ``id:`` line. The browser then keeps its last event id, and
+    a resume neither skips an inbox entry because of it nor replays it.
+    """
 
     __slots__ = ("data", "entry_id", "frame", "raw_id")
 
     def __init__(self, raw_id: bytes, data: bytes) -> None:
         self.raw_id = raw_id
-        self.entry_id: StreamId = parse_stream_id(raw_id)
+        self.entry_id: StreamId | None = parse_stream_id(raw_id) if raw_id else None
         self.data = data
-        self.frame = data_frame(data, raw_id)
+        self.frame = data_frame(data, raw_id or None)
 
     @classmethod
     def decode(cls, payload: bytes) -> Announcement:
-        """Parse ``{entry_id}\\n{json}``.
+        """Parse ``{entry_id}\\n{json}``; an empty id line is a live-only notification.
 
         Raises:
-          ValueError: when there is no valid entry id line.
+          ValueError: when there is no id line, or it is not a valid entry id.
         """
         raw_id, sep, data = payload.partition(b"\n")
         if not sep:

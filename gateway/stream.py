@@ -8,9 +8,11 @@ Order of a stream's life, and why:
    (docs/web-client-contract.md#opening-within-ten-seconds-or-never-again).
 3. Subscribe through the hub and wait for Redis to confirm, THEN read the inbox, THEN write
    ``connection_confirmed`` (a replay follows it). Anything published after the confirmation
-   is buffered in this stream; anything before is in the inbox. After the read, buffered ids
-   <= the last replayed id are dropped: no gap, no duplicate, even while notifications keep
-   arriving.
+   is buffered in this stream; anything before is in the inbox. The replay stops short of the
+   oldest inbox entry the buffer holds (everything from there on is buffered, in publication
+   order), then the buffer is written: no gap, no duplicate, even while notifications keep
+   arriving, and a live-only frame (typing, presence: no inbox entry, no ``id:``) buffered
+   between two entries is written between them, not after the replayed ones.
 4. Live: write what the hub delivers, a comment every ``keep_alive`` seconds (that write is
    also how a vanished peer is noticed), until the client leaves, the token expires, the
    buffer overflows (slow client) or the server shuts down.
@@ -51,7 +53,7 @@ from gateway.frames import (
 from gateway.heads import InboxHeads
 from gateway.hub import Announcement, HubUnavailable
 from gateway.metrics import GatewayMetrics
-from gateway.replay import read_page, staleness
+from gateway.replay import Entries, read_page, staleness
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,9 @@ class EventStream:
     Implements :class:`gateway.hub.Subscriber`. ``floor`` is the highest id known to be in the
     client's hands or already replayed: announcements at or below it are duplicates.
     ``position`` is the highest id written with an ``id:`` line. While ``holding`` (until the
-    first frame, and during a replay) deliveries are only buffered.
+    first frame, and during a replay) deliveries are only buffered. Live-only announcements
+    (``entry_id`` None) move neither: they are never duplicates of an inbox entry, and are
+    written without ``id:``.
     """
 
     __slots__ = (
@@ -158,7 +162,10 @@ class EventStream:
 
         Closes the stream when its buffer overflows.
         """
-        if self.reason is not None or announcement.entry_id <= self.floor:
+        if self.reason is not None:
+            return False
+        entry_id = announcement.entry_id
+        if entry_id is not None and entry_id <= self.floor:
             return False
         self.pending.append(announcement)
         if len(self.pending) > self.limit:
@@ -254,8 +261,11 @@ class EventStream:
         self.metrics.count_frames(len(frames))
 
     def _frame(self, announcement: Announcement) -> bytes:
-        if announcement.entry_id > self.position:
-            self.position = announcement.entry_id
+        entry_id = announcement.entry_id
+        if entry_id is None:
+            return announcement.frame  # live only: no ``id:``, the browser's last id stays
+        if entry_id > self.position:
+            self.position = entry_id
             return announcement.frame
         # Two workers published out of order: send it without ``id:`` so the browser's
         # Last-Event-ID stays at the highest id it has.
@@ -311,19 +321,38 @@ class EventStream:
                 self._advance(newest)
                 self.send(json_frame({"type": "resync_required"}))
                 return 0
+        self._advance(after)  # the client has everything up to ``after``
         replayed = 0
         while entries:
+            entries, handed_over = self._before_buffered(entries)
             frames = [data_frame(data, raw_id) for raw_id, data in entries if data is not None]
-            self._advance(parse_stream_id(entries[-1][0]))
+            if entries:
+                self._advance(parse_stream_id(entries[-1][0]))
             if frames:
                 self.send(b"".join(frames))
                 replayed += len(frames)
                 self.metrics.frames_replayed.inc(len(frames))
                 self.metrics.count_frames(len(frames))
-            if not more:
+            if handed_over or not more:
                 break
             entries, more = await read_page(redis, key, f"({self.floor}")
         return replayed
+
+    def _before_buffered(self, entries: Entries) -> tuple[Entries, bool]:
+        """The replay page's entries older than the oldest inbox entry already buffered, and
+        whether the buffer takes over from there.
+
+        Every entry from that one on was announced after this stream subscribed, so the buffer
+        holds all of them, in publication order, with the live-only frames published between
+        them in place. Replaying them from the inbox instead would write those live-only frames
+        after entries that were published later.
+        """
+        buffered = [a.entry_id for a in self.pending if a.entry_id is not None]
+        if not buffered:
+            return entries, False
+        oldest = min(buffered)
+        kept = [entry for entry in entries if parse_stream_id(entry[0]) < oldest]
+        return kept, len(kept) < len(entries)
 
     def _advance(self, entry_id: StreamId) -> None:
         """Everything up to ``entry_id`` is in the client's hands: drop buffered duplicates."""
@@ -331,8 +360,10 @@ class EventStream:
             self.floor = entry_id
         if self.floor > self.position:
             self.position = self.floor
-        if self.pending and self.pending[0].entry_id <= self.floor:
-            self.pending = [a for a in self.pending if a.entry_id > self.floor]
+        if self.pending:
+            # Live-only frames are kept: nothing in the inbox stands for them.
+            floor = self.floor
+            self.pending = [a for a in self.pending if a.entry_id is None or a.entry_id > floor]
 
     async def run(self, redis: Redis, key: str) -> None:
         """Wait until the stream ends; meanwhile, catch up whenever the hub asks to."""

@@ -125,6 +125,17 @@ async def publish_notification(
     return entry_id
 
 
+async def announce_live(redis: Redis, namespace: str, user_id: int, notification: dict[str, Any]) -> None:
+    """Deliver a live-only notification like a worker (typing, presence): announce, store nothing."""
+    body = json.dumps(notification, separators=(",", ":"))
+    await redis.publish(live_channel(namespace, user_id), encode_announcement(None, body))
+
+
+def typing_started(user_id: int = 9, chat_id: int = 42) -> dict[str, Any]:
+    """The ``typing_started`` notification (live only)."""
+    return {"type": "typing_started", "chat_id": chat_id, "user_id": user_id, "user_name": f"User {user_id}"}
+
+
 def new_message(message_id: int, chat_id: int = 42, sender_id: int = 7, **extra: Any) -> dict[str, Any]:
     """The flat ``new_message`` frame the web client reads (docs/web-client-contract.md#payload-shapes)."""
     return {
@@ -270,6 +281,10 @@ class RunningGateway:
     async def publish(self, user_id: int, notification: dict[str, Any], *, max_len: int = 1000) -> str:
         return await publish_notification(self.redis, self.namespace, user_id, notification,
                                           max_len=max_len)
+
+    async def publish_live(self, user_id: int, notification: dict[str, Any]) -> None:
+        """A live-only notification: announced, in no inbox."""
+        await announce_live(self.redis, self.namespace, user_id, notification)
 
     async def write_inbox(self, user_id: int, body: str) -> str:
         """Only the XADD half of a delivery (an announcement still in flight, or lost)."""

@@ -13,6 +13,10 @@ import aiohttp
 import pytest
 
 from events.inbox import inbox_key
+from gateway.frames import parse_stream_id
+from gateway.hub import Announcement
+from gateway.metrics import GatewayMetrics
+from gateway.stream import EventStream
 from gateway.testing import (
     RunningGateway,
     SigningKey,
@@ -20,6 +24,7 @@ from gateway.testing import (
     gateway_settings,
     new_message,
     running_gateway,
+    typing_started,
 )
 from tests.servers import RedisServer, async_wait_until
 
@@ -459,3 +464,94 @@ async def test_a_client_that_stays_behind_for_three_keep_alives_is_dropped(
             lambda: gw.metric("fechatter_notify_gateway_disconnects_total",
                               {"reason": "slow_client"}) == 1, timeout=5.0)
         sock.close()
+
+
+# -- live-only notifications (typing, presence) ---------------------------------------------------
+
+
+async def test_a_live_only_frame_reaches_an_open_stream_without_an_id_between_inbox_entries(
+    gw: RunningGateway,
+) -> None:
+    # Given an open stream
+    response, reader = await gw.stream(12)
+    # When an inbox entry, a live-only typing frame and another entry are published
+    first = await gw.publish(12, new_message(1))
+    await gw.publish_live(12, typing_started(9))
+    second = await gw.publish(12, new_message(2))
+    # Then all three arrive in order, the typing frame without id: (the browser keeps `first`)
+    assert await reader.next_json() == (first, new_message(1))
+    assert await reader.next_json() == (None, typing_started(9))
+    assert await reader.next_json() == (second, new_message(2))
+    assert await gw.redis.xlen(inbox_key(gw.namespace, 12)) == 2
+    response.close()
+
+
+async def test_a_resume_after_a_live_only_frame_replays_the_entries_after_the_last_id_only(
+    gw: RunningGateway,
+) -> None:
+    # Given a client whose last frames were an entry and then a live-only frame (no id)
+    response, reader = await gw.stream(13)
+    first = await gw.publish(13, new_message(1))
+    await gw.publish_live(13, typing_started(9))
+    assert [await reader.next_json() for _ in range(2)] == [(first, new_message(1)), (None, typing_started(9))]
+    response.close()
+    second = await gw.publish(13, new_message(2))
+    # When it resumes from the last id it got (the entry's: the typing frame set none)
+    response, reader = await gw.stream(13, last_event_id=first)
+    # Then exactly the later entry is replayed: nothing skipped, typing not replayed
+    assert await reader.next_json() == (second, new_message(2))
+    marker = await gw.publish(13, new_message(3))
+    assert await reader.next_json() == (marker, new_message(3))
+    response.close()
+
+
+class _Transport:
+    """Records what an EventStream writes (the socket side, without a socket)."""
+
+    def __init__(self) -> None:
+        self.written = b""
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        raise AssertionError("aborted")
+
+
+def _sent(transport: _Transport) -> list[tuple[str | None, str]]:
+    """(id or None, data) of each frame written."""
+    frames = []
+    for block in transport.written.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "data" in fields:
+            frames.append((fields.get("id"), fields["data"]))
+    return frames
+
+
+async def test_a_live_only_frame_buffered_during_the_replay_keeps_its_place_between_entries(
+    gw: RunningGateway,
+) -> None:
+    # Given an inbox with e0 (the client's Last-Event-ID) and e1, written before the stream
+    # subscribed, and then, announced to the subscribed stream while it replays: e2, typing, e3
+    key = inbox_key(gw.namespace, 14)
+    bodies = [f'{{"type":"new_message","id":{n}}}' for n in range(4)]
+    ids = [await gw.write_inbox(14, body) for body in bodies[:2]]
+    stream = EventStream(14, _Transport(), chunked=False, limit=100, metrics=GatewayMetrics())  # type: ignore[arg-type]
+    typing = '{"type":"typing_started","chat_id":42,"user_id":9,"user_name":null}'
+    for n in (2, 3):
+        ids.append(await gw.write_inbox(14, bodies[n]))
+        stream.deliver(Announcement(ids[n].encode(), bodies[n].encode()))
+        if n == 2:
+            stream.deliver(Announcement(b"", typing.encode()))
+    # When the replay from e0 runs and the stream goes live
+    await stream.catch_up(gw.redis, key, parse_stream_id(ids[0]), trusted=False)
+    stream.release()
+    # Then the client gets e1, e2, typing, e3: publication order, typing still without an id
+    assert _sent(stream.transport) == [  # type: ignore[arg-type]
+        (ids[1], bodies[1]), (ids[2], bodies[2]), (None, typing), (ids[3], bodies[3])]

@@ -31,6 +31,7 @@ from tests.test_workers_support import (
     DIALECTS,
     N_MESSAGE,
     R_MESSAGE,
+    LiveChannels,
     counter,
     dead_letters,
     enqueue,
@@ -295,30 +296,40 @@ def test_a_join_never_creates_a_partial_cache_entry(
 # -- realtime ---------------------------------------------------------------------------------
 
 
-def test_typing_and_read_receipts_go_to_the_other_members(
+def test_typing_is_announced_live_to_the_other_members_and_never_stored_unlike_read_receipts(
     worker: WorkerRuntime, client: redis.Redis, settings: Settings
 ) -> None:
     remember_chat(client, settings, 42, [7, 9, 11])
-    enqueue(client, settings,
-            parse("fechatter.realtime.chat.42.typing", {"TypingStarted": {"chat_id": 42, "user_id": 9,
-                                                                          "user_name": "Bob Li"}}))
-    wait_drained(client, settings)
-    enqueue(client, settings,
-            parse("fechatter.realtime.chat.42.typing", {"TypingStopped": {"chat_id": 42, "user_id": 9}}))
-    wait_drained(client, settings)
-    read = parse("fechatter.realtime.chat.42.read", {"MessageRead": {
-        "message_id": 1234, "chat_id": 42, "reader_id": 9, "read_at": "2025-06-27T02:46:01.120394512+00:00"}})
-    assert isinstance(read, MessagesRead)
-    enqueue(client, settings, read)
-    wait_drained(client, settings)
-    for user in (7, 11):
-        assert inbox(client, settings, user) == [
-            {"type": "typing_started", "chat_id": 42, "user_id": 9, "user_name": "Bob Li"},
-            {"type": "typing_stopped", "chat_id": 42, "user_id": 9, "user_name": None},
-            {"type": "message_read", "chat_id": 42, "user_id": 9, "message_ids": [1234],
-             "read_at": iso(read.read_at)},
-        ]
-    assert inbox(client, settings, 9) == []
+    with LiveChannels(client, settings, [7, 9, 11]) as live:
+        enqueue(client, settings,
+                parse("fechatter.realtime.chat.42.typing", {"TypingStarted": {"chat_id": 42, "user_id": 9,
+                                                                              "user_name": "Bob Li"}}))
+        wait_drained(client, settings)
+        enqueue(client, settings,
+                parse("fechatter.realtime.chat.42.typing", {"TypingStopped": {"chat_id": 42, "user_id": 9}}))
+        wait_drained(client, settings)
+        read = parse("fechatter.realtime.chat.42.read", {"MessageRead": {
+            "message_id": 1234, "chat_id": 42, "reader_id": 9, "read_at": "2025-06-27T02:46:01.120394512+00:00"}})
+        assert isinstance(read, MessagesRead)
+        enqueue(client, settings, read)
+        wait_drained(client, settings)
+        receipt = {"type": "message_read", "chat_id": 42, "user_id": 9, "message_ids": [1234],
+                   "read_at": iso(read.read_at)}
+        for user in (7, 11):
+            # Then the other members' open streams get all three, typing without an inbox id
+            ((typing_id, started), (stopped_id, stopped), (receipt_id, got_receipt)) = live.received(user)
+            assert (typing_id, stopped_id) == (None, None)
+            assert started == {"type": "typing_started", "chat_id": 42, "user_id": 9, "user_name": "Bob Li"}
+            assert stopped == {"type": "typing_stopped", "chat_id": 42, "user_id": 9, "user_name": None}
+            assert got_receipt == receipt
+            # And only the read receipt is stored, under the id it was announced with
+            ((entry_id, _),) = client.xrange(inbox_key("t", user))
+            assert receipt_id == entry_id.decode()
+            assert inbox(client, settings, user) == [receipt]
+        assert live.received(9) == [] and inbox(client, settings, 9) == []
+    # And typing left no dedupe marker behind (only the receipt's)
+    markers = [k.decode() for k in client.scan_iter("t:delivered:*")]
+    assert markers and all("messages_read" in k for k in markers), markers
 
 
 def test_message_unread_goes_to_the_user_only(
@@ -342,30 +353,37 @@ def test_stale_typing_is_dropped_and_counted_not_delivered_late(
                   {"TypingStarted": {"chat_id": 42, "user_id": 9, "user_name": "Bob Li"}},
                   received_at=datetime.now(UTC) - timedelta(seconds=6))
     fresh = parse("fechatter.realtime.chat.42.typing", {"TypingStarted": {"chat_id": 42, "user_id": 11}})
-    enqueue(client, settings, stale, fresh)
-    wait_drained(client, settings)
-    # Then only the fresh one is delivered; the stale one is counted, acked, not dead-lettered
-    assert [n["user_id"] for n in inbox(client, settings, 7)] == [11]
+    with LiveChannels(client, settings, [7]) as live:
+        enqueue(client, settings, stale, fresh)
+        wait_drained(client, settings)
+        # Then only the fresh one is announced; the stale one is counted, acked, not dead-lettered
+        assert [n["user_id"] for n in live.notifications(7)] == [11]
     assert counter(metrics.stale_dropped, "typing_started") == 1
     assert counter(metrics.jobs, "typing_started", "skipped") == 1
     assert dead_letters(client, settings, "realtime") == 0
 
 
-def test_presence_is_stored_and_told_only_to_chat_partners(
+def test_presence_is_stored_and_told_live_only_to_chat_partners(
     worker: WorkerRuntime, client: redis.Redis, settings: Settings
 ) -> None:
     # Given 9 shares chat 42 with 7 and 11, chat 43 with 20; 30 and 31 share nothing with 9
     remember_chat(client, settings, 42, [7, 9, 11])
     remember_chat(client, settings, 43, [9, 20])
     remember_chat(client, settings, 50, [30, 31])
-    enqueue(client, settings, parse("fechatter.realtime.user.9.presence", {"UserPresence": {
-        "user_id": 9, "status": "away", "last_seen": "2025-06-27T02:47:00.000512339+00:00"}}))
-    wait_drained(client, settings)
-    expected = [{"type": "user_presence", "user_id": 9, "status": "away", "last_seen": "2025-06-27T02:47:00.000512Z"}]
-    for user in (7, 11, 20):
-        assert inbox(client, settings, user) == expected
-    for user in (9, 30, 31):
-        assert inbox(client, settings, user) == []
+    everyone = [7, 9, 11, 20, 30, 31]
+    with LiveChannels(client, settings, everyone) as live:
+        enqueue(client, settings, parse("fechatter.realtime.user.9.presence", {"UserPresence": {
+            "user_id": 9, "status": "away", "last_seen": "2025-06-27T02:47:00.000512339+00:00"}}))
+        wait_drained(client, settings)
+        expected = (None, {"type": "user_presence", "user_id": 9, "status": "away",
+                           "last_seen": "2025-06-27T02:47:00.000512Z"})
+        for user in (7, 11, 20):
+            assert live.received(user) == [expected]
+        for user in (9, 30, 31):
+            assert live.received(user) == []
+    # Then no inbox holds it (a resume must not replay an old presence), but the state is kept
+    for user in everyone:
+        assert not client.exists(inbox_key("t", user))
     assert client.hgetall(presence_key("t", 9)) == {b"status": b"away", b"last_seen": b"2025-06-27T02:47:00.000512Z"}
     assert 0 < client.pttl(presence_key("t", 9)) <= settings.gateway.presence_ttl * 1000
 
@@ -400,12 +418,13 @@ def test_a_transient_failure_is_retried_with_backoff_then_delivered_once(
 
     delivery.deliver = flaky  # type: ignore[method-assign]
     remember_chat(client, settings, 42, [7, 9, 11])
-    enqueue(client, settings, parse("fechatter.realtime.chat.42.typing",
-                                    {"TypingStarted": {"chat_id": 42, "user_id": 9}}, typing_ttl_s=30))
-    wait_drained(client, settings)
-    assert counter(metrics.jobs, "typing_started", "retried") == 2
-    assert counter(metrics.jobs, "typing_started", "ok") == 1
-    assert len(inbox(client, settings, 7)) == 1
+    with LiveChannels(client, settings, [7]) as live:
+        enqueue(client, settings, parse("fechatter.realtime.chat.42.typing",
+                                        {"TypingStarted": {"chat_id": 42, "user_id": 9}}, typing_ttl_s=30))
+        wait_drained(client, settings)
+        assert counter(metrics.jobs, "typing_started", "retried") == 2
+        assert counter(metrics.jobs, "typing_started", "ok") == 1
+        assert len(live.received(7)) == 1
 
 
 def test_a_transient_failure_past_max_retries_is_dead_lettered(
@@ -429,12 +448,12 @@ def test_a_worker_for_the_realtime_queue_leaves_domain_jobs_alone(
     client: redis.Redis, settings: Settings
 ) -> None:
     remember_chat(client, settings, 42, [7, 9, 11])
-    with running_worker(settings, ["realtime"]):
+    with running_worker(settings, ["realtime"]), LiveChannels(client, settings, [11]) as live:
         enqueue(client, settings, parse("fechatter.realtime.chat.42", R_MESSAGE),
                 parse("fechatter.realtime.chat.42.typing", {"TypingStarted": {"chat_id": 42, "user_id": 9}},
                       typing_ttl_s=30))
-        wait_until(lambda: inbox(client, settings, 11), message="typing not delivered")
-        assert [n["type"] for n in inbox(client, settings, 11)] == ["typing_started"]
+        wait_until(lambda: live.received(11), message="typing not delivered")
+        assert [n["type"] for n in live.notifications(11)] == ["typing_started"]
         assert client.llen("t:domain") == 1
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 
-from events.inbox import delivered_key, inbox_key, members_key
+from events.inbox import delivered_key, inbox_key, live_channel, members_key
 from tests.servers import RedisServer, wait_until
 from tests.test_workers_support import counter, make_settings
 from workers.connections import ThreadConnections
@@ -129,3 +130,39 @@ def test_broadcast_types_do_not_grow_the_metric_labels(redis_server: RedisServer
     d = Delivery(ThreadConnections(client), "t", make_settings(redis_server.url).delivery, metrics)
     d.deliver({"type": "anything-at-all"}, users=[7], key="x", ttl_s=60)
     assert counter(metrics.notifications, "broadcast") == 1
+
+
+def test_a_live_only_notification_is_announced_to_each_recipient_and_stored_nowhere(
+    redis_server: RedisServer, client: redis.Redis
+) -> None:
+    d = delivery(redis_server, client)
+    client.sadd(members_key("t", 42), 7, 9, 11)
+    # Given user 7's inbox holding one stored notification
+    d.deliver({"type": "message_read", "chat_id": 42, "user_id": 9, "message_ids": [1], "read_at": None},
+              users=[7], key="r1", ttl_s=60)
+    pubsub = client.pubsub()
+    pubsub.subscribe(live_channel("t", 7), live_channel("t", 11))
+    messages: list[dict[str, Any]] = []
+
+    def collected(count: int) -> bool:
+        while (message := pubsub.get_message(timeout=0.05)) is not None:
+            messages.append(message)
+        return len(messages) >= count
+
+    wait_until(lambda: collected(2), message="no subscribe confirmation")
+    # When typing is delivered live only to chat 42 but the typist, twice (a retry)
+    for _ in range(2):
+        result = d.deliver(NOTE, chat=42, skip=[9], key="", ttl_s=0, live_only=True)
+        assert result is not None and result.entries == {} and result.duplicates == []
+        assert result.announced == [7, 11]
+    # Then both announcements reach both users with an empty id line, nothing else
+    wait_until(lambda: collected(6), message="announcements missing")
+    got = [(m["channel"].decode(), m["data"].decode()) for m in messages if m["type"] == "message"]
+    assert sorted(channel for channel, _ in got) == sorted([live_channel("t", 7), live_channel("t", 11)] * 2)
+    assert {payload for _, payload in got} == {
+        '\n{"type":"typing_started","chat_id":42,"user_id":9,"user_name":"Bob Li"}'}
+    # And no inbox grew, no marker was set
+    assert client.xlen(inbox_key("t", 7)) == 1
+    assert not client.exists(inbox_key("t", 11)) and not client.exists(inbox_key("t", 9))
+    assert [k for k in client.scan_iter("t:delivered:*") if not k.endswith(b":r1")] == []
+    pubsub.close()

@@ -13,6 +13,7 @@ from settings.model import Settings
 from tests.servers import RedisServer
 from tests.test_workers_support import (
     N_MESSAGE,
+    LiveChannels,
     counter,
     enqueue,
     inbox,
@@ -73,10 +74,11 @@ def test_an_unknown_chat_is_read_from_postgres_once_and_cached(client: redis.Red
 
 
 def test_many_chats_share_a_small_pool(client: redis.Redis, settings: Settings) -> None:
-    # Given 20 uncached chats, typing in each, processed by 8 threads
+    # Given 20 uncached chats, a read receipt in each, processed by 8 threads
     with running_worker(settings, threads=8) as runtime:
-        jobs = [parse(f"fechatter.realtime.chat.{c}.typing", {"TypingStarted": {"chat_id": c, "user_id": 50}},
-                      typing_ttl_s=60) for c in range(100, 120)]
+        jobs = [parse(f"fechatter.realtime.chat.{c}.read", {"MessageRead": {
+                    "message_id": 1, "chat_id": c, "reader_id": 50, "read_at": "2025-06-27T02:46:01Z"}})
+                for c in range(100, 120)]
         enqueue(client, settings, *jobs)
         wait_drained(client, settings)
         assert runtime.services.table is not None
@@ -87,15 +89,15 @@ def test_many_chats_share_a_small_pool(client: redis.Redis, settings: Settings) 
 
 
 def test_presence_of_an_uncached_user_is_scoped_through_postgres(client: redis.Redis, settings: Settings) -> None:
-    with running_worker(settings):
+    with running_worker(settings), LiveChannels(client, settings, [7, 9, 11, 13, 20, 50]) as live:
         enqueue(client, settings, parse("fechatter.realtime.user.9.presence",
                                         {"UserPresence": {"user_id": 9, "status": "online", "last_seen": None}}))
         wait_drained(client, settings)
-    # 9 shares chat 42 with 7 and 11, chat 43 with 20; 13 left chat 42; 50 shares nothing
-    for user in (7, 11, 20):
-        assert [n["type"] for n in inbox(client, settings, user)] == ["user_presence"]
-    for user in (9, 13, 50):
-        assert inbox(client, settings, user) == []
+        # 9 shares chat 42 with 7 and 11, chat 43 with 20; 13 left chat 42; 50 shares nothing
+        for user in (7, 11, 20):
+            assert [n["type"] for n in live.notifications(user)] == ["user_presence"]
+        for user in (9, 13, 50):
+            assert live.notifications(user) == []
     assert client.smembers(chats_key("t", 9)) == {b"42", b"43"}
 
 
@@ -105,14 +107,14 @@ def test_a_chat_set_learned_from_events_is_completed_from_postgres_once(
     # Given user 9's chat set holding only chat 42 (an event of chat 42 passed; chat 43 was quiet)
     client.sadd(chats_key("t", 9), 42)
     metrics = WorkerMetrics()
-    with running_worker(settings, metrics=metrics):
+    with running_worker(settings, metrics=metrics), LiveChannels(client, settings, [11, 20]) as live:
         # When 9's presence changes twice
         for status in ("online", "away"):
             enqueue(client, settings, parse("fechatter.realtime.user.9.presence",
                                             {"UserPresence": {"user_id": 9, "status": status, "last_seen": None}}))
             wait_drained(client, settings)
-    # Then 20, who shares only the quiet chat 43 with 9, hears both; the table was read once
-    assert [n["status"] for n in inbox(client, settings, 20)] == ["online", "away"]
-    assert [n["status"] for n in inbox(client, settings, 11)] == ["online", "away"]
+        # Then 20, who shares only the quiet chat 43 with 9, hears both; the table was read once
+        assert [n["status"] for n in live.notifications(20)] == ["online", "away"]
+        assert [n["status"] for n in live.notifications(11)] == ["online", "away"]
     assert counter(metrics.membership_fills, "user") == 1
     assert client.smembers(chats_key("t", 9)) == {b"42", b"43"}

@@ -130,11 +130,11 @@ def test_the_worker_command_consumes_only_the_queues_it_is_given(
         assert dict(client.pubsub_numsub("t:wake:domain"))[b"t:wake:domain"] == 0
         # When a realtime and a domain job arrive
         enqueue(client, settings, parse("fechatter.realtime.chat.42", R_MESSAGE),
-                parse("fechatter.realtime.chat.42.typing", {"TypingStarted": {"chat_id": 42, "user_id": 9}},
-                      typing_ttl_s=30))
+                parse("fechatter.realtime.chat.42.unread",
+                      {"MessageUnread": {"message_id": 1234, "chat_id": 42, "user_id": 11}}))
         # Then only the realtime one is processed
-        wait_until(lambda: inbox(client, settings, 11), timeout=10, message="typing not delivered")
-        assert [n["type"] for n in inbox(client, settings, 11)] == ["typing_started"]
+        wait_until(lambda: inbox(client, settings, 11), timeout=10, message="unread not delivered")
+        assert [n["type"] for n in inbox(client, settings, 11)] == ["message_unread"]
         assert client.llen("t:domain") == 1
         # And the supervisor serves health and the children's summed metrics
         with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5) as resp:
@@ -143,7 +143,7 @@ def test_the_worker_command_consumes_only_the_queues_it_is_given(
         def metric_line() -> bool:
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
                 body = resp.read().decode()
-            return 'fechatter_notify_worker_jobs_total{actor="typing_started",outcome="ok"} 1.0' in body
+            return 'fechatter_notify_worker_jobs_total{actor="message_unread",outcome="ok"} 1.0' in body
 
         wait_until(metric_line, timeout=5, message="metric not exposed")
     finally:
@@ -192,8 +192,8 @@ def test_sighup_replaces_the_worker_processes_with_the_new_configuration(
         wait_until(lambda: subscribers("t2:wake:realtime") == 1 and subscribers("t:wake:realtime") == 0,
                    timeout=30, message="workers not replaced")
         client.sadd("t2:members:42", 7, 9)
-        enqueue(client, renamed, parse("fechatter.realtime.chat.42.typing",
-                                       {"TypingStarted": {"chat_id": 42, "user_id": 7}}, typing_ttl_s=30))
+        enqueue(client, renamed, parse("fechatter.realtime.chat.42.read", {"MessageRead": {
+            "message_id": 1234, "chat_id": 42, "reader_id": 7, "read_at": "2025-06-27T02:46:01Z"}}))
         wait_until(lambda: inbox(client, renamed, 9), timeout=10, message="the new worker did not deliver")
         # When the file turns invalid, SIGHUP is refused and the running process stays
         config.write_text('{"redis": {"url": "http://nowhere:6379"}}')

@@ -18,7 +18,7 @@ import dramatiq
 import redis
 
 from events import Job, actor_name_for, job_to_args, lane_for, parse_event
-from events.inbox import INBOX_FIELD, inbox_key, wake_channel
+from events.inbox import INBOX_FIELD, decode_announcement, inbox_key, live_channel, wake_channel
 from settings.model import Settings
 from tests.servers import wait_until
 from workers.actors import queue_for
@@ -43,8 +43,8 @@ def make_settings(redis_url: str, namespace: str = "t", **sections: dict[str, An
     data: dict[str, Any] = {
         "redis": {"url": redis_url, "namespace": namespace, "socket_timeout": 2, "socket_connect_timeout": 2},
         "delivery": {"min_backoff": 0.05, "max_backoff": 0.2, "max_retries": 2, "time_limit": 10},
-        "metrics": {"port": 0},
-        "health": {"port": 0},
+        "metrics": {"port": 0, "worker_port": 0},
+        "health": {"port": 0, "worker_port": 0},
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
@@ -174,3 +174,43 @@ def counter(metric: Any, *labels: str) -> float:
 def soon(seconds: float = 5.0) -> datetime:
     """An aware datetime ``seconds`` from now."""
     return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+class LiveChannels:
+    """Listens on users' live channels the way a gateway does: what each user's open streams get.
+
+    Use as a context manager; subscribed (confirmed) on entry, so nothing published after is missed.
+    """
+
+    def __init__(self, client: redis.Redis, settings: Settings, users: Sequence[int]) -> None:
+        self._pubsub = client.pubsub()
+        self._by_channel = {live_channel(settings.redis.namespace, u).encode(): u for u in users}
+        self._got: dict[int, list[tuple[str | None, dict[str, Any]]]] = {u: [] for u in users}
+
+    def __enter__(self) -> LiveChannels:
+        self._pubsub.subscribe(*self._by_channel)
+        confirmed = 0
+
+        def all_confirmed() -> bool:
+            nonlocal confirmed
+            while (message := self._pubsub.get_message(timeout=0.05)) is not None:
+                confirmed += message["type"] == "subscribe"
+            return confirmed == len(self._by_channel)
+
+        wait_until(all_confirmed, message="live channels not subscribed")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pubsub.close()
+
+    def received(self, user: int) -> list[tuple[str | None, dict[str, Any]]]:
+        """``(entry id or None for live only, notification)`` announced to ``user`` so far."""
+        while (message := self._pubsub.get_message(timeout=0)) is not None:
+            if message["type"] == "message":
+                entry_id, body = decode_announcement(message["data"])
+                self._got[self._by_channel[message["channel"]]].append((entry_id, json.loads(body)))
+        return list(self._got[user])
+
+    def notifications(self, user: int) -> list[dict[str, Any]]:
+        """The notifications announced to ``user`` so far, in order."""
+        return [n for _, n in self.received(user)]

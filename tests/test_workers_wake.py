@@ -35,9 +35,10 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     c.close()
 
 
-def typing(user_id: int = 9) -> Job:
-    return parse("fechatter.realtime.chat.42.typing", {"TypingStarted": {"chat_id": 42, "user_id": user_id}},
-                 typing_ttl_s=30)
+def receipt(user_id: int = 9) -> Job:
+    """A realtime job whose notification is stored (typing is live only): 9 read a message of chat 42."""
+    return parse("fechatter.realtime.chat.42.read", {"MessageRead": {
+        "message_id": 1234, "chat_id": 42, "reader_id": user_id, "read_at": "2025-06-27T02:46:01Z"}})
 
 
 def pickup_latencies(client: redis.Redis, settings: Settings, samples: int, *, wake: bool) -> list[float]:
@@ -47,7 +48,7 @@ def pickup_latencies(client: redis.Redis, settings: Settings, samples: int, *, w
     for n in range(samples):
         time.sleep(0.3 + (n % 3) * 0.2)  # idle long enough for the consumer's backoff to grow
         began = time.perf_counter()
-        enqueue(client, settings, typing(), wake=wake)
+        enqueue(client, settings, receipt(), wake=wake)
         wait_until(lambda n=n: client.xlen(key) > n, timeout=5, interval=0.0005)
         latencies.append(time.perf_counter() - began)
     return latencies
@@ -56,7 +57,7 @@ def pickup_latencies(client: redis.Redis, settings: Settings, samples: int, *, w
 def test_an_idle_worker_picks_up_a_woken_job_within_milliseconds(client: redis.Redis, settings: Settings) -> None:
     client.sadd(members_key("t", 42), 7, 9)
     with running_worker(settings, ["realtime"]):
-        enqueue(client, settings, typing())  # warm-up (script load, connections)
+        enqueue(client, settings, receipt())  # warm-up (script load, connections)
         wait_until(lambda: client.xlen(inbox_key("t", 7)) == 1)
         client.delete(inbox_key("t", 7))
         latencies = pickup_latencies(client, settings, 12, wake=True)
@@ -91,5 +92,5 @@ def test_stock_polling_mode_still_delivers(client: redis.Redis, settings: Settin
     client.sadd(members_key("t", 42), 7, 9)
     with running_worker(settings, ["realtime"], wake=False) as runtime:
         assert runtime.broker.wake is None
-        enqueue(client, settings, typing())
+        enqueue(client, settings, receipt())
         wait_until(lambda: client.xlen(inbox_key("t", 7)) == 1, timeout=5)

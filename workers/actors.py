@@ -9,6 +9,8 @@ must not sit in front of a typing indicator either.
 Recipients (see :mod:`workers.recipients`): the event's own list when it carries one (and the
 cache learns it), otherwise the cached or PostgreSQL membership. The actor itself is never
 told about its own typing, reading or message; see :mod:`workers.notifications` for the table.
+Typing and presence are live only (``events.LIVE_ONLY``): announced to open streams, never
+stored in an inbox, so never replayed.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from events import (
     UserPresence,
     decode_job,
     dedupe_key,
+    is_live_only,
 )
 from settings.model import Settings
 from workers.delivery import Delivered, notification_key
@@ -155,6 +158,9 @@ class Handlers:
         return delivered
 
     def _marking(self, job: Job) -> dict[str, Any]:
+        if is_live_only(job):
+            # Nothing is stored, so there is no marker to name (see events.LIVE_ONLY).
+            return {"key": "", "ttl_s": 0.0, "live_only": True}
         message = CurrentMessage.get_current_message()
         key = notification_key(job, message.message_id if message is not None else None)
         return {"key": key, "ttl_s": self._marker_ttl(job)}

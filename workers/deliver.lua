@@ -6,7 +6,7 @@
 --
 -- ARGV[1] = msgpack [notification, field, max_len, min_id, inbox_ttl_ms, marker_ttl_ms,
 --                    inbox_prefix, inbox_suffix, marker_prefix, marker_suffix, live_prefix, live_suffix,
---                    members_key, max_members, mark_skipped, users, skipped]
+--                    members_key, max_members, mark_skipped, users, skipped, live_only]
 --   (one argument: redis-py's per-argument packing cost more than the rest of a job's Python;
 --   user ids are decimal strings, as they are in the membership sets)
 --
@@ -30,7 +30,14 @@
 -- The script is atomic, so a marker exists if and only if its entry does: a worker killed before
 -- or after this call causes neither a loss nor a duplicate when its job is redone.
 --
--- Returns {"ok", user_1, entry_id_or_false, user_2, ...} for every recipient.
+-- With live_only = true (typing, presence: events.lanes.LIVE_ONLY) nothing is stored: no inbox
+-- entry, no marker (there is nothing to deduplicate against, and a repeated "typing" is
+-- harmless), only PUBLISH "\n{notification}" on each recipient's live channel. The empty id line
+-- tells the gateway the frame has no inbox id, so it is sent without an SSE id: and can never be
+-- replayed by a resume.
+--
+-- Returns {"ok", user_1, entry_id_or_false, user_2, ...} for every recipient; with live_only
+-- each entry id is "" (announced, not stored).
 
 local a = cmsgpack.unpack(ARGV[1])
 local body, field, max_len, min_id = a[1], a[2], a[3], a[4]
@@ -41,6 +48,7 @@ local live_pre, live_suf = a[11], a[12]
 local members_key, max_members = a[13], a[14]
 local mark_skipped = a[15]
 local users, skipped = a[16], a[17]
+local live_only = a[18]
 
 local skip = {}
 for _, user in ipairs(skipped) do
@@ -72,6 +80,15 @@ if members_key ~= "" then
 end
 
 local result = {"ok"}
+if live_only then
+    local announcement = "\n" .. body
+    for _, user in ipairs(recipients) do
+        redis.call("publish", live_pre .. user .. live_suf, announcement)
+        result[#result + 1] = user
+        result[#result + 1] = ""
+    end
+    return result
+end
 for _, user in ipairs(recipients) do
     local marker = marker_pre .. user .. marker_suf
     result[#result + 1] = user

@@ -6,6 +6,10 @@ PUBLISH the announcement on the user's live channel, atomically. One job is one 
 script call per :data:`CHUNK` recipients, in one pipeline with the job's membership-cache update.
 When the recipients are "the chat's members", the script reads the membership cache itself.
 
+Live-only notifications (typing, presence: ``events.LIVE_ONLY``) take the same path with
+``live_only=True``: the script resolves the same recipients but only announces them on each
+user's live channel, with no inbox entry and no marker.
+
 Which marker a notification uses (its *dedupe key*) is what makes copies collapse:
 ``events.dedupe_key(job)`` (``"{chat_id}:{message_id}"``) for a new message, whichever dialect
 carried it; otherwise the job's own identity (:func:`job_identity`), which is the same for every
@@ -44,6 +48,8 @@ class Delivered(NamedTuple):
     entries: dict[int, str]
     #: users who already had it (marker present): nothing was written for them.
     duplicates: list[int]
+    #: users a live-only notification was announced to (nothing stored for anyone).
+    announced: list[int]
 
 
 def job_identity(job: Job, message_id: str | None) -> str:
@@ -96,6 +102,7 @@ class Delivery:
         skip: Iterable[int] = (),
         mark_skipped: bool = False,
         also: Sequence[ScriptCall] = (),
+        live_only: bool = False,
     ) -> Delivered | None:
         """Deliver ``notification`` to every recipient that has not had ``key`` yet.
 
@@ -114,6 +121,8 @@ class Delivery:
             event that cannot tell who the author was skips them as well.
           also(Sequence[ScriptCall]): Other script calls to send in the same round trip
             (membership updates); they run first.
+          live_only(bool): Announce to open streams only: no inbox entry, no marker
+            (``key``, ``ttl_s`` and ``mark_skipped`` are then unused).
 
         Returns:
           What was delivered, or None when ``chat``'s membership is not cached: nothing was
@@ -132,15 +141,16 @@ class Delivery:
                 max(1, int(ttl_s * 1000)), *self._inbox, *marker, *self._live]
         skip_ids = [str(u) for u in skipped]
         calls: list[ScriptCall] = []
+        mark_skipped = mark_skipped and not live_only
         if chat is not None:
             calls.append(_call([*head, members_key(self._ns, chat), CHUNK, mark_skipped,
-                                [str(u) for u in explicit], skip_ids]))
+                                [str(u) for u in explicit], skip_ids, live_only]))
         elif explicit or (skipped and mark_skipped):
             for start in range(0, max(len(explicit), 1), CHUNK):
                 chunk = [str(u) for u in explicit[start:start + CHUNK]]
-                calls.append(_call([*head, "", CHUNK, mark_skipped, chunk, skip_ids]))
+                calls.append(_call([*head, "", CHUNK, mark_skipped, chunk, skip_ids, live_only]))
         if not calls and not also:
-            return Delivered({}, [])
+            return Delivered({}, [], [])
         replies = run_pipeline(self._conns, [*also, *calls])[len(also):]
         if chat is not None:
             status = _text(replies[0][0])
@@ -149,26 +159,29 @@ class Delivery:
             if status == "members":
                 members = {int(m) for m in replies[0][1:]}
                 return self.deliver(notification, key=key, ttl_s=ttl_s, users=members.union(explicit),
-                                    skip=skipped, mark_skipped=mark_skipped)
+                                    skip=skipped, mark_skipped=mark_skipped, live_only=live_only)
         return self._count(notification, replies)
 
     def _count(self, notification: dict[str, Any], replies: list[Any]) -> Delivered:
         entries: dict[int, str] = {}
         duplicates: list[int] = []
+        announced: list[int] = []
         for reply in replies:
             for user, entry in zip(reply[1::2], reply[2::2], strict=True):
                 if entry is None:
                     duplicates.append(int(user))
+                elif not entry:  # "": announced live only
+                    announced.append(int(user))
                 else:
                     entries[int(user)] = _text(entry)
         # Broadcasts may carry any type: keep the metric's label set bounded.
         kind = notification.get("type")
         kind = kind if kind in TYPES else BROADCAST_TYPE
-        if entries:
-            self._metrics.notifications.labels(kind).inc(len(entries))
+        if entries or announced:
+            self._metrics.notifications.labels(kind).inc(len(entries) + len(announced))
         if duplicates:
             self._metrics.duplicates.labels(kind).inc(len(duplicates))
-        return Delivered(entries, sorted(duplicates))
+        return Delivered(entries, sorted(duplicates), sorted(announced))
 
 
 def _call(args: list[Any]) -> ScriptCall:
