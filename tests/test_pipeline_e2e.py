@@ -56,22 +56,30 @@ class Stream:
     def __init__(self) -> None:
         self.frames: list[dict[str, Any]] = []
         self.ids: list[str] = []
+        #: Per frame: its ``id:`` line, or None when it had none.
+        self.frame_ids: list[str | None] = []
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [f for f in self.frames if f.get("type") == kind]
 
+    def with_ids(self) -> list[tuple[str | None, dict[str, Any]]]:
+        return list(zip(self.frame_ids, self.frames, strict=True))
+
 
 async def _read(resp: aiohttp.ClientResponse, stream: Stream) -> None:
     data: list[str] = []
+    event_id: str | None = None
     async for raw in resp.content:
         line = raw.decode().rstrip("\r\n")
         if line.startswith("data:"):
             data.append(line[5:].lstrip())
         elif line.startswith("id:"):
-            stream.ids.append(line[3:].strip())
+            event_id = line[3:].strip()
+            stream.ids.append(event_id)
         elif line == "" and data:
+            stream.frame_ids.append(event_id)
             stream.frames.append(json.loads("\n".join(data)))
-            data = []
+            data, event_id = [], None
 
 
 @pytest.fixture
@@ -79,8 +87,10 @@ async def open_stream(pipeline: Pipeline) -> AsyncIterator[Any]:
     session = aiohttp.ClientSession()
     tasks: list[asyncio.Task[None]] = []
 
-    async def opener(user_id: int) -> Stream:
-        resp = await session.get(f"{pipeline.gateway_url}/events", params={"access_token": pipeline.token(user_id)})
+    async def opener(user_id: int, last_event_id: str | None = None) -> Stream:
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        resp = await session.get(f"{pipeline.gateway_url}/events", params={"access_token": pipeline.token(user_id)},
+                                 headers=headers)
         assert resp.status == 200, await resp.text()
         stream = Stream()
         tasks.append(asyncio.create_task(_read(resp, stream)))
@@ -140,7 +150,8 @@ async def test_one_message_in_four_dialects_reaches_each_member_once(pipeline: P
     for stream in (bob, carol, carol_again):
         await async_wait_until(lambda s=stream: s.of_type("new_message"), timeout=20)
     await async_wait_until(lambda: _drained(pipeline), timeout=30, message="pipeline did not drain")
-    # Inboxes also hold presence notifications (opening a stream marks a user online): count messages.
+    # Opening a stream marks a user online, but presence is live only: inboxes hold the message alone.
+    assert _inbox_types(pipeline, 9) == _inbox_types(pipeline, 11) == ["new_message"]
     assert _inbox_types(pipeline, 9).count("new_message") == 1
     assert _inbox_types(pipeline, 11).count("new_message") == 1
     assert _inbox_types(pipeline, 7).count("new_message") == 0  # the sender confirms from its own POST
@@ -175,3 +186,74 @@ async def test_typing_reaches_the_other_members_only(pipeline: Pipeline, open_st
     # Bob as well, it would have reached his stream first.
     await async_wait_until(lambda: bob.of_type("typing_started"), timeout=10)
     assert [(f["user_id"], f["user_name"]) for f in bob.of_type("typing_started")] == [(11, "Carol")]
+
+
+def _message(message_id: int) -> bytes:
+    """Message ``message_id`` of chat 42 by 7, in the realtime dialect (recipients 7, 9, 11)."""
+    event = json.loads(json.dumps(R_MESSAGE))
+    event["MessageReceived"]["message"]["id"] = str(message_id)
+    return json.dumps(event).encode()
+
+
+async def test_a_resumed_stream_replays_messages_and_receipts_but_never_typing_or_presence(
+    pipeline: Pipeline, open_stream: Any
+) -> None:
+    # Given Bob (9) and Carol (11) connected to chat 42, which the first message teaches the cache
+    bob, carol = await open_stream(9), await open_stream(11)
+    nc = await nats.connect(pipeline.nats.url)
+    try:
+        await nc.publish("fechatter.realtime.chat.42", _message(1234))
+        await nc.flush()
+        await async_wait_until(lambda: carol.of_type("new_message"), timeout=20)
+        (resume_from,) = [i for i, f in carol.with_ids() if f.get("id") == 1234]
+        assert resume_from is not None
+        # When Bob types, goes away, reads message 1234, and message 1235 follows
+        await nc.publish("fechatter.realtime.chat.42.typing", json.dumps(
+            {"TypingStarted": {"chat_id": 42, "user_id": 9, "user_name": "Bob Li"}}).encode())
+        await nc.publish("fechatter.realtime.user.9.presence", json.dumps(
+            {"UserPresence": {"user_id": 9, "status": "away", "last_seen": None}}).encode())
+        await nc.publish("fechatter.realtime.chat.42.read", json.dumps({"MessageRead": {
+            "message_id": 1234, "chat_id": 42, "reader_id": 9, "read_at": "2025-06-27T02:46:01Z"}}).encode())
+        await nc.publish("fechatter.realtime.chat.42", _message(1235))
+        await nc.flush()
+
+        # Then Carol's open stream gets all of it live, typing and presence without an id
+        def live_frames() -> bool:
+            return bool(carol.of_type("typing_started") and carol.of_type("message_read")
+                        and [f for f in carol.of_type("user_presence") if f["status"] == "away"]
+                        and len(carol.of_type("new_message")) == 2)
+
+        await async_wait_until(live_frames, timeout=20, message="live frames missing")
+        for frame_id, frame in carol.with_ids():
+            assert (frame_id is None) == (frame["type"] in {"typing_started", "user_presence",
+                                                            "connection_confirmed"}), (frame_id, frame)
+        await async_wait_until(lambda: _drained(pipeline), timeout=30, message="pipeline did not drain")
+        assert sorted(_inbox_types(pipeline, 11)) == ["message_read", "new_message", "new_message"]
+
+        # And a burst of typing adds nothing to the inbox: only the message after it does
+        for n in range(20):
+            await nc.publish("fechatter.realtime.chat.42.typing", json.dumps(
+                {"TypingStarted": {"chat_id": 42, "user_id": 9, "user_name": f"Bob {n}"}}).encode())
+        await nc.publish("fechatter.realtime.chat.42", _message(1236))
+        await nc.flush()
+        await async_wait_until(lambda: len(carol.of_type("typing_started")) == 21
+                               and len(carol.of_type("new_message")) == 3, timeout=20)
+        await async_wait_until(lambda: _drained(pipeline), timeout=30, message="pipeline did not drain")
+        assert sorted(_inbox_types(pipeline, 11)) == ["message_read", "new_message", "new_message", "new_message"]
+    finally:
+        await nc.close()
+
+    # When Carol resumes from message 1234's id (a reconnect minutes later)
+    resumed = await open_stream(11, last_event_id=resume_from)
+    await async_wait_until(lambda: [f for f in resumed.of_type("new_message") if f["id"] == 1236], timeout=20,
+                           message="replay did not reach message 1236")
+    # Then the replay up to the known last entry is exactly the stored notifications after 1234:
+    # the receipt and the messages, every one with its id, and no typing or presence
+    frames = resumed.with_ids()
+    end = next(i for i, (_, f) in enumerate(frames) if f.get("id") == 1236)
+    replayed = frames[1:end + 1]
+    assert frames[0][1]["type"] == "connection_confirmed"
+    assert sorted(f["type"] for _, f in replayed) == ["message_read", "new_message", "new_message"]
+    assert [f["id"] for _, f in replayed if f["type"] == "new_message"] == [1235, 1236]
+    assert all(frame_id is not None for frame_id, _ in replayed)
+    assert bob.of_type("typing_started") == []  # the typist is never told of their own typing
