@@ -73,8 +73,21 @@ _IGNORED_LOGGERS: Final[dict[Role, tuple[str, ...]]] = {"worker": ("dramatiq.wor
 #: Our packages: their exception texts and log messages never quote a payload (ids and names only).
 #: ``events`` is not one of them: a rejected event's reason may quote a value of the payload.
 _OWN_PACKAGES: Final = ("bridge", "workers", "gateway", "settings", "fechatter_notify")
-#: Libraries whose exceptions describe the infrastructure (a refused connection, a timeout), not data.
-_INFRASTRUCTURE: Final = ("redis", "psycopg", "psycopg_pool", "nats", "dramatiq", "aiohttp", "asyncio")
+#: Exceptions of other packages whose text describes the infrastructure (a refused connection, a
+#: timeout), never data: a package (None: all its exceptions) or some of its exception types. Not
+#: all of dramatiq's (its DecodeError quotes the whole message) nor psycopg's (an IntegrityError's
+#: DETAIL quotes the row).
+_INFRASTRUCTURE: Final[dict[str, frozenset[str] | None]] = {
+    "redis": None,
+    "nats": None,
+    "asyncio": None,
+    "psycopg": frozenset({"OperationalError", "InterfaceError", "ConnectionTimeout", "CancellationTimeout"}),
+    "psycopg_pool": frozenset({"PoolTimeout", "PoolClosed", "TooManyRequests"}),
+    "dramatiq": frozenset({"TimeLimitExceeded", "RateLimitExceeded", "ActorNotFound", "QueueNotFound",
+                           "ConnectionFailed", "ConnectionClosed", "QueueJoinTimeout"}),
+    "aiohttp": frozenset({"ClientConnectionError", "ClientConnectorError", "ClientOSError",
+                          "ServerDisconnectedError", "ServerTimeoutError", "ConnectionTimeoutError"}),
+}
 #: Built-in exceptions whose text is about the system, never about a value.
 _SYSTEM_ERRORS: Final = frozenset({
     "OSError", "ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "ConnectionAbortedError",
@@ -221,7 +234,12 @@ def _text_is_safe(module: Any, type_name: Any) -> bool:
     if not isinstance(module, str) or module in ("builtins", "__builtin__"):
         return type_name in _SYSTEM_ERRORS
     package = module.partition(".")[0]
-    return package in _OWN_PACKAGES or package in _INFRASTRUCTURE
+    if package in _OWN_PACKAGES:
+        return True
+    if package not in _INFRASTRUCTURE:
+        return False
+    types = _INFRASTRUCTURE[package]
+    return types is None or type_name in types
 
 
 def _is_own_logger(name: Any) -> bool:

@@ -244,6 +244,8 @@ def _event() -> dict[str, Any]:
              "stacktrace": {"frames": [{"function": "f", "vars": {"data": "Hi team"}}]}},
             {"type": "ConnectionError", "module": "redis.exceptions", "value": "Error 111 connecting"},
             {"type": "TimeoutError", "module": None, "value": "timed out"},
+            {"type": "DecodeError", "module": "dramatiq.errors", "value": "failed to decode message 'Hi team'"},
+            {"type": "PoolTimeout", "module": "psycopg_pool", "value": "couldn't get a connection after 1.00 sec"},
         ]},
         "extra": {"reason": "unknown kind 'Hi team'", "stream": "FECHATTER_EVENTS", "seq": 16},
         "breadcrumbs": {"values": [
@@ -266,7 +268,8 @@ def test_without_pii_no_payload_text_leaves_and_ids_names_and_own_messages_stay(
     assert JWT[:20] not in json.dumps(event)
     assert event["tags"] == {"role": "bridge"}
     values = event["exception"]["values"]
-    assert [v["value"] for v in values] == [FILTERED, "Error 111 connecting", "timed out"]
+    assert [v["value"] for v in values] == [FILTERED, "Error 111 connecting", "timed out", FILTERED,
+                                            "couldn't get a connection after 1.00 sec"]
     assert "vars" not in values[0]["stacktrace"]["frames"][0]
     assert event["extra"] == {"reason": FILTERED, "stream": "FECHATTER_EVENTS", "seq": 16}
     crumbs = event["breadcrumbs"]["values"]
