@@ -15,14 +15,18 @@ give it ``NaN`` ids; docs/web-client-contract.md#payload-shapes). Ids are JSON n
 |                       |                                                           | copy names one), once            |
 | `message_read`        | `chat_id, user_id, message_ids, read_at`                  | members but the reader           |
 | `message_unread`      | `chat_id, user_id, message_id`                            | the user only (their other tabs) |
-| `typing_started`      | `chat_id, user_id, user_name`                             | members but the typist           |
-| `typing_stopped`      | `chat_id, user_id, user_name` (always null)               | members but the typist           |
-| `user_presence`       | `user_id, status, last_seen`                              | users sharing a chat with them   |
+| `typing_started`      | `chat_id, user_id, user_name`                             | members but the typist; live only|
+| `typing_stopped`      | `chat_id, user_id, user_name` (always null)               | members but the typist; live only|
+| `user_presence`       | `user_id, status, last_seen`                              | users sharing a chat with them;  |
+|                       |                                                           | live only                        |
 | `chat_member_added`   | `chat_id, user_id, user_name`                             | the members and the joiner       |
 | `chat_member_removed` | `chat_id, user_id, user_name`                             | the members and the leaver       |
 | `duplicate_message`   | `chat_id, sender_id, idempotency_key`                     | the sender only                  |
 | (broadcast)           | `Broadcast.event_data`; `type` = `"broadcast"` unless it  | `target_users`                   |
 |                       | has a string `type` already                               |                                  |
+
+"Live only" (``events.LIVE_ONLY``): announced to the streams open at the time, never stored in an
+inbox, so never replayed on a resume and sent without an SSE ``id:``.
 
 Example: ``{"type":"new_message","id":1234,"chat_id":42,"sender_id":7,"sender_name":"Alice Zhang",
 "content":"Hi team","files":[],"created_at":"2025-06-27T02:45:46.782538Z",
