@@ -23,7 +23,7 @@ What leaves the process (:class:`Scrubber`, run on every error and transaction):
 
 * never, whatever ``send_default_pii`` says: credentials - ``access_token=`` values, bearer tokens,
   anything shaped like a JWT, ``Authorization``/``Cookie`` headers, values under keys that name a
-  token, password, secret or DSN. A token is a credential, not personal data;
+  token, password, secret or DSN, passwords in URLs. A token is a credential, not personal data;
 * unless ``send_default_pii`` is on: anything that may hold a payload (chat content) or a user's
   address - frame local variables, request bodies, cookies and client addresses, dramatiq
   message arguments and stored tracebacks, the text of exceptions other than our own and
@@ -46,6 +46,7 @@ from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.types import Event, Hint
 
 from settings.model import Sentry
+from settings.redact import redact_urls_in
 
 __all__ = [
     "FILTERED",
@@ -324,6 +325,8 @@ def _is_credential_key(key: Any) -> bool:
 
 
 def _redact_text(text: str) -> str:
+    if "://" in text:  # a connection URL in an error message: its password
+        text = redact_urls_in(text)
     if "=" in text or " " in text or "eyJ" in text:
         text = _QUERY_TOKEN.sub(rf"\1{FILTERED}", text)
         text = _BEARER.sub(rf"\1{FILTERED}", text)

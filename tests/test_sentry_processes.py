@@ -243,6 +243,7 @@ def _event() -> dict[str, Any]:
             {"type": "KeyError", "module": None, "value": "'Hi team'",
              "stacktrace": {"frames": [{"function": "f", "vars": {"data": "Hi team"}}]}},
             {"type": "ConnectionError", "module": "redis.exceptions", "value": "Error 111 connecting"},
+            {"type": "OperationalError", "module": "psycopg", "value": "no postgresql://app:pw-4711@db/x"},
             {"type": "TimeoutError", "module": None, "value": "timed out"},
             {"type": "DecodeError", "module": "dramatiq.errors", "value": "failed to decode message 'Hi team'"},
             {"type": "PoolTimeout", "module": "psycopg_pool", "value": "couldn't get a connection after 1.00 sec"},
@@ -268,8 +269,9 @@ def test_without_pii_no_payload_text_leaves_and_ids_names_and_own_messages_stay(
     assert JWT[:20] not in json.dumps(event)
     assert event["tags"] == {"role": "bridge"}
     values = event["exception"]["values"]
-    assert [v["value"] for v in values] == [FILTERED, "Error 111 connecting", "timed out", FILTERED,
-                                            "couldn't get a connection after 1.00 sec"]
+    assert [v["value"] for v in values] == [
+        FILTERED, "Error 111 connecting", "no postgresql://app:***@db/x", "timed out", FILTERED,
+        "couldn't get a connection after 1.00 sec"]
     assert "vars" not in values[0]["stacktrace"]["frames"][0]
     assert event["extra"] == {"reason": FILTERED, "stream": "FECHATTER_EVENTS", "seq": 16}
     crumbs = event["breadcrumbs"]["values"]
