@@ -1,10 +1,12 @@
 """Latency of realtime events: core NATS publish -> bridge -> Redis queue -> worker -> inbox entry.
 
-Publishes ``TypingStarted`` events at a fixed rate (default 1,000/s) on
-``fechatter.realtime.chat.{id}.typing`` through a real nats-server to the real bridge
+Publishes ``MessageRead`` events (read receipts: realtime, and stored, unlike typing, which is
+live only) at a fixed rate (default 1,000/s) on
+``fechatter.realtime.chat.{id}.read`` through a real nats-server to the real bridge
 (``fechatter-notify bridge``), and runs the same measurement twice against 2 worker processes:
 once with doorbell-driven consumers (``wake``) and once with dramatiq's stock polling consumer
-(``stock``). Every event's ``user_name`` carries its publish time (ns); the inbox entry id
+(``stock``). Every event's ``read_at`` carries its publish time (us) and its message id its
+sequence number; the inbox entry id
 carries the time Redis appended it (ms, same machine clock), so entry time - publish time is the
 publish -> inbox latency, to the millisecond. Nothing reads Redis while the run is measured (a
 live subscriber would compete for the same two cores). Each chat has 2 members: one
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
@@ -83,21 +86,24 @@ def inbox_count(client: redis.Redis) -> int:
 
 
 def latencies_ms(client: redis.Redis, since: int) -> list[float]:
-    """publish -> XADD latency of every typing notification whose sequence number >= ``since``."""
+    """publish -> XADD latency of every read receipt whose sequence number >= ``since``."""
     result = []
     for user in USERS:
         entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(inbox_key(NAMESPACE, user)))
         for entry_id, fields in entries:
             note = json.loads(fields[INBOX_FIELD.encode()])
-            seq, sent_ns = (int(part) for part in note["user_name"].split(":"))
-            if note["type"] == "typing_started" and seq >= since:
+            if note["type"] != "message_read":
+                continue
+            seq = note["message_ids"][0] - 1  # ids start at 1
+            sent_ms = datetime.fromisoformat(note["read_at"]).timestamp() * 1000
+            if seq >= since:
                 appended_ms = int(entry_id.split(b"-")[0])
-                result.append(appended_ms - sent_ns / 1e6)
+                result.append(appended_ms - sent_ms)
     return result
 
 
 async def publish(url: str, rate: int, seconds: float, seq0: int) -> int:
-    """Publish ``rate`` typing events per second for ``seconds``; returns how many."""
+    """Publish ``rate`` read receipts per second for ``seconds``; returns how many."""
     nc = await nats.connect(url)
     total = int(rate * seconds)
     start = time.perf_counter()
@@ -108,8 +114,9 @@ async def publish(url: str, rate: int, seconds: float, seq0: int) -> int:
                 await asyncio.sleep(delay)
             chat = 1 + (seq0 + n) % CHATS
             user = 1000 + 2 * chat
-            body = {"TypingStarted": {"chat_id": chat, "user_id": user, "user_name": f"{seq0 + n}:{time.time_ns()}"}}
-            await nc.publish(f"fechatter.realtime.chat.{chat}.typing", json.dumps(body).encode())
+            body = {"MessageRead": {"message_id": seq0 + n + 1, "chat_id": chat, "reader_id": user,
+                                    "read_at": datetime.now(UTC).isoformat()}}
+            await nc.publish(f"fechatter.realtime.chat.{chat}.read", json.dumps(body).encode())
         await nc.flush()
     finally:
         await nc.close()
@@ -207,7 +214,8 @@ def main() -> int:
         config.write_text(CONFIG)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY", "DATABASE_URL", "SENTRY_DSN"))}
         env.update({"NATS_URL": nats_server.url, "REDIS_URL": redis_server.url, "PYTHONPATH": str(ROOT),
-                    "NOTIFY__HEALTH__PORT": str(free_port()), "NOTIFY__METRICS__PORT": str(free_port())})
+                    "NOTIFY__HEALTH__PORT": str(free_port()), "NOTIFY__METRICS__PORT": str(free_port()),
+                    "NOTIFY__HEALTH__WORKER_PORT": str(free_port()), "NOTIFY__METRICS__WORKER_PORT": str(free_port())})
         settings = load_settings(str(config), env).settings
         client = redis_server.client()
         for chat in range(1, CHATS + 1):  # membership as events carrying member lists would leave it

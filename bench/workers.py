@@ -160,7 +160,7 @@ def main() -> int:
             "redis": {"url": server.url, "namespace": NAMESPACE},
             # Keep every entry so the inboxes can be counted afterwards.
             "delivery": {"inbox_max_len": args.jobs + 1000},
-            "metrics": {"port": 0}, "health": {"port": 0},
+            "metrics": {"port": 0, "worker_port": 0}, "health": {"port": 0, "worker_port": 0},
         })
         results = {mode: run_mode(mode, settings, server, args) for mode in args.modes.split(",")}
     print(f"\nnew message to a {len(MEMBERS)}-member chat ({len(MEMBERS) - 1} notifications per job), "

@@ -57,7 +57,7 @@ def describe(exc: PortInUse, origins: Origins) -> str:
 def report_port_in_use(log: logging.Logger, process: str, exc: PortInUse, origins: Origins) -> int:
     """Log and print the error the same way in every process; return :data:`RET_PORT_IN_USE`."""
     message = describe(exc, origins)
-    log_event(log, "port_in_use", logging.ERROR, process=process, host=exc.host, port=exc.port,
+    log_event(log, "port_in_use", logging.ERROR, process_type=process, host=exc.host, port=exc.port,
               setting=".".join(str(p) for p in exc.setting), origin=origins.get(exc.setting, "default"),
               reason=message)
     print(f"fechatter-notify {process}: {message}", file=sys.stderr)

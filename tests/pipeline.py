@@ -69,7 +69,8 @@ class Pipeline:
         """Start (or restart) one process: bridge, worker or gateway."""
         env = dict(self.env)
         health, metrics = free_port(), free_port()
-        env.update({"NOTIFY__HEALTH__PORT": str(health), "NOTIFY__METRICS__PORT": str(metrics),
+        key = "WORKER_PORT" if name == "worker" else "PORT"  # the worker's endpoints have their own ports
+        env.update({f"NOTIFY__HEALTH__{key}": str(health), f"NOTIFY__METRICS__{key}": str(metrics),
                     "NOTIFY__HEALTH__HOST": "127.0.0.1", "NOTIFY__METRICS__HOST": "127.0.0.1"})
         args = [sys.executable, "-m", "fechatter_notify", "--config", str(self.workdir / "notify.yml"), name]
         if name == "worker":

@@ -114,8 +114,8 @@ def test_the_worker_command_consumes_only_the_queues_it_is_given(
     redis_server: RedisServer, client: redis.Redis, tmp_path: Path
 ) -> None:
     metrics_port, health_port = free_port(), free_port(exclude={free_port()})
-    settings: Settings = make_settings(redis_server.url, metrics={"host": "127.0.0.1", "port": metrics_port},
-                                       health={"host": "127.0.0.1", "port": health_port})
+    settings: Settings = make_settings(redis_server.url, metrics={"host": "127.0.0.1", "worker_port": metrics_port},
+                                       health={"host": "127.0.0.1", "worker_port": health_port})
     config = tmp_path / "notify.yml"
     config.write_text(settings_yaml(settings))
     client.sadd("t:members:42", 7, 9, 11)
