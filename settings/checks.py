@@ -243,6 +243,44 @@ def backoff_cap_above_base(s: Settings, o: Origins) -> Iterator[Problem]:
                        fmt(n.reconnect_backoff_cap), "cap >= base")
 
 
+#: Which process type listens on each port setting (a Procfile runs them all on one host).
+PORT_OWNERS: tuple[tuple[Path, str], ...] = (
+    (("health", "port"), "bridge"),
+    (("metrics", "port"), "bridge"),
+    (("health", "worker_port"), "worker"),
+    (("metrics", "worker_port"), "worker"),
+    (("gateway", "port"), "gateway"),
+)
+
+
+def _setting(s: Settings, path: Path) -> int:
+    section = getattr(s, str(path[0]))
+    return int(getattr(section, str(path[1])))
+
+
+def processes_do_not_share_ports(s: Settings, o: Origins) -> Iterator[Problem]:
+    """Two process types on one port: run on one host (honcho, foreman, heroku local), the second one
+    to start exits with "port in use". One process may serve health and metrics on one port."""
+    seen: dict[int, tuple[Path, str]] = {}
+    for path, owner in PORT_OWNERS:
+        port = _setting(s, path)
+        if port == 0:
+            continue
+        first = seen.setdefault(port, (path, owner))
+        if first[1] != owner:
+            # Reported where the operator wrote a port: that one is the likely slip.
+            at = path if path in o or first[0] not in o else first[0]
+            yield problem_at(o, at, "port_shared_between_processes",
+                             f"{dotted_path(first[0])} ({first[1]}) and {dotted_path(path)} ({owner}) are both "
+                             f"port {port}: on one host the second to start exits with 'port in use'", port,
+                             "give each process type its own port (defaults: bridge 8081/9091, worker "
+                             "8082/9092, gateway $PORT or 6687)", level="warning")
+
+
+def dotted_path(path: Path) -> str:
+    return ".".join(str(p) for p in path)
+
+
 ALL_CHECKS: tuple[Check, ...] = (
     *URL_CHECKS,
     heartbeat_above_ping,
@@ -259,6 +297,7 @@ ALL_CHECKS: tuple[Check, ...] = (
     stream_subjects_are_consumed,
     public_key_is_ed25519,
     backoff_cap_above_base,
+    processes_do_not_share_ports,
 )
 
 

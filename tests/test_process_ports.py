@@ -175,3 +175,15 @@ def test_provision_refused_by_the_server_exits_3_at_once(nats_server: NatsServer
                                                   "NOTIFY__JETSTREAM__STREAMS__0__STORAGE": "file"})
     assert done.returncode == 3, done.stderr
     assert "storage" in done.stderr and "provision_retry" not in done.stderr
+
+
+def test_config_check_warns_where_two_process_types_would_share_a_port() -> None:
+    from settings import load_settings
+
+    loaded = load_settings(text="metrics:\n  port: 9092\n", env={})
+    (problem,) = [p for p in loaded.problems if p.code == "port_shared_between_processes"]
+    assert problem.level == "warning" and problem.path == "metrics.port" and problem.origin == "<text>:2:3"
+    assert "metrics.worker_port (worker)" in problem.message
+    # One process may serve health and metrics on one port; port 0 is never a conflict.
+    same = load_settings(text="health: {port: 9000, worker_port: 0}\nmetrics: {port: 9000, worker_port: 0}\n", env={})
+    assert not [p for p in same.problems if p.code == "port_shared_between_processes"]
