@@ -20,7 +20,7 @@ from bridge.app import Bridge
 from bridge.errors import BridgeError
 from fechatter_notify.log import dump_tasks_on_sigusr2, log_event, setup_logging
 from fechatter_notify.ports import PortInUse, report_port_in_use
-from fechatter_notify.reloading import config_path, reload_settings
+from fechatter_notify.reloading import OffLoopReload, config_path, reload_settings
 from fechatter_notify.sentry import init_sentry
 from settings import Loaded
 from settings.model import Settings
@@ -43,7 +43,8 @@ async def serve(settings: Settings, reload: Callable[[], Settings | None] | None
     dump_tasks_on_sigusr2(loop)
     bridge = Bridge(settings)
     if reload is not None:
-        loop.add_signal_handler(signal.SIGHUP, _reload, bridge, reload)
+        # Read off the loop: pulls, heartbeats and /healthz go on while the file is read.
+        loop.add_signal_handler(signal.SIGHUP, OffLoopReload(reload, lambda new: _reload(bridge, new)))
     try:
         await bridge.run(stop)
     except BridgeError as exc:
@@ -56,14 +57,12 @@ async def serve(settings: Settings, reload: Callable[[], Settings | None] | None
     return RET_OK
 
 
-def _reload(bridge: Bridge, reload: Callable[[], Settings | None]) -> None:
-    """SIGHUP: load the configuration again; apply it if valid, else keep running as before."""
+def _reload(bridge: Bridge, new: Settings) -> None:
+    """SIGHUP, once the file was read and found valid: apply it (a refused one never gets here)."""
     if not bridge.started.is_set():
         log_event(log, "config_reload_ignored", logging.WARNING, reason="the bridge is still starting")
         return
-    new = reload()
-    if new is not None:
-        bridge.reload(new)
+    bridge.reload(new)
 
 
 def run(loaded: Loaded, args: argparse.Namespace) -> int:

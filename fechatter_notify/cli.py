@@ -13,7 +13,7 @@ from importlib import import_module
 
 import yaml
 
-from settings import ConfigError, ConfigFileError, Loaded, Problem, load_settings, redact_url, redacted
+from settings import ConfigError, Loaded, Problem, load_settings, redact_url, redacted
 
 RET_OK = 0
 RET_CONFIG = 2
@@ -72,10 +72,7 @@ def _load(args: argparse.Namespace) -> Loaded | int:
     path = getattr(args, "sub_config", None) or args.config
     try:
         return load_settings(path)
-    except ConfigFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return RET_CONFIG
-    except ConfigError as exc:
+    except ConfigError as exc:  # a file that cannot be read or parsed too, with its place
         _print_problems(exc.problems, quiet=getattr(args, "quiet", False))
         errors = sum(p.level == "error" for p in exc.problems)
         print(f"\n{errors} error(s); the configuration was not loaded.", file=sys.stderr)

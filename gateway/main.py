@@ -18,7 +18,7 @@ from typing import Final
 
 from fechatter_notify.log import dump_tasks_on_sigusr2, log_event, setup_logging
 from fechatter_notify.ports import PortInUse, address_in_use, report_port_in_use
-from fechatter_notify.reloading import config_path, reload_settings
+from fechatter_notify.reloading import OffLoopReload, config_path, reload_settings
 from fechatter_notify.sentry import init_sentry
 from gateway.app import build_app, start_server
 from gateway.auth import TokenVerifier
@@ -89,12 +89,9 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
     return RET_OK
 
 
-def reload(settings: Settings, verifier: TokenVerifier, path: str | None) -> Settings:
+def reload(settings: Settings, verifier: TokenVerifier, new: Settings) -> Settings:
     """SIGHUP: token verification (``gateway.jwt``: a rotated key, say) changes live; anything
     else that changed is named as needing a restart. Returns the settings now in effect."""
-    new = reload_settings(path)
-    if new is None:
-        return settings
     changed = [dotted(p) for p in changed_paths(settings, new)]
     live = [p for p in changed if p.startswith("gateway.jwt.")]
     restart = [p for p in changed if p not in live]
@@ -137,11 +134,12 @@ async def _serve(settings: Settings, verifier: TokenVerifier, path: str | None) 
         loop.add_signal_handler(sig, stop.set)
     dump_tasks_on_sigusr2(loop)
 
-    def on_sighup() -> None:
+    def on_reloaded(new: Settings) -> None:
         nonlocal settings
-        settings = reload(settings, verifier, path)
+        settings = reload(settings, verifier, new)
 
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    # The file is read in a thread: streams and /healthz are served meanwhile.
+    loop.add_signal_handler(signal.SIGHUP, OffLoopReload(lambda: reload_settings(path), on_reloaded))
     try:
         await stop.wait()
     finally:

@@ -17,6 +17,7 @@ expect.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,56 @@ _REALTIME_KEYS = {"name": "queue_group", "filter_subjects": "subjects", "idle_he
 _REALTIME_IGNORED = ("ack_wait", "max_deliver", "max_batch")
 _DURATION_KEYS = ("max_age", "ack_wait", "idle_heartbeat")
 
+#: Every key Fechatter's notify_server knows (its ``AppConfig``), section by section, and what we
+#: do with it: :data:`USED` (moved to our layout above), a reason it is ignored, or the keys of a
+#: sub-section. A key in a section we read that is not listed here is a typo: an error with a
+#: suggestion, exactly as in our own layout, never a silent fall-back to the default.
+USED = "used"
+_Spec = dict[str, "str | _Spec"]
+_NO_ACKS = "core NATS has no acks, redeliveries or pull batches"
+_CONSUMER: _Spec = {key: USED for key in _DURABLE_KEYS}
+_REALTIME_CONSUMER: _Spec = {**{key: USED for key in _REALTIME_KEYS}, **dict.fromkeys(_REALTIME_IGNORED, _NO_ACKS)}
+FECHATTER_KEYS: _Spec = {
+    "server": {
+        "port": USED, "db_url": USED,
+        "request_timeout_ms": "the gateway serves long-lived SSE streams, not requests with a deadline",
+        "base_dir": "fechatter-notify keeps no files",
+    },
+    "auth": {
+        "pk": USED,
+        "sk": "fechatter-notify only verifies tokens and never signs one (the private key need not be here)",
+        "token_expiration": "each token carries its own expiry (its exp claim), checked with gateway.jwt.leeway",
+    },
+    "messaging": {
+        "enabled": "fechatter-notify always reads its events from NATS",
+        "provider": USED,
+        "nats": {
+            "url": USED,
+            "auth": "NATS credentials are nats.user/password/token/creds_file in our layout",
+            "subscription_subjects": "the subjects read are the consumers' filter_subjects (JetStream) and "
+                                     "realtime_processor's (core NATS)",
+            "jetstream": {
+                "enabled": "domain events are always read from JetStream",
+                **{key: USED for key in _STREAM_KEYS},
+                "consumers": {"notification_processor": _CONSUMER, "realtime_processor": _REALTIME_CONSUMER},
+            },
+        },
+    },
+    "notification": {
+        "delivery": {
+            "web": {
+                "heartbeat_interval_ms": USED,
+                "enabled": "web delivery is what the gateway does; it is always on",
+                "sse_enabled": "the gateway always serves Server-Sent Events",
+                "connection_timeout_ms": "SSE streams stay open until the client leaves",
+            },
+        },
+    },
+    "search": "search (Meilisearch) is the Fechatter server's business, not the notification back end's",
+    "analytics": "analytics events are published by Fechatter's servers, not by the notification back end",
+    "security": "event signatures (HMAC) are not checked: NATS credentials decide who may publish",
+}
+
 
 def is_fechatter_layout(data: dict[str, Any]) -> bool:
     """True when the file has any of Fechatter's top-level sections."""
@@ -56,7 +107,6 @@ class _Translation:
         self.out: dict[str, Any] = {}
         self.out_origins: Origins = {}
         self.problems: list[Problem] = []
-        self.used: set[Path] = set()
 
     def get(self, path: Path) -> Any:
         node: Any = self.data
@@ -73,7 +123,6 @@ class _Translation:
         value = self.get(src)
         if value is None:
             return
-        self.used.add(src)
         node: dict[Any, Any] = self.out
         for part in dst[:-1]:
             node = node.setdefault(part, {})
@@ -106,15 +155,13 @@ def translate(data: dict[str, Any], origins: Origins) -> tuple[dict[str, Any], O
     if url is not None:
         t.put(("messaging", "nats", "url"), ("nats", "servers"), lambda v: [v] if isinstance(v, str) else v)
     provider = t.get(("messaging", "provider"))
-    if provider is not None:
-        t.used.add(("messaging", "provider"))
     if provider is not None and provider != "nats":
         t.problems.append(Problem("error", "unsupported_provider", "messaging.provider",
                                   "fechatter-notify reads events from NATS only",
                                   origin=t.origin(("messaging", "provider")),
                                   value=provider, fix='provider: "nats"'))
     _translate_jetstream(t)
-    _report_ignored(t, data, ())
+    _check_keys(t, data, FECHATTER_KEYS, ())
     return t.out, t.out_origins, t.problems
 
 
@@ -126,7 +173,6 @@ def _translate_jetstream(t: _Translation) -> None:
     stream: dict[str, Any] = {}
     for key, ours in _STREAM_KEYS.items():
         if key in js:
-            t.used.add((*_JS, key))
             stream[ours] = js[key]
             t.out_origins[("jetstream", "streams", 0, ours)] = t.origin((*_JS, key))
             if key in _DURATION_KEYS:
@@ -139,14 +185,13 @@ def _translate_jetstream(t: _Translation) -> None:
     consumers = js.get("consumers")
     if not isinstance(consumers, dict):
         return
-    t.used.add((*_JS, "consumers"))
     for name, spec in consumers.items():
         base = (*_JS, "consumers", name)
         if not isinstance(spec, dict):
-            continue
+            continue  # reported by _check_keys
         if name == "realtime_processor":
             _translate_realtime(t, base, spec)
-        else:
+        elif name == "notification_processor":  # any other name is a typo, reported by _check_keys
             _translate_durable(t, base, spec, stream_name)
 
 
@@ -161,7 +206,6 @@ def _translate_durable(t: _Translation, base: Path, spec: dict[str, Any], stream
     for key, ours in _DURABLE_KEYS.items():
         if key not in spec:
             continue
-        t.used.add((*base, key))
         consumer[ours] = spec[key]
         t.out_origins[(*dst_base, ours)] = t.origin((*base, key))
         if isinstance(spec[key], list):
@@ -170,7 +214,6 @@ def _translate_durable(t: _Translation, base: Path, spec: dict[str, Any], stream
         if key in _DURATION_KEYS:
             _warn_bare_integer(t, (*base, key), spec[key], None)
     consumers.append(consumer)
-    t.used.add(base)
     t.info(base, f"read as JetStream durable pull consumer {consumer['durable']!r}"
                  f"{' on stream ' + repr(stream_name) if stream_name else ''}; its idle_heartbeat is "
                  "sent in each pull request, never set on the consumer")
@@ -181,7 +224,6 @@ def _translate_realtime(t: _Translation, base: Path, spec: dict[str, Any]) -> No
     for key, ours in _REALTIME_KEYS.items():
         if key not in spec:
             continue
-        t.used.add((*base, key))
         realtime[ours] = spec[key]
         t.out_origins[("realtime", ours)] = t.origin((*base, key))
         if isinstance(spec[key], list):
@@ -189,16 +231,9 @@ def _translate_realtime(t: _Translation, base: Path, spec: dict[str, Any]) -> No
                 t.out_origins[("realtime", ours, i)] = t.origin((*base, key, i))
         if key == "idle_heartbeat":
             _warn_bare_integer(t, (*base, key), spec[key], None)
-    t.used.add(base)
     subjects = spec.get("filter_subjects")
     t.info(base, f"read as core NATS subscriptions (queue group {spec.get('name', '<default>')!r}) to "
                  f"{subjects!r}: realtime events are not persisted, so this is not a JetStream consumer")
-    for key in _REALTIME_IGNORED:
-        if key in spec:
-            t.used.add((*base, key))
-            t.problems.append(Problem("info", "ignored_key", ".".join((*map(str, base), key)),
-                                      "core NATS has no acks or pull batches; ignored",
-                                      origin=t.origin((*base, key)), value=spec[key]))
 
 
 def _warn_bare_integer(t: _Translation, path: Path, value: Any, meant: str | None) -> None:
@@ -211,21 +246,36 @@ def _warn_bare_integer(t: _Translation, path: Path, value: Any, meant: str | Non
                               origin=t.origin(path), value=value, fix=fix))
 
 
-def _report_ignored(t: _Translation, node: Any, path: Path) -> None:
-    # A subtree nobody used is reported once, at its top, not key by key.
-    if path and path[0] not in FECHATTER_SECTIONS:
-        return
-    if not path:
-        for key, child in node.items():
-            if key in FECHATTER_SECTIONS:
-                _report_ignored(t, child, (key,))
-        return
-    if path in t.used:
-        return
-    if isinstance(node, dict) and any(p[: len(path)] == path for p in t.used):
-        for key, child in node.items():
-            _report_ignored(t, child, (*path, key))
-        return
-    t.problems.append(Problem("info", "ignored_key", ".".join(map(str, path)),
-                              "Fechatter setting that fechatter-notify does not use; ignored",
-                              origin=t.origin(path)))
+def _check_keys(t: _Translation, node: dict[str, Any], spec: _Spec, path: Path) -> None:
+    """Each key of a section we read is used, ignored with its reason, or an error with a suggestion."""
+    for key, value in node.items():
+        here: Path = (*path, key)
+        if not path and key not in FECHATTER_SECTIONS:
+            continue  # our own layout's sections: validated by the model
+        rule = spec.get(key)
+        if rule is None:
+            t.problems.append(_unknown_key(t, here, spec))
+        elif isinstance(rule, dict):
+            if isinstance(value, dict):
+                _check_keys(t, value, rule, here)
+            elif value is not None:
+                t.problems.append(Problem("error", "not_a_mapping", _dotted(here),
+                                          f"a section of Fechatter's layout, with keys {', '.join(rule)}",
+                                          origin=t.origin(here), fix=f"write {key}: followed by its keys, indented"))
+        elif rule != USED:
+            # Reported once, at the top of the subtree: its keys are not ours to check.
+            t.problems.append(Problem("info", "ignored_key", _dotted(here), f"ignored: {rule}",
+                                      origin=t.origin(here)))
+
+
+def _unknown_key(t: _Translation, path: Path, spec: _Spec) -> Problem:
+    known = list(spec)
+    close = difflib.get_close_matches(str(path[-1]), known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+    return Problem("error", "unknown_key", _dotted(path),
+                   f"unknown key in Fechatter's layout (its notify_server would not read it either); {hint}",
+                   origin=t.origin(path), fix=f"rename it to {close[0]}" if close else "remove it")
+
+
+def _dotted(path: Path) -> str:
+    return ".".join(map(str, path))

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from settings.problems import Path, Problem
+from settings.problems import ConfigError, Path, Problem
+from settings.safe_yaml import MAX_FILE_BYTES, BoundError, compose_bounded, decode_utf8, scalar_value
 
 Origins = dict[Path, str]
 
@@ -34,8 +35,20 @@ ENV_SHORTCUTS: dict[str, Path] = {
 ENV_PREFIX = "NOTIFY__"
 
 
-class ConfigFileError(Exception):
-    """The configuration file cannot be found or read; the message names it."""
+class ConfigFileError(ConfigError):
+    """The configuration cannot be found or read; the message names it, the problem says where.
+
+    A :class:`ConfigError` with one problem, so ``config check`` and a refused reload report it
+    the same way as every other problem (place, code, fix), never as a traceback.
+    """
+
+    def __init__(self, message: str, *, code: str = "config_file", origin: str = "default",
+                 fix: str | None = None) -> None:
+        super().__init__([Problem("error", code, "<file>", message, origin=origin, fix=fix)])
+        self.message = f"{origin}: {message}"
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def locate_config(explicit: str | None, env: Mapping[str, str]) -> FsPath | None:
@@ -48,7 +61,8 @@ def locate_config(explicit: str | None, env: Mapping[str, str]) -> FsPath | None
         if path:
             candidate = FsPath(path)
             if not candidate.is_file():
-                raise ConfigFileError(f"{how} names {path}, which does not exist or is not a file")
+                raise ConfigFileError(f"{how} names {path}, which does not exist or is not a file",
+                                      code="config_missing", origin=path, fix="give the path of an existing file")
             return candidate
     for candidate in DEFAULT_LOCATIONS:
         if candidate.is_file():
@@ -60,51 +74,108 @@ def _mark(name: str, node: yaml.Node) -> str:
     return f"{name}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _walk_nodes(node: yaml.Node, path: Path, origins: Origins, name: str) -> Any:
     # A key's place is where its name is written, which is where an operator looks.
+    # The composer has bounded the graph (nodes, aliases, depth), so this walk is bounded too.
     origins.setdefault(path, _mark(name, node))
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
+        merges: list[yaml.Node] = []
         for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:  # `<<: *defaults`: explicit keys win, as YAML says
+                merges += value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                continue
             key = str(key_node.value)
             origins[(*path, key)] = _mark(name, key_node)
             out[key] = _walk_nodes(value_node, (*path, key), origins, name)
+        for merged in merges:
+            if not isinstance(merged, yaml.MappingNode):
+                raise ConfigFileError("`<<` merges only mappings", code="bad_merge", origin=_mark(name, merged),
+                                      fix="write <<: *anchor where the anchor is a mapping")
+            for key, value in _walk_nodes(merged, path, {}, name).items():
+                out.setdefault(key, value)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_walk_nodes(child, (*path, i), origins, name) for i, child in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+    assert isinstance(node, yaml.ScalarNode)
+    return scalar_value(node)
+
+
+def read_bounded(path: FsPath) -> str:
+    """The file's text: at most MAX_FILE_BYTES, UTF-8, refused with its place otherwise."""
+    try:
+        with path.open("rb") as f:
+            # Read one byte past the limit rather than trusting stat: the file may be growing.
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read it: {exc.strerror}", code="unreadable", origin=str(path),
+                              fix="check the path and its permissions") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigFileError(f"larger than {MAX_FILE_BYTES} bytes ({MAX_FILE_BYTES // 1024} KiB); "
+                              "a notify.yml is a few KB", code="file_too_large", origin=str(path),
+                              fix="is this the right file? remove what is not configuration")
+    try:
+        return decode_utf8(data)
+    except BoundError as exc:
+        raise _file_error(exc, str(path)) from None
+
+
+def _file_error(exc: BoundError, name: str) -> ConfigFileError:
+    return ConfigFileError(exc.message, code=exc.code, origin=exc.place(name), fix=exc.fix)
 
 
 def load_yaml_file(path: FsPath) -> tuple[dict[str, Any], Origins]:
     """Read a YAML file keeping each value's line and column."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigFileError(f"cannot read {path}: {exc.strerror}") from exc
-    return load_yaml_text(text, str(path))
+    return load_yaml_text(read_bounded(path), str(path))
 
 
 def load_yaml_text(text: str, name: str) -> tuple[dict[str, Any], Origins]:
-    """Parse YAML ``text`` (called ``name`` in messages) into data and origins."""
+    """Parse YAML ``text`` (called ``name`` in messages) into data and origins, every bound checked."""
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigFileError(f"longer than {MAX_FILE_BYTES} characters", code="file_too_large",
+                              origin=name, fix="is this the right file?")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = compose_bounded(text)
+    except BoundError as exc:
+        raise _file_error(exc, name) from None
     except yaml.YAMLError as exc:
-        raise ConfigFileError(f"{name} is not valid YAML: {exc}") from exc
+        raise _yaml_error(exc, name) from None
     if node is None:
         return {}, {}
     origins: Origins = {}
-    data = _walk_nodes(node, (), origins, name)
+    try:
+        data = _walk_nodes(node, (), origins, name)
+    except yaml.YAMLError as exc:  # a scalar the safe constructor refuses (an unknown !tag, a bad date)
+        raise _yaml_error(exc, name) from None
     if not isinstance(data, dict):
-        raise ConfigFileError(f"{name}: the top level must be a mapping of sections, not {type(data).__name__}")
+        raise ConfigFileError(f"the top level must be a mapping of sections, not {type(data).__name__}",
+                              code="not_a_mapping", origin=_mark(name, node), fix="write section: ... at the top")
     return data, origins
 
 
-def _env_value(raw: str) -> Any:
-    # Values are YAML scalars so NOTIFY__X=[a, b], =true and =45s all read naturally.
+def _yaml_error(exc: yaml.YAMLError, name: str) -> ConfigFileError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    origin = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else name
+    what = " ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x)
+    return ConfigFileError(f"not valid YAML: {what or exc}", code="invalid_yaml", origin=origin,
+                           fix="fix the syntax at that place (indentation, quotes, a missing ':')")
+
+
+def _env_value(raw: str, name: str) -> tuple[Any, Problem | None]:
+    # Values are YAML scalars so NOTIFY__X=[a, b], =true and =45s all read naturally. They go
+    # through the same bounded reader as the file: an alias bomb in a variable is refused too.
+    if not raw.strip():
+        return raw, None
     try:
-        return yaml.safe_load(raw) if raw.strip() else raw
+        node = compose_bounded(raw)
+        return (_walk_nodes(node, (), {}, name) if node is not None else None), None
+    except BoundError as exc:
+        return None, Problem("error", exc.code, name, exc.message, origin=f"env {name}", fix=exc.fix)
     except yaml.YAMLError:
-        return raw
+        return raw, None  # not YAML: the text itself (a password with a ':' in it, say)
 
 
 def env_overrides(env: Mapping[str, str]) -> tuple[list[tuple[Path, Any, str]], list[Problem]]:
@@ -116,7 +187,10 @@ def env_overrides(env: Mapping[str, str]) -> tuple[list[tuple[Path, Any, str]], 
         if raw:
             value: Any = [s.strip() for s in raw.split(",") if s.strip()] if name == "NATS_URL" else raw
             if name in ("PORT", "NOTIFY_PORT"):
-                value = _env_value(raw)
+                value, problem = _env_value(raw, name)
+                if problem is not None:
+                    problems.append(problem)
+                    continue
             overrides.append((path, value, f"env {name}"))
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX):
@@ -129,7 +203,11 @@ def env_overrides(env: Mapping[str, str]) -> tuple[list[tuple[Path, Any, str]], 
             )
             continue
         key_path: Path = tuple(int(t) if t.isdigit() else t.lower() for t in tokens)
-        overrides.append((key_path, _env_value(env[name]), f"env {name}"))
+        value, problem = _env_value(env[name], name)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        overrides.append((key_path, value, f"env {name}"))
     return overrides, problems
 
 

@@ -32,7 +32,7 @@ from typing import Final
 
 from fechatter_notify.log import log_event, setup_logging
 from fechatter_notify.ports import PortInUse, report_port_in_use
-from fechatter_notify.reloading import config_path, reload_settings
+from fechatter_notify.reloading import config_path, reload_settings_until
 from fechatter_notify.sentry import init_sentry
 from settings import Loaded
 from settings.model import Settings
@@ -111,7 +111,7 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
         while not stop.is_set():
             if reload.is_set():
                 reload.clear()
-                settings = _restart(settings, children, threads, processes, args)
+                settings = _restart(settings, children, threads, processes, args, stop)
                 continue
             done = multiprocessing.connection.wait([c.sentinel for c in children], timeout=0.5)
             if done and not stop.is_set() and not reload.is_set():
@@ -130,7 +130,7 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
 
 
 def _restart(settings: Settings, children: list[multiprocessing.process.BaseProcess], threads: int,
-             processes: int, args: argparse.Namespace) -> Settings:
+             processes: int, args: argparse.Namespace, stop: threading.Event) -> Settings:
     """SIGHUP (dramatiq's convention): re-read the configuration and replace every worker process.
 
     The new processes start before the old ones are told to stop, so the queues are never
@@ -138,7 +138,7 @@ def _restart(settings: Settings, children: list[multiprocessing.process.BaseProc
     An invalid configuration is refused and the running processes stay. Returns the settings
     now in effect (``children`` is updated in place).
     """
-    new = reload_settings(config_path(args))
+    new = reload_settings_until(config_path(args), stop)  # SIGTERM meanwhile: stop, not wait
     if new is None:
         return settings
     try:
