@@ -8,6 +8,7 @@ run real workers in threads of the test process; :func:`serve` is a child proces
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Sequence
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: How long a stopping process waits for queued Sentry events to be sent, in seconds.
 SENTRY_FLUSH_S: Final = 2.0
+#: How often a worker process checks that its supervisor is still there, in seconds.
+ORPHAN_CHECK_S: Final = 1.0
 
 
 class WorkerRuntime:
@@ -112,8 +115,19 @@ def serve(settings: Settings, queues: Sequence[str], threads: int) -> int:
     # A hangup of the whole process group is the supervisor's to handle (it reloads).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     runtime = WorkerRuntime(settings, queues=queues, threads=threads).start()
-    stop.wait()
+    _wait_for_stop(stop, os.getppid())
     runtime.stop()
     # multiprocessing children leave through os._exit: atexit (and Sentry's flush) never runs.
     sentry_sdk.flush(timeout=SENTRY_FLUSH_S)
     return 0
+
+
+def _wait_for_stop(stop: threading.Event, supervisor: int) -> None:
+    # A supervisor killed with SIGKILL cannot stop its children: they would go on consuming
+    # beside the restarted supervisor's, unsupervised and unseen by its /healthz. Stop gracefully
+    # (running jobs finish, prefetched ones are requeued) once it is gone.
+    while not stop.wait(ORPHAN_CHECK_S):
+        if os.getppid() != supervisor:
+            log_event(log, "worker_orphaned", logging.WARNING, supervisor_pid=supervisor,
+                      reason="the supervisor is gone; stopping")
+            return
