@@ -2,8 +2,10 @@
 
 Fechatter's files use ``server``, ``auth``, ``messaging.nats.jetstream.consumers.*`` and
 ``notification.delivery.web``. Each value we use is moved to its place in our layout, keeping
-its file position; each value we do not use is reported once as ignored. How each section
-was read is reported too, so ``config check`` shows the interpretation, not just the result.
+its file position; each key Fechatter knows but we do not use is reported once as ignored, with
+the reason (:data:`FECHATTER_KEYS`); a key Fechatter does not know either is an error with a
+suggestion. How each section was read is reported too, so ``config check`` shows the
+interpretation, not just the result.
 
 ``consumers.notification_processor`` is read as a JetStream durable pull consumer and
 ``consumers.realtime_processor.filter_subjects`` as the **core NATS** subjects the bridge
