@@ -137,7 +137,8 @@ class ChatScript:
     def actions(self) -> Iterator[list[Publication]]:
         """Endless: each item is one event (one Fechatter request) and its copies."""
         cycle: tuple[Callable[[int], list[Publication]], ...] = (
-            self.typing_started, self.send, self.typing_stopped, self.read, self.presence, self.send_legacy,
+            # A message first: its member list is what tells the workers who is in the chat.
+            self.send, self.read, self.typing_started, self.typing_stopped, self.presence, self.send_legacy,
             self.edit, self.bulk_read, self.leave, self.join, self.delete, self.unread, self.duplicate,
             self.broadcast)
         while True:
@@ -156,12 +157,13 @@ class ChatScript:
         return self.next_id
 
     def typing_started(self, turn: int) -> list[Publication]:
-        user = self._who(turn)
+        """Someone starts a reply to the message just sent."""
+        user = self._who(turn, 1)
         body = {"TypingStarted": {"chat_id": self.chat_id, "user_id": user, "user_name": self.name(user)}}
         return [Publication("typing_started", "R", self._realtime(".typing"), body)]
 
     def typing_stopped(self, turn: int) -> list[Publication]:
-        body = {"TypingStopped": {"chat_id": self.chat_id, "user_id": self._who(turn)}}
+        body = {"TypingStopped": {"chat_id": self.chat_id, "user_id": self._who(turn, 1)}}
         return [Publication("typing_stopped", "R", self._realtime(".typing"), body)]
 
     def _message(self, sender: int, now: datetime) -> dict[str, Any]:
