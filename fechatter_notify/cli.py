@@ -27,7 +27,12 @@ PROCESSES: dict[str, tuple[str, str]] = {
     "dev": ("fechatter_notify.dev:run", "everything locally, with embedded nats-server/redis-server"),
     "provision": ("fechatter_notify.provision:run", "create/update the JetStream streams and consumers, then "
                   "exit (Procfile release:); exit 3 when refused"),
+    "publish": ("fechatter_notify.publish:run", "demo: publish a chat's Fechatter events, optionally watch a "
+                "user's stream"),
 }
+
+#: Subcommands whose module adds its own options with ``add_arguments(parser)``.
+OWN_OPTIONS = ("dev", "publish", "provision")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
             proc.add_argument("-p", "--processes", type=int, default=None, help="worker processes")
             proc.add_argument("-t", "--threads", type=int, default=None, help="threads per process")
             proc.add_argument("-Q", "--queues", nargs="*", default=None, help="only these queues")
+        if name in OWN_OPTIONS:
+            import_module(f"fechatter_notify.{name}").add_arguments(proc)
     return parser
 
 
