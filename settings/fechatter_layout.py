@@ -97,6 +97,13 @@ FECHATTER_KEYS: _Spec = {
 }
 
 
+def fechatter_equivalent(path: Path) -> Path | None:
+    """Our key for a Fechatter key that maps to one scalar of ours (``server.port`` -> ``gateway.port``)."""
+    if path == ("messaging", "nats", "url"):
+        return ("nats", "servers")
+    return _SCALARS.get(path)
+
+
 def is_fechatter_layout(data: dict[str, Any]) -> bool:
     """True when the file has any of Fechatter's top-level sections."""
     return any(key in data for key in FECHATTER_SECTIONS)

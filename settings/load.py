@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from settings.checks import run_checks
-from settings.fechatter_layout import FECHATTER_SECTIONS, is_fechatter_layout, translate
+from settings.fechatter_layout import FECHATTER_SECTIONS, fechatter_equivalent, is_fechatter_layout, translate
 from settings.model import Settings
 from settings.problems import ConfigError, Path, Problem, dotted
 from settings.sources import (
@@ -163,6 +163,9 @@ def _apply_env(merged: dict[str, Any], origins: Origins, env: Mapping[str, str],
     problems += env_problems
     defaults = Settings().model_dump()
     for path, value, origin in overrides:
+        if path and path[0] in FECHATTER_SECTIONS:
+            problems.append(_fechatter_env_problem(path, origin))
+            continue
         _materialize_lists(merged, defaults, path)
         why = set_path(merged, path, value)
         if why:
@@ -172,6 +175,14 @@ def _apply_env(merged: dict[str, Any], origins: Origins, env: Mapping[str, str],
         for known in [p for p in origins if p[: len(path)] == path]:
             del origins[known]
         origins[path] = origin
+
+
+def _fechatter_env_problem(path: Path, origin: str) -> Problem:
+    # NOTIFY__SERVER__PORT: overrides address our layout; name the key that does what was meant.
+    ours = fechatter_equivalent(path)
+    fix = f"use NOTIFY__{'__'.join(str(p).upper() for p in ours)}" if ours else "override a key of our layout"
+    return Problem("error", "env_fechatter_layout", dotted(path),
+                   "NOTIFY__ variables set keys of our layout, not of Fechatter's", origin=origin, fix=fix)
 
 
 def _materialize_lists(merged: dict[str, Any], defaults: dict[str, Any], path: Path) -> None:

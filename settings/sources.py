@@ -194,6 +194,7 @@ def env_overrides(env: Mapping[str, str]) -> tuple[list[tuple[Path, Any, str]], 
             overrides.append((path, value, f"env {name}"))
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX):
+            problems += _near_miss(name)
             continue
         tokens = name[len(ENV_PREFIX) :].split("__")
         if not all(tokens):
@@ -209,6 +210,21 @@ def env_overrides(env: Mapping[str, str]) -> tuple[list[tuple[Path, Any, str]], 
             continue
         overrides.append((key_path, value, f"env {name}"))
     return overrides, problems
+
+
+#: Other variables of ours that start like an override.
+_OUR_NOTIFY_NAMES = frozenset({"NOTIFY_CONFIG", *ENV_SHORTCUTS})
+
+
+def _near_miss(name: str) -> list[Problem]:
+    """A variable that looks meant as an override but would be skipped (``NOTIFY_REDIS__URL``,
+    ``notify__redis__url``): a warning with the name it needs, never silence."""
+    upper = name.upper()
+    if name in _OUR_NOTIFY_NAMES or not upper.startswith("NOTIFY_") or "__" not in upper:
+        return []
+    meant = ENV_PREFIX + upper[len("NOTIFY_"):].lstrip("_")
+    return [Problem("warning", "env_name", name, "looks like a NOTIFY__ override but is not one, so it is ignored",
+                    origin=f"env {name}", fix=f"name it {meant}")]
 
 
 def set_path(data: dict[str, Any], path: Path, value: Any) -> str | None:

@@ -216,3 +216,19 @@ def test_a_typo_in_an_environment_override_is_reported_with_a_suggestion() -> No
     (problem,) = [p for p in info.value.problems if p.level == "error"]
     assert problem.code == "unknown_key" and "did you mean 'idle_heartbeat'" in problem.message
     assert problem.origin == "env NOTIFY__JETSTREAM__CONSUMERS__0__IDLE_HEARTBEET"
+
+
+@pytest.mark.parametrize("name", ["NOTIFY_REDIS__URL", "notify__redis__url", "Notify_Redis__Url"])
+def test_a_misspelt_override_prefix_is_warned_about_not_skipped_silently(name: str) -> None:
+    loaded = load_settings(env={name: "redis://elsewhere:6379/0"}, text="")
+    problems = [p for p in loaded.problems if p.code in ("env_name", "unknown_key")]
+    assert problems, "the variable was skipped without a word"
+    assert problems[0].origin == f"env {name}"
+    assert problems[0].fix == "name it NOTIFY__REDIS__URL"
+
+
+def test_an_override_of_a_fechatter_key_names_our_key_instead() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"NOTIFY__SERVER__PORT": "7000"}, text="")
+    (problem,) = [p for p in info.value.problems if p.level == "error"]
+    assert problem.code == "env_fechatter_layout" and problem.fix == "use NOTIFY__GATEWAY__PORT"
