@@ -152,8 +152,7 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
             return code
         state = DevState(os.getpid(), env["NATS_URL"], gateway_url, str(key_path) if key_path else None,
                          gateway.jwt.audience, gateway.jwt.issuer, str(workdir))
-        state_path = state.write(here)
-        _banner(workdir, nats_line, redis_line, gateway_url, token, state_path)
+        _banner(workdir, nats_line, redis_line, gateway_url, token, _write_state(state, here))
         return _supervise(children)
     finally:
         remove_state(here, os.getpid())
@@ -162,7 +161,16 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
             server.stop()
 
 
-def _banner(workdir: Path, nats: str, redis: str, gateway_url: str, token: str | None, state: Path) -> None:
+def _write_state(state: DevState, here: Path) -> Path | None:
+    try:
+        return state.write(here)
+    except OSError as exc:  # a read-only directory: publish then needs its flags
+        log_event(log, "dev_state_not_written", logging.WARNING, dir=here, error=exc)
+        return None
+
+
+def _banner(workdir: Path, nats: str, redis: str, gateway_url: str, token: str | None,
+            state: Path | None) -> None:
     lines = [f"\nfechatter-notify dev is running (work dir {workdir}).",
              f"  nats:    {nats}",
              f"  redis:   {redis}",
@@ -171,9 +179,10 @@ def _banner(workdir: Path, nats: str, redis: str, gateway_url: str, token: str |
         lines += ["  stream user 1's notifications:",
                   f"    curl -N '{gateway_url}/events?access_token={token}'",
                   f"  (token also in {workdir / 'dev-token.txt'})"]
-    lines += [f"  publish demo events and watch them arrive (reads {state.name}):",
-              "    fechatter-notify publish --chat 42 --members 1,7,9 --watch 1",
-              "  Ctrl-C stops everything.\n"]
+    if state is not None:
+        lines += [f"  publish demo events and watch them arrive (it reads {state.name}, from this directory):",
+                  "    fechatter-notify publish --chat 42 --members 1,7,9 --watch 1"]
+    lines.append("  Ctrl-C stops everything.\n")
     print("\n".join(lines), flush=True)
 
 
@@ -206,6 +215,8 @@ def _wait_ready(children: list[tuple[str, subprocess.Popen[bytes]]], checks: dic
 def _exited(children: list[tuple[str, subprocess.Popen[bytes]]]) -> int | None:
     for name, child in children:
         code = child.poll()
+        if code is not None and _Stop.requested:
+            return 0  # Ctrl-C in a terminal reaches the children too: they stop with dev
         if code is not None:
             log_event(log, "process_exited", logging.ERROR, process=name, code=code)
             return code or 1
