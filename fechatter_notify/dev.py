@@ -36,6 +36,9 @@ log = logging.getLogger("fechatter_notify.dev")
 #: The three processes of the Procfile.
 PROCESSES = ("bridge", "worker", "gateway")
 
+#: No embedded server binary on this machine (like a configuration error: nothing was started).
+RET_NO_SERVER = 2
+
 #: How long the processes get to report ready before ``dev`` prints its banner anyway.
 READY_TIMEOUT_S = 90.0
 
@@ -154,6 +157,9 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
                          gateway.jwt.audience, gateway.jwt.issuer, str(workdir))
         _banner(workdir, nats_line, redis_line, gateway_url, token, _write_state(state, here))
         return _supervise(children)
+    except embedded.ServerBinaryNotFound as exc:  # the message names the extra to install
+        print(f"error: {exc}", file=sys.stderr)
+        return RET_NO_SERVER
     finally:
         remove_state(here, os.getpid())
         _stop_children(children)
