@@ -166,7 +166,7 @@ def test_a_zero_or_negative_id_is_an_invalid_id_naming_where_and_what(
 def test_a_workspace_id_is_not_an_address_so_an_odd_one_costs_nothing() -> None:
     # workspace_id routes nothing: a message carrying 0 there is still delivered.
     job = parse_event("fechatter.message.new", N_NEW.replace(b'"workspace_id":2', b'"workspace_id":0'))
-    assert job.workspace_id == 0  # type: ignore[union-attr]
+    assert job.workspace_id == 0
 
 
 def test_unix_seconds_out_of_range_stay_an_invalid_payload_not_an_id() -> None:

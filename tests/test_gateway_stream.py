@@ -542,7 +542,7 @@ async def test_a_live_only_frame_buffered_during_the_replay_keeps_its_place_betw
     key = inbox_key(gw.namespace, 14)
     bodies = [f'{{"type":"new_message","id":{n}}}' for n in range(4)]
     ids = [await gw.write_inbox(14, body) for body in bodies[:2]]
-    stream = EventStream(14, _Transport(), chunked=False, limit=100, metrics=GatewayMetrics())  # type: ignore[arg-type]
+    stream = EventStream(14, _Transport(), chunked=False, limit=100, metrics=GatewayMetrics())
     typing = '{"type":"typing_started","chat_id":42,"user_id":9,"user_name":null}'
     for n in (2, 3):
         ids.append(await gw.write_inbox(14, bodies[n]))
@@ -553,5 +553,5 @@ async def test_a_live_only_frame_buffered_during_the_replay_keeps_its_place_betw
     await stream.catch_up(gw.redis, key, parse_stream_id(ids[0]), trusted=False)
     stream.release()
     # Then the client gets e1, e2, typing, e3: publication order, typing still without an id
-    assert _sent(stream.transport) == [  # type: ignore[arg-type]
+    assert _sent(stream.transport) == [
         (ids[1], bodies[1]), (ids[2], bodies[2]), (None, typing), (ids[3], bodies[3])]
