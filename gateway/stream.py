@@ -321,7 +321,8 @@ class EventStream:
                 self._advance(newest)
                 self.send(json_frame({"type": "resync_required"}))
                 return 0
-        self._advance(after)  # the client has everything up to ``after``
+        if not trusted:
+            self._advance(after)  # the client has everything up to its Last-Event-ID
         replayed = 0
         while entries:
             entries, handed_over = self._before_buffered(entries)

@@ -20,6 +20,7 @@ from bridge.provision import consumer_config, diff_consumer, diff_stream, stream
 from bridge.pull_request import MIN_HEARTBEAT, PullState, next_pull
 from bridge.status import Action, classify
 from events import Lane, job_to_args, parse_event
+from settings import ConfigError, load_settings
 from settings.model import Consumer, Stream
 from tests.test_events_parse import C_CREATED
 
@@ -189,3 +190,18 @@ def test_the_payload_limit_is_inclusive_and_counted_in_bytes() -> None:
     reject = events.rejects[1]
     assert reject is not None and reject.code == "payload_too_large"
     assert f"payload of {len(C_CREATED) + 1} bytes" in reject.reason
+
+
+@pytest.mark.parametrize(("value", "code"), [(100, "greater_than_equal"), (2**27, "less_than_equal"),
+                                             ("256KiB", "int_parsing")])
+def test_the_payload_limit_setting_is_validated_at_its_line(value: object, code: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings("notify.yml", env={}, text=f"events:\n  max_payload_bytes: {value}\n")
+    (problem,) = [p for p in info.value.problems if p.level == "error"]
+    assert (problem.code, problem.path) == (code, "events.max_payload_bytes")
+
+
+def test_the_payload_limit_defaults_to_256_kib_and_is_set_from_the_environment() -> None:
+    assert load_settings(env={}, text="").settings.events.max_payload_bytes == 256 * 1024
+    env = {"NOTIFY__EVENTS__MAX_PAYLOAD_BYTES": "4096"}
+    assert load_settings(env=env, text="").settings.events.max_payload_bytes == 4096
