@@ -42,8 +42,8 @@ def heartbeat_above_ping(s: Settings, o: Origins) -> Iterator[Problem]:
         if beat <= ping:
             yield problem_at(
                 o, path, "heartbeat_not_above_ping",
-                f"idle_heartbeat {fmt(beat)} is not greater than nats.ping_interval {fmt(ping)}: the "
-                "seed's 'missed idle heartbeat' came from exactly this (ping 30s, heartbeats 15s/30s)",
+                f"idle_heartbeat {fmt(beat)} is not greater than nats.ping_interval {fmt(ping)}: a link "
+                "the pings have not yet found dead shows up first as 'missed idle heartbeat'",
                 fmt(beat), f"idle_heartbeat: {fmt(ping * 1.5)} (or lower nats.ping_interval)")
 
 
