@@ -30,8 +30,7 @@ from bridge.enqueue import DEDUPE_PREFIX, Enqueuer
 from bridge.errors import JetStreamError, RedisUnavailable
 from bridge.jsapi import JetStreamApi
 from bridge.metrics import Metrics
-from fechatter_notify.log import log_event
-from fechatter_notify.tasks import stop_task
+from runtime import log_event, stop_task
 from settings.model import Consumer
 
 __all__ = ["MAX_PENDING", "MaxDeliveries", "advisory_subject", "parse_headers"]

@@ -39,8 +39,7 @@ from bridge.provision import Provisioner
 from bridge.pull import PullConsumer
 from bridge.reload import ReloadPlan, apply_live, plan_reload
 from events import Lane
-from fechatter_notify.log import log_event
-from fechatter_notify.tasks import stop_task
+from runtime import log_event, stop_task
 from settings.model import Settings
 
 __all__ = ["DEFAULT_SHUTDOWN_TIMEOUT", "Bridge"]

@@ -15,8 +15,7 @@ from typing import Final
 from bridge.backoff import backoff_delay
 from bridge.errors import RedisUnavailable
 from bridge.metrics import Metrics
-from fechatter_notify.log import log_event
-from fechatter_notify.tasks import stop_task
+from runtime import log_event, stop_task
 
 __all__ = ["Circuit"]
 

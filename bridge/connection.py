@@ -27,9 +27,7 @@ from nats.aio.client import Server
 from bridge.backoff import backoff_delay
 from bridge.errors import NatsUnavailable
 from bridge.metrics import Metrics
-from fechatter_notify.log import log_event
-from fechatter_notify.nats_options import connect_options, server_address
-from fechatter_notify.tasks import stop_task
+from runtime import connect_options, log_event, server_address, stop_task
 from settings.model import NatsConnection
 
 __all__ = ["Connection"]

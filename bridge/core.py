@@ -33,8 +33,7 @@ from bridge.errors import RedisUnavailable
 from bridge.messages import MessageFactory
 from bridge.metrics import CORE_SOURCE, Metrics
 from events import Lane
-from fechatter_notify.log import log_event
-from fechatter_notify.tasks import stop_task
+from runtime import log_event, stop_task
 from settings.model import Realtime
 
 __all__ = ["CoreSubscriber"]

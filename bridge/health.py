@@ -3,7 +3,7 @@
 Health and metrics listen on ``health.port`` and ``metrics.port``; when both name the same
 host and port, one server serves all three paths. Port 0 binds a free port (tests);
 :attr:`HttpEndpoints.health_port` / :attr:`metrics_port` say which. A port held by another
-process is :class:`~fechatter_notify.ports.PortInUse`, naming the setting that chose it.
+process is :class:`~runtime.ports.PortInUse`, naming the setting that chose it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from fechatter_notify.ports import PortInUse, address_in_use
+from runtime import PortInUse, address_in_use
 from settings.problems import Path
 
 __all__ = ["HttpEndpoints", "Readiness"]

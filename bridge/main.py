@@ -2,7 +2,7 @@
 
 Exit codes: :data:`RET_OK` after a graceful stop, :data:`RET_REFUSED` when JetStream is not as
 the settings describe (``provision: verify``) or NATS never answered, :data:`RET_RUNTIME` on a
-crash, :data:`~fechatter_notify.ports.RET_PORT_IN_USE` when ``health.port`` or ``metrics.port``
+crash, :data:`~runtime.ports.RET_PORT_IN_USE` when ``health.port`` or ``metrics.port``
 is held by another process.
 """
 
@@ -18,10 +18,17 @@ from typing import Final
 
 from bridge.app import Bridge
 from bridge.errors import BridgeError
-from fechatter_notify.log import dump_tasks_on_sigusr2, log_event, setup_logging
-from fechatter_notify.ports import PortInUse, report_port_in_use
-from fechatter_notify.reloading import OffLoopReload, config_path, reload_settings
-from fechatter_notify.sentry import init_sentry
+from runtime import (
+    OffLoopReload,
+    PortInUse,
+    config_path,
+    dump_tasks_on_sigusr2,
+    init_sentry,
+    log_event,
+    reload_settings,
+    report_port_in_use,
+    setup_logging,
+)
 from settings import Loaded
 from settings.model import Settings
 

@@ -28,7 +28,7 @@ from bridge.errors import RedisUnavailable
 from bridge.messages import MessageFactory
 from bridge.metrics import Metrics
 from events import Lane
-from fechatter_notify.log import log_event
+from runtime import log_event
 from settings.model import Consumer
 
 __all__ = ["JetStreamProcessor", "reply_metadata"]

@@ -27,7 +27,7 @@ from bridge.errors import (
 )
 from bridge.jsapi import JetStreamApi
 from bridge.status import ERR_CONSUMER_NOT_FOUND, ERR_STREAM_NOT_FOUND
-from fechatter_notify.log import log_event
+from runtime import log_event
 from settings.durations import format_duration
 from settings.model import Consumer, JetStream, Stream
 

@@ -39,8 +39,7 @@ from bridge.process import JetStreamProcessor
 from bridge.provision import Provisioner
 from bridge.pull_request import NS, PullState, next_pull
 from bridge.status import Action, classify
-from fechatter_notify.log import log_event
-from fechatter_notify.tasks import stop_task
+from runtime import log_event, stop_task
 from settings.model import Consumer
 
 __all__ = ["PullConsumer"]

@@ -28,7 +28,7 @@ from pathlib import Path
 from fechatter_notify import embedded
 from fechatter_notify.devstate import DevState, ServerChoice, choose_server, remove_state, sign_token
 from fechatter_notify.embedded import EmbeddedServer, free_port
-from fechatter_notify.log import log_event, setup_logging
+from runtime import log_event, setup_logging
 from settings import Loaded, redact_url
 
 log = logging.getLogger("fechatter_notify.dev")

@@ -38,7 +38,7 @@ from bridge.jsapi import JetStreamApi
 from bridge.provision import consumer_config, diff_consumer, diff_stream, stream_config
 from bridge.status import ERR_CONSUMER_NOT_FOUND, ERR_STREAM_NOT_FOUND
 from events.inbox import live_channel, wake_channel
-from fechatter_notify.nats_options import connect_options
+from runtime import connect_options
 from settings import Loaded, Problem, format_duration, redact_url
 from settings.model import DEFAULT_DOMAIN_SUBJECTS, Consumer, Settings, Stream
 from settings.subjects import subject_within

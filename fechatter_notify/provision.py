@@ -30,7 +30,7 @@ from bridge.errors import BridgeError, JetStreamTimeout, JetStreamUnavailable
 from bridge.jsapi import JetStreamApi
 from bridge.metrics import Metrics
 from bridge.provision import Provisioner
-from fechatter_notify.log import log_event, setup_logging
+from runtime import log_event, setup_logging
 from settings import Loaded
 from settings.model import Settings
 

@@ -436,7 +436,7 @@ class Publisher:
 async def _connect(loaded: Loaded, url: str) -> Any:
     import nats
 
-    from fechatter_notify.nats_options import connect_options
+    from runtime import connect_options
 
     async def quiet(_exc: Exception) -> None:
         return None  # failures surface as exceptions of the calls that hit them

@@ -13,8 +13,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from fechatter_notify.tasks import stop_task
 from gateway.frames import ZERO_ID, StreamId, parse_stream_id
+from runtime import stop_task
 
 
 class InboxHeads:

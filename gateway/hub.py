@@ -27,10 +27,9 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError
 
 from events.inbox import live_channel
-from fechatter_notify.log import log_event
-from fechatter_notify.tasks import stop_task
 from gateway.frames import StreamId, data_frame, parse_stream_id
 from gateway.resp import Reply, RespError, RespProtocolError, RespReader
+from runtime import log_event, stop_task
 
 log = logging.getLogger(__name__)
 

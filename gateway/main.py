@@ -3,7 +3,7 @@
 SIGHUP re-reads the configuration and applies ``gateway.jwt`` live (see :func:`reload`).
 It listens on ``gateway.port`` (``$PORT`` where a Heroku-style platform or Procfile runner sets
 it; ``NOTIFY_PORT`` and ``NOTIFY__GATEWAY__PORT`` win over it); a port held by another process
-ends the start with :data:`~fechatter_notify.ports.RET_PORT_IN_USE`."""
+ends the start with :data:`~runtime.ports.RET_PORT_IN_USE`."""
 
 from __future__ import annotations
 
@@ -16,12 +16,20 @@ import signal
 from collections.abc import Callable
 from typing import Final
 
-from fechatter_notify.log import dump_tasks_on_sigusr2, log_event, setup_logging
-from fechatter_notify.ports import PortInUse, address_in_use, report_port_in_use
-from fechatter_notify.reloading import OffLoopReload, config_path, reload_settings
-from fechatter_notify.sentry import init_sentry
 from gateway.app import build_app, start_server
 from gateway.auth import TokenVerifier
+from runtime import (
+    OffLoopReload,
+    PortInUse,
+    address_in_use,
+    config_path,
+    dump_tasks_on_sigusr2,
+    init_sentry,
+    log_event,
+    reload_settings,
+    report_port_in_use,
+    setup_logging,
+)
 from settings import Loaded
 from settings.diff import changed_paths
 from settings.model import Settings

@@ -18,10 +18,8 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 
-from fechatter_notify.log import log_event
-from fechatter_notify.nats_options import connect_options, server_address
-from fechatter_notify.tasks import stop_task
 from gateway.metrics import GatewayMetrics
+from runtime import connect_options, log_event, server_address, stop_task
 from settings.model import NatsConnection
 
 log = logging.getLogger(__name__)

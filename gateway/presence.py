@@ -31,8 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from events.inbox import members_key, online_key, presence_key
-from fechatter_notify.log import log_event
-from fechatter_notify.tasks import stop_task
+from runtime import log_event, stop_task
 
 log = logging.getLogger(__name__)
 

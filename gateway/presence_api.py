@@ -14,10 +14,10 @@ from typing import Any, NoReturn
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from fechatter_notify.log import log_event
 from gateway import state
 from gateway.auth import AuthError, Principal, authenticate, unauthorized
 from gateway.presence import STATUSES
+from runtime import log_event
 
 log = logging.getLogger(__name__)
 

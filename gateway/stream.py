@@ -38,7 +38,6 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from events.inbox import inbox_key
-from fechatter_notify.log import log_event
 from gateway import state
 from gateway.auth import AuthError, authenticate, unauthorized
 from gateway.frames import (
@@ -53,7 +52,9 @@ from gateway.frames import (
 from gateway.heads import InboxHeads
 from gateway.hub import Announcement, HubUnavailable
 from gateway.metrics import GatewayMetrics
-from gateway.replay import Entries, read_page, staleness
+from gateway.replay import Entries, InboxBounds, inbox_bounds, read_entries
+from gateway.resume import INVALID_ID, TOO_FAR_BEHIND, final_frame, resume_point, resync_frame
+from runtime import log_event
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class EventStream:
         "pending",
         "position",
         "reason",
+        "replay_cap",
         "transport",
         "user_id",
     )
@@ -136,8 +138,11 @@ class EventStream:
         chunked: bool,
         limit: int,
         metrics: GatewayMetrics,
+        replay_cap: int = 1000,
     ) -> None:
         self.user_id = user_id
+        #: Most entries one catch-up replays; a client further behind is asked to resync.
+        self.replay_cap = replay_cap
         self.transport = transport
         #: The response uses chunked transfer encoding (HTTP/1.1): frame each write.
         self.chunked = chunked
@@ -285,21 +290,21 @@ class EventStream:
 
         Without a Last-Event-ID the stream starts after the inbox's newest entry, read BEFORE
         the first frame goes out: whatever is published once the client holds that frame is
-        newer, so it is delivered.
+        newer, so it is delivered. A Last-Event-ID that is not an entry id (``abc``, a part
+        beyond 2^64-1) gets ``resync_required`` and the live stream, never an error: the
+        browser would resend the same id forever (gateway/resume.py).
         """
-        after: StreamId | None = None
-        if last_event_id:
-            with contextlib.suppress(ValueError):
-                after = parse_stream_id(last_event_id)
-        if after is not None:
+        resume = resume_point(last_event_id)
+        if resume.after is not None:
             self.send(confirmed)
-            await self.catch_up(redis, key, after, trusted=False)
+            await self.catch_up(redis, key, resume.after, trusted=False)
+        elif resume.invalid:
+            # Not an id we ever sent: we cannot know what the client missed.
+            bounds = await inbox_bounds(redis, key)
+            self.send(confirmed)
+            self._resync(INVALID_ID, bounds, last_event_id or "")
         else:
             self._advance(await heads.newest(key))
-            if last_event_id:
-                # Not an id we ever sent: we cannot know what the client missed.
-                self.metrics.resyncs.inc()
-                confirmed += json_frame({"type": "resync_required"})
             self.send(confirmed)
         self.release()
 
@@ -308,36 +313,44 @@ class EventStream:
 
         ``trusted`` marks a position this gateway chose itself (not a client's Last-Event-ID):
         an empty-inbox start needs no staleness check. Returns the entries replayed; writes a
-        ``resync_required`` frame instead when entries after ``after`` may have been trimmed.
+        ``resync_required`` frame instead when entries after ``after`` may have been trimmed,
+        or when more than ``replay_cap`` of them would have to be replayed.
+
+        One XRANGE of ``replay_cap + 2`` entries (``after`` itself, the cap, one more to tell
+        "too far behind"), shared with concurrent identical reads (gateway/replay.py).
         """
-        entries, more = await read_page(redis, key, str(after))
+        cap = self.replay_cap
+        entries = await read_entries(redis, key, str(after), cap + 2)
         if entries and parse_stream_id(entries[0][0]) == after:
             entries = entries[1:]  # ``after`` itself is still kept: nothing after it was trimmed
         elif not (trusted and after == ZERO_ID):
-            stale, newest = await staleness(redis, key, after)
-            if stale:
-                self.metrics.resyncs.inc()
-                log_event(log, "resync_required", user_id=self.user_id, last_event_id=str(after))
-                self._advance(newest)
-                self.send(json_frame({"type": "resync_required"}))
-                return 0
+            bounds = await inbox_bounds(redis, key)
+            loss = bounds.loss(after)
+            if loss is not None:
+                return self._resync(loss, bounds, str(after))
         if not trusted:
             self._advance(after)  # the client has everything up to its Last-Event-ID
-        replayed = 0
-        while entries:
-            entries, handed_over = self._before_buffered(entries)
-            frames = [data_frame(data, raw_id) for raw_id, data in entries if data is not None]
-            if entries:
-                self._advance(parse_stream_id(entries[-1][0]))
-            if frames:
-                self.send(b"".join(frames))
-                replayed += len(frames)
-                self.metrics.frames_replayed.inc(len(frames))
-                self.metrics.count_frames(len(frames))
-            if handed_over or not more:
-                break
-            entries, more = await read_page(redis, key, f"({self.floor}")
-        return replayed
+        # Entries from the oldest buffered one on are written from the buffer, not replayed.
+        entries, _ = self._before_buffered(entries)
+        if len(entries) > cap:
+            return self._resync(TOO_FAR_BEHIND, await inbox_bounds(redis, key), str(after))
+        frames = [data_frame(data, raw_id) for raw_id, data in entries if data is not None]
+        if entries:
+            self._advance(parse_stream_id(entries[-1][0]))
+        if frames:
+            self.send(b"".join(frames))
+            self.metrics.frames_replayed.inc(len(frames))
+            self.metrics.count_frames(len(frames))
+        return len(frames)
+
+    def _resync(self, reason: str, bounds: InboxBounds, last_event_id: str) -> int:
+        """Tell the client to refetch instead of replaying; go on live after the newest entry."""
+        self.metrics.resyncs.inc()
+        log_event(log, "resync_required", user_id=self.user_id, reason=reason,
+                  last_event_id=last_event_id[:48])
+        self._advance(bounds.newest)
+        self.send(resync_frame(reason, bounds))
+        return 0
 
     def _before_buffered(self, entries: Entries) -> tuple[Entries, bool]:
         """The replay page's entries older than the oldest inbox entry already buffered, and

@@ -202,7 +202,7 @@ class Delivery(Section):
 
 
 class Sentry(Section):
-    """Error reporting and traces of every process (see ``fechatter_notify.sentry``).
+    """Error reporting and traces of every process (see ``runtime.sentry``).
 
     Nothing is sent unless ``dsn`` is set. ``send_default_pii`` lets payloads (chat content),
     local variables and client addresses into events; access tokens are never sent.

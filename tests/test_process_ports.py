@@ -18,7 +18,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from fechatter_notify.ports import RET_PORT_IN_USE
+from runtime.ports import RET_PORT_IN_USE
 from settings.model import Health, Metrics
 from tests.servers import NatsServer, RedisServer, free_port
 

@@ -22,8 +22,8 @@ import pytest
 
 from bridge.testing import settings_yaml as bridge_yaml
 from events.inbox import members_key, presence_key
-from fechatter_notify.sentry import FILTERED, Scrubber, traces_sampler
 from gateway.testing import UNREACHABLE_NATS, SigningKey, SseReader
+from runtime.sentry import FILTERED, Scrubber, traces_sampler
 from tests.sentry_fault import FAULT_MARKER
 from tests.sentry_ingest import SentryIngest
 from tests.servers import HOST, NatsServer, RedisServer, async_wait_until, free_port, wait_until

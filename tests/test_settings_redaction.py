@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fechatter_notify.log import LogfmtFormatter
+from runtime.log import LogfmtFormatter
 from settings import load_settings, redact_url
 
 SECRETS = {

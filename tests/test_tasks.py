@@ -7,7 +7,7 @@ import contextlib
 import random
 
 from bridge.enqueue import connect_redis
-from fechatter_notify.tasks import stop_task
+from runtime.tasks import stop_task
 from tests.servers import RedisServer
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dramatiq
 
-from fechatter_notify.sentry import init_sentry
+from runtime import init_sentry
 from settings import load_settings
 from workers.actors import declare_actors
 from workers.broker import WakeRedisBroker, build_broker

@@ -226,7 +226,7 @@ def build_broker(
 ) -> WakeRedisBroker:
     """Build the workers' broker from ``settings`` (no process-global broker is set).
 
-    Call :func:`fechatter_notify.sentry.init_sentry` first: Sentry's integration adds its middleware
+    Call :func:`runtime.sentry.init_sentry` first: Sentry's integration adds its middleware
     from inside ``Broker.__init__``.
 
     Parameters:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 from dramatiq.middleware import Middleware, SkipMessage
 
-from fechatter_notify.log import log_event
+from runtime import log_event
 
 if TYPE_CHECKING:
     from workers.metrics import WorkerMetrics

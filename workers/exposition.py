@@ -3,7 +3,7 @@
 Each endpoint has its own port from the settings (``metrics.worker_port``,
 ``health.worker_port``, distinct from the bridge's so both run on one host); port 0 turns it
 off, and equal ports share one server. A port that cannot be bound is
-:class:`~fechatter_notify.ports.PortInUse`: the supervisor does not run on without the
+:class:`~runtime.ports.PortInUse`: the supervisor does not run on without the
 endpoints it was told to serve (nothing would notice its workers dying).
 """
 
@@ -19,8 +19,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from fechatter_notify.log import log_event
-from fechatter_notify.ports import PortInUse, address_in_use
+from runtime import PortInUse, address_in_use, log_event
 from settings.model import Settings
 from settings.problems import Path
 

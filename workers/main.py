@@ -12,7 +12,7 @@ supervisor stops the others and exits 1, so the platform restarts the whole unit
 The supervisor serves the children's summed metrics at ``metrics.host:metrics.worker_port``
 ``/metrics`` and their liveness at ``health.host:health.worker_port`` ``/healthz`` (port 0 =
 off), bound before any child starts: a port held by another process ends the start with
-:data:`~fechatter_notify.ports.RET_PORT_IN_USE`.
+:data:`~runtime.ports.RET_PORT_IN_USE`.
 """
 
 from __future__ import annotations
@@ -30,10 +30,15 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Final
 
-from fechatter_notify.log import log_event, setup_logging
-from fechatter_notify.ports import PortInUse, report_port_in_use
-from fechatter_notify.reloading import config_path, reload_settings_until
-from fechatter_notify.sentry import init_sentry
+from runtime import (
+    PortInUse,
+    config_path,
+    init_sentry,
+    log_event,
+    reload_settings_until,
+    report_port_in_use,
+    setup_logging,
+)
 from settings import Loaded
 from settings.model import Settings
 from workers.exposition import Exposition

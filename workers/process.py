@@ -19,8 +19,7 @@ import dramatiq
 import sentry_sdk
 from dramatiq.middleware import Middleware
 
-from fechatter_notify.log import log_event, setup_logging
-from fechatter_notify.sentry import init_sentry
+from runtime import init_sentry, log_event, setup_logging
 from settings.model import Settings
 from workers.actors import declare_actors
 from workers.broker import (

@@ -23,7 +23,7 @@ import msgspec
 import redis
 
 from events.inbox import chats_complete_key, chats_key, members_key
-from fechatter_notify.log import log_event
+from runtime import log_event
 from workers.connections import ThreadConnections
 from workers.metrics import WorkerMetrics
 from workers.postgres import ChatMembersTable

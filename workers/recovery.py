@@ -23,7 +23,7 @@ import dramatiq
 import redis
 from dramatiq.middleware import Middleware
 
-from fechatter_notify.log import log_event
+from runtime import log_event
 
 __all__ = ["DEFAULT_INTERVAL_S", "Recovery"]
 

@@ -1,7 +1,7 @@
 """Sentry for the workers: one issue per job that finally failed, tagged with the job's ids.
 
 The set-up and the scrubbing (no chat content unless ``sentry.send_default_pii``) are
-:mod:`fechatter_notify.sentry`'s; its :func:`~fechatter_notify.sentry.init_sentry` must run before the
+:mod:`runtime.sentry`'s; its :func:`~runtime.sentry.init_sentry` must run before the
 broker is built: sentry-sdk's ``DramatiqIntegration`` adds its middleware from inside
 ``Broker.__init__``, so a broker built earlier has none
 (docs/dramatiq-pitfalls.md#sentrys-dramatiq-integration). That middleware captures *every* failed attempt;

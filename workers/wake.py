@@ -22,7 +22,7 @@ from typing import Final
 import redis
 
 from events.inbox import wake_channel
-from fechatter_notify.log import log_event
+from runtime import log_event
 
 __all__ = ["WakeListener"]
 

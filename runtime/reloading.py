@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from fechatter_notify.log import log_event
+from runtime.log import log_event
 from settings import ConfigError, ConfigFileError, load_settings
 from settings.model import Settings
 

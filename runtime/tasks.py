@@ -14,7 +14,7 @@ import contextlib
 import logging
 from typing import Any, Final
 
-from fechatter_notify.log import log_event
+from runtime.log import log_event
 
 __all__ = ["RECANCEL_INTERVAL", "stop_task"]
 

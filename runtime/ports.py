@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Final
 
-from fechatter_notify.log import log_event
+from runtime.log import log_event
 from settings.problems import Path
 from settings.sources import Origins
 
