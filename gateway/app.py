@@ -26,6 +26,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.natslink import NatsLink
 from gateway.presence import PresenceTracker
 from gateway.presence_api import online_users, presence_info, presence_update
+from gateway.session import create_session, delete_session
 from gateway.stream import StreamRegistry, events
 from settings.model import Settings
 
@@ -69,7 +70,9 @@ def build_app(settings: Settings, *, verifier: TokenVerifier | None = None) -> w
     router.add_route("GET", "/online-users", online_users)
     router.add_route("GET", "/presence", presence_info)
     router.add_route("POST", "/presence/update", presence_update)
-    for path in ("/events", "/online-users", "/presence", "/presence/update"):
+    router.add_route("POST", "/session", create_session)
+    router.add_route("DELETE", "/session", delete_session)
+    for path in ("/events", "/online-users", "/presence", "/presence/update", "/session"):
         router.add_route("OPTIONS", path, preflight)
     router.add_route("GET", "/healthz", healthz)
     router.add_route("GET", "/readyz", readyz)

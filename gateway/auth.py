@@ -1,8 +1,15 @@
 """Who is connecting: Fechatter's EdDSA access tokens, verified with PyJWT.
 
-The web client sends the token only as ``?access_token=`` (EventSource cannot set headers);
-other clients may use ``Authorization: Bearer``. Every failure is a 401 with a short JSON
-body and a stable ``reason``, also used as the metrics label.
+Three ways to present a token, in this order of precedence (README "Tokens"):
+
+1. ``Authorization: Bearer`` — clients that can set headers;
+2. the :data:`COOKIE_NAME` cookie — set by ``POST /session`` (gateway/session.py), sent by an
+   ``EventSource(url, {withCredentials: true})``: the token stays out of URLs (RFC 9700);
+3. ``?access_token=`` — what Fechatter's web client sends (EventSource cannot set headers).
+
+Two different tokens in one request are refused (``conflicting_tokens``, RFC 6750 §2: one
+method per request) rather than silently picking one. Every failure is a 401 with a short JSON
+body and a stable ``reason``, also used as the metrics label. A token is never logged.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ ALGORITHM: Final = "EdDSA"
 REQUIRED_CLAIMS: Final = ("exp", "iss", "aud", "sub")
 #: Longer "tokens" are refused before any parsing (a real one is well under 1 KiB).
 MAX_TOKEN_LENGTH: Final = 8192
+#: The cookie ``POST /session`` sets (HttpOnly; Secure; SameSite=None; Path=/events).
+COOKIE_NAME: Final = "fechatter_notify_token"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,15 +151,29 @@ def _user_id(claims: dict[str, Any]) -> int:
     raise AuthError("no_user_id", "token has no user.id")
 
 
-def token_from_request(request: web.Request) -> str | None:
-    """The token from ``?access_token=`` (the web client), else from ``Authorization: Bearer``."""
-    token = request.query.get("access_token")
-    if token:
-        return token
+def bearer_token(request: web.Request) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, if any."""
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
     return None
+
+
+def token_from_request(request: web.Request) -> str | None:
+    """The request's token: ``Authorization: Bearer``, else the cookie, else ``?access_token=``.
+
+    Raises:
+      AuthError: ``conflicting_tokens`` when two of them carry different tokens.
+    """
+    found = [
+        token
+        for token in (bearer_token(request), request.cookies.get(COOKIE_NAME),
+                      request.query.get("access_token"))
+        if token
+    ]
+    if len(set(found)) > 1:
+        raise AuthError("conflicting_tokens", "different tokens in one request")
+    return found[0] if found else None
 
 
 def unauthorized(error: AuthError) -> web.HTTPUnauthorized:

@@ -1,8 +1,11 @@
 """CORS for the browser: the page (e.g. on Vercel) and the gateway are different origins.
 
-No credentials are ever used (EventSource without ``withCredentials``, Bearer tokens in
-headers), so ``*`` is safe and is the default. A comma-separated list of origins is also
-accepted; then the request's ``Origin`` is echoed when it is listed.
+Fechatter's web client uses no credentials (EventSource without ``withCredentials``, Bearer
+tokens in headers), so ``*`` is safe and is the default. A comma-separated list of origins is
+also accepted; then the request's ``Origin`` is echoed when it is listed, with
+``Access-Control-Allow-Credentials: true``: a listed page may then send the token cookie of
+``POST /session`` (``withCredentials``/``credentials: "include"``). Browsers never send
+credentials to a ``*`` answer, so with ``*`` the cookie cannot be used cross-origin.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from aiohttp import web
 ALLOW_HEADERS: Final = (
     "Authorization, Content-Type, Last-Event-ID, Cache-Control, ngrok-skip-browser-warning"
 )
-ALLOW_METHODS: Final = "GET, POST, OPTIONS"
+ALLOW_METHODS: Final = "GET, POST, DELETE, OPTIONS"
 #: How long a browser may cache a preflight answer, in seconds.
 MAX_AGE_S: Final = 600
 
@@ -45,6 +48,8 @@ def on_response_prepare(setting: str) -> Callable[[web.Request, web.StreamRespon
         response.headers["Access-Control-Allow-Origin"] = origin
         if origin != "*":
             response.headers["Vary"] = "Origin"
+            # Only for an explicitly listed origin: credentials with "*" are refused anyway.
+            response.headers["Access-Control-Allow-Credentials"] = "true"
 
     return add_cors
 
@@ -56,7 +61,7 @@ async def preflight(request: web.Request) -> web.Response:
         status=204,
         headers={
             "Access-Control-Allow-Methods": ALLOW_METHODS,
-            # Echo what was asked for (no credentials are involved), else the known list.
+            # Echo what was asked for, else the known list (the origin was checked on prepare).
             "Access-Control-Allow-Headers": requested or ALLOW_HEADERS,
             "Access-Control-Max-Age": str(MAX_AGE_S),
         },

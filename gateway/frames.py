@@ -20,6 +20,9 @@ KEEP_ALIVE = b": ping\n\n"
 RETRY_MS = 3000
 
 _STREAM_ID = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
+#: Redis stream id parts are unsigned 64-bit: a larger one (which 20 digits can spell) makes
+#: every XRANGE fail, so it is not an id.
+MAX_ID_PART = 2**64 - 1
 
 
 class StreamId(NamedTuple):
@@ -46,13 +49,18 @@ def parse_stream_id(text: str | bytes) -> StreamId:
         # The hot path (every live announcement): no regex, no decode.
         ms, sep, seq = text.partition(b"-")
         if sep and ms.isdigit() and seq.isdigit() and len(ms) <= 20 and len(seq) <= 20:
-            # tuple.__new__ skips NamedTuple's Python-level __new__ (3x faster; same object).
-            return tuple.__new__(StreamId, (int(ms), int(seq)))
+            ms_value, seq_value = int(ms), int(seq)
+            if ms_value <= MAX_ID_PART and seq_value <= MAX_ID_PART:
+                # tuple.__new__ skips NamedTuple's Python-level __new__ (3x faster; same object).
+                return tuple.__new__(StreamId, (ms_value, seq_value))
         text = text.decode("ascii", "replace")
     match = _STREAM_ID.match(text.strip())
     if match is None:
         raise ValueError(f"not a stream id: {text[:40]!r}")
-    return StreamId(int(match.group(1)), int(match.group(2)))
+    stream_id = StreamId(int(match.group(1)), int(match.group(2)))
+    if stream_id.ms > MAX_ID_PART or stream_id.seq > MAX_ID_PART:
+        raise ValueError(f"stream id part beyond 2^64-1: {text[:40]!r}")
+    return stream_id
 
 
 def data_frame(data: bytes, entry_id: bytes | None = None) -> bytes:

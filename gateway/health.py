@@ -47,7 +47,11 @@ async def readyz(request: web.Request) -> web.Response:
     else:
         checks["jwt"] = "no public key"
         reasons.append("gateway.jwt.public_key is not set: every stream would get 401")
-    checks["open_streams"] = len(app[state.STREAMS])
+    streams = app[state.STREAMS]
+    checks["open_streams"] = len(streams)
+    if streams.draining:
+        # SIGTERM: not ready first, so a load balancer stops routing here (gateway/drain.py).
+        reasons.append("draining: the process is shutting down")
     ready = not reasons
     return web.json_response(
         {"ready": ready, "reasons": reasons, "checks": checks}, status=200 if ready else 503

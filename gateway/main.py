@@ -11,13 +11,17 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import resource
 import signal
 from collections.abc import Callable
 from typing import Final
 
+from aiohttp import web
+
 from gateway.app import build_app, start_server
 from gateway.auth import TokenVerifier
+from gateway.drain import drain
 from runtime import (
     OffLoopReload,
     PortInUse,
@@ -73,7 +77,8 @@ def raise_fd_limit() -> tuple[int, int]:
 
 def run(loaded: Loaded, args: argparse.Namespace) -> int:
     """Run the gateway with ``loaded`` settings; returns the process exit code."""
-    setup_logging()
+    # NOTIFY_LOG_LEVEL=DEBUG for a closer look; no level logs a token (tests/test_gateway_tokens.py).
+    setup_logging(os.environ.get("NOTIFY_LOG_LEVEL", "INFO").strip().upper() or "INFO")
     settings = loaded.settings
     init_sentry(settings.sentry, "gateway")
     try:
@@ -150,7 +155,24 @@ async def _serve(settings: Settings, verifier: TokenVerifier, path: str | None) 
     loop.add_signal_handler(signal.SIGHUP, OffLoopReload(lambda: reload_settings(path), on_reloaded))
     try:
         await stop.wait()
+        stop.clear()
+        await _drain_unless_stopped(app, runner, settings.gateway.drain_window, stop)
     finally:
         log_event(log, "gateway_stopping")
         await runner.cleanup()
         log_event(log, "gateway_stopped")
+
+
+async def _drain_unless_stopped(
+    app: web.Application, runner: web.AppRunner, window: float, stop: asyncio.Event
+) -> None:
+    """Drain the open streams (gateway/drain.py); a second SIGTERM/SIGINT cuts it short."""
+    draining = asyncio.ensure_future(drain(app, runner, window))
+    interrupted = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({draining, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (draining, interrupted):
+            task.cancel()
+    if interrupted.done() and not interrupted.cancelled():
+        log_event(log, "gateway_drain_interrupted", logging.WARNING)

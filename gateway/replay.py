@@ -1,13 +1,20 @@
-"""Reading a user's inbox for a stream: pages of entries after an id, and whether it is stale.
+"""Reading a user's inbox for a stream: the entries after an id, and what the inbox still holds.
 
 The inbox is capped (``MAXLEN ~``), so an id a client resumes from may be older than what is
 kept; then entries after it may be gone and the client must resync instead of trusting a
 replay.
+
+Both reads are single-flight per process: after a gateway restart every browser of a user
+reconnects with the same Last-Event-ID within a second or two, and identical concurrent
+reads share one Redis command instead of reading the same inbox once per stream.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final, cast
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -15,49 +22,86 @@ from redis.exceptions import ResponseError
 from events.inbox import INBOX_FIELD
 from gateway.frames import ZERO_ID, StreamId, parse_stream_id
 
-#: Inbox entries read per XRANGE while replaying.
-REPLAY_PAGE: Final = 200
-
 _FIELD: Final = INBOX_FIELD.encode()
 
 #: ``(entry id, notification JSON or None)`` pairs, oldest first.
 Entries = list[tuple[bytes, bytes | None]]
 
+T = TypeVar("T")
 
-async def read_page(redis: Redis, key: str, start: str) -> tuple[Entries, bool]:
-    """One page of inbox entries from ``start`` (a ``(`` prefix makes it exclusive).
+#: Reads in flight in this process, by what they read (the Redis client is part of the key:
+#: tests run several gateways in one process).
+_in_flight: dict[Hashable, asyncio.Task[Any]] = {}
 
-    Returns the entries and whether a further page may exist.
+
+async def _single_flight(key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
+    """Run ``read`` unless an identical read is in flight; then share its result.
+
+    The shared task is shielded: a stream whose client leaves while waiting cancels only its
+    own wait, never the read the other streams wait for.
     """
-    raw = cast(list[Any], await redis.xrange(key, min=start, max="+", count=REPLAY_PAGE) or [])
-    entries = [(bytes(entry_id), fields.get(_FIELD) if fields else None) for entry_id, fields in raw]
-    return entries, len(raw) == REPLAY_PAGE
+    task = _in_flight.get(key)
+    if task is None:
+        task = asyncio.ensure_future(read())
+        _in_flight[key] = task
+        task.add_done_callback(lambda _: _in_flight.pop(key, None))
+    return cast(T, await asyncio.shield(task))
 
 
-async def staleness(redis: Redis, key: str, after: StreamId) -> tuple[bool, StreamId]:
-    """Whether entries after ``after`` may have been trimmed; also the inbox's newest id.
+async def read_entries(redis: Redis, key: str, start: str, count: int) -> Entries:
+    """Up to ``count`` inbox entries from ``start`` on (a ``(`` prefix makes it exclusive)."""
 
-    Trimming removes the oldest entries, so nothing after ``after`` is lost when ``after`` lies
-    within the retained range. An id before the oldest retained entry came either from entries
-    trimmed since, or from an earlier inbox of the user that expired; either way what followed
-    it may be gone, so answer stale (a needless resync costs a refetch; a missed gap costs a
-    lost message). Redis 7's ``entries-added`` cannot clear it: it counts only the current
-    inbox's entries, and its ``max-deleted-entry-id`` ignores trimming. An id beyond the
-    newest one belongs to another history.
-    """
-    try:
-        info: dict[Any, Any] = await redis.xinfo_stream(key)
-    except ResponseError:  # no such key: the whole inbox expired or was never written
-        return after != ZERO_ID, ZERO_ID
-    newest = parse_stream_id(_field(info, "last-generated-id"))
-    if after > newest:
-        return True, newest
-    if after == newest:
-        return False, newest
-    first = _field(info, "first-entry")
-    if not first:
-        return True, newest
-    return after < parse_stream_id(first[0]), newest
+    async def read() -> Entries:
+        raw = cast(list[Any], await redis.xrange(key, min=start, max="+", count=count) or [])
+        return [(bytes(entry_id), fields.get(_FIELD) if fields else None) for entry_id, fields in raw]
+
+    return await _single_flight(("xrange", id(redis), key, start, count), read)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxBounds:
+    """What an inbox holds: its ``oldest`` kept entry (None: empty or gone) and its ``newest``
+    id ever generated (ZERO_ID when the inbox does not exist)."""
+
+    oldest: StreamId | None
+    newest: StreamId
+
+    def loss(self, after: StreamId) -> str | None:
+        """Why the entries after ``after`` cannot be replayed in full, or None when they can.
+
+        Trimming removes the oldest entries, so nothing after ``after`` is lost when ``after``
+        lies within the retained range. An id before the oldest retained entry came either from
+        entries trimmed since, or from an earlier inbox of the user that expired; either way what
+        followed it may be gone: ``"trimmed"`` (a needless resync costs a refetch; a missed gap
+        costs a lost message). Redis 7's ``entries-added`` cannot clear it: it counts only the
+        current inbox's entries, and its ``max-deleted-entry-id`` ignores trimming. An id beyond
+        the newest one belongs to another history: ``"unknown_id"``. With no inbox at all (it
+        expired) any id but ``0-0`` lost what followed it: ``"trimmed"``.
+        """
+        if self.oldest is None and self.newest == ZERO_ID:
+            return None if after == ZERO_ID else "trimmed"
+        if after > self.newest:
+            return "unknown_id"
+        if after == self.newest:
+            return None
+        if self.oldest is None or after < self.oldest:
+            return "trimmed"
+        return None
+
+
+async def inbox_bounds(redis: Redis, key: str) -> InboxBounds:
+    """The inbox's oldest kept and newest generated ids (one ``XINFO STREAM``, single-flight)."""
+
+    async def read() -> InboxBounds:
+        try:
+            info: dict[Any, Any] = await redis.xinfo_stream(key)
+        except ResponseError:  # no such key: the whole inbox expired or was never written
+            return InboxBounds(None, ZERO_ID)
+        first = _field(info, "first-entry")
+        oldest = parse_stream_id(first[0]) if first else None
+        return InboxBounds(oldest, parse_stream_id(_field(info, "last-generated-id")))
+
+    return await _single_flight(("xinfo", id(redis), key), read)
 
 
 def _field(info: dict[Any, Any], name: str) -> Any:

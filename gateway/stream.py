@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 from events.inbox import inbox_key
 from gateway import state
 from gateway.auth import AuthError, authenticate, unauthorized
+from gateway.drain import draining_refusal
 from gateway.frames import (
     KEEP_ALIVE,
     ZERO_ID,
@@ -83,6 +84,8 @@ class StreamRegistry:
 
     def __init__(self) -> None:
         self._streams: set[EventStream] = set()
+        #: Set at SIGTERM (gateway/drain.py): no new stream is opened from then on.
+        self.draining = False
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -92,6 +95,10 @@ class StreamRegistry:
 
     def discard(self, stream: EventStream) -> None:
         self._streams.discard(stream)
+
+    def snapshot(self) -> tuple[EventStream, ...]:
+        """The streams open now."""
+        return tuple(self._streams)
 
     def close_all(self, reason: str) -> None:
         """Ask every stream to end (gracefully: the handler finishes the response)."""
@@ -414,6 +421,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     """The SSE endpoint (see the module docstring)."""
     app = request.app
     metrics = app[state.METRICS]
+    if app[state.STREAMS].draining:
+        raise draining_refusal()
     try:
         principal = authenticate(request, app[state.VERIFIER])
     except AuthError as exc:
@@ -441,6 +450,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         chunked=chunked,
         limit=gateway.stream_buffer,
         metrics=metrics,
+        replay_cap=gateway.replay_max_entries,
     )
     registry = app[state.STREAMS]
     registry.add(stream)
@@ -488,6 +498,11 @@ async def events(request: web.Request) -> web.StreamResponse:
         metrics.disconnects.labels(reason).inc()
         log_event(log, "stream_closed", logging.DEBUG, user_id=principal.user_id, reason=reason,
                   seconds=round(time.monotonic() - started, 3))
+    farewell = final_frame(reason)
+    if farewell is not None:
+        stream.send(farewell)
+    if reason == "server_draining":
+        response.force_close()  # the reconnect must open a new connection, to another gateway
     with contextlib.suppress(ConnectionResetError):
         await response.write_eof()
     return response

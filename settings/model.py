@@ -243,6 +243,13 @@ class Gateway(Section):
     #: Frames buffered per stream before a slow client is disconnected.
     stream_buffer: int = Field(default=256, ge=1)
     presence_ttl: PositiveSeconds = 60.0
+    #: Most inbox entries one reconnect replays; a client further behind gets
+    #: ``resync_required`` (reason ``too_far_behind``) instead of an unbounded replay.
+    replay_max_entries: int = Field(default=1000, ge=1, le=100_000)
+    #: SIGTERM: open streams are closed spread evenly over this window (each with a jittered
+    #: ``retry:``), so their clients move to the other gateways without a thundering herd.
+    #: Keep it below the platform's kill grace period (Kubernetes and Heroku: 30 s).
+    drain_window: Seconds = 10.0
 
 
 class Health(Section):

@@ -179,6 +179,20 @@ async def test_last_event_id_as_query_parameter_replays_too(gw: RunningGateway) 
     response.close()
 
 
+def _resync(reason: str, ids: list[str]) -> Any:
+    """Matches the resync frame for ``reason`` whose ``earliest`` is one of ``ids`` (a kept entry)."""
+
+    class Match:
+        def __eq__(self, other: object) -> bool:
+            return (isinstance(other, dict) and other.get("type") == "resync_required"
+                    and other.get("reason") == reason and other.get("earliest") in ids)
+
+        def __repr__(self) -> str:
+            return f"resync_required({reason}, earliest in {ids})"
+
+    return Match()
+
+
 async def test_an_id_older_than_the_capped_inbox_asks_the_client_to_resync(
     gw: RunningGateway,
 ) -> None:
@@ -190,7 +204,7 @@ async def test_an_id_older_than_the_capped_inbox_asks_the_client_to_resync(
     response, reader = await gw.stream(10, last_event_id=ids[1])
 
     # Then it is told to resync, and the live stream continues after that
-    assert (await reader.next_json())[1] == {"type": "resync_required"}
+    assert (await reader.next_json())[1] == _resync("trimmed", ids)
     assert gw.metric("fechatter_notify_gateway_resync_required_total") == 1
     new_id = await gw.publish(10, new_message(99))
     assert await reader.next_json() == (new_id, new_message(99))
@@ -213,7 +227,7 @@ async def test_an_id_with_later_entries_trimmed_asks_to_resync_on_every_redis(
     ids = [await gw.publish(11, new_message(n)) for n in range(20)]
     await gw.redis.xtrim(inbox_key(gw.namespace, 11), maxlen=5, approximate=False)
     response, reader = await gw.stream(11, last_event_id=ids[1])
-    assert (await reader.next_json())[1] == {"type": "resync_required"}
+    assert (await reader.next_json())[1] == _resync("trimmed", ids)
     response.close()
 
 
@@ -229,12 +243,12 @@ async def test_an_id_from_an_inbox_that_expired_and_was_recreated_asks_to_resync
     # clock to pass the old ids, or the new first id could equal one the client holds.)
     last_ms = int(ids[-1].split("-")[0])
     await async_wait_until(lambda: time.time() * 1000 > last_ms + 1, timeout=2, interval=0.001)
-    await gw.publish(12, new_message(3))
+    new_id = await gw.publish(12, new_message(3))
     # When it resumes from the id it has
     response, reader = await gw.stream(12, last_event_id=ids[1])
     # Then it is told to resync: what followed its id is gone, even though nothing was trimmed
     # from the new inbox (Redis 7's entries-added equals its length there)
-    assert (await reader.next_json())[1] == {"type": "resync_required"}
+    assert (await reader.next_json())[1] == _resync("trimmed", [new_id])
     response.close()
 
 
@@ -244,7 +258,7 @@ async def test_an_id_we_never_sent_asks_the_client_to_resync(
 ) -> None:
     await gw.publish(14, new_message(1))
     response, reader = await gw.stream(14, last_event_id=last_event_id)
-    assert (await reader.next_json())[1] == {"type": "resync_required"}
+    assert (await reader.next_json())[1]["type"] == "resync_required"
     response.close()
 
 
