@@ -2,10 +2,50 @@
 
 JetStream messages are acked only after their batch is in Redis; bad payloads become dead
 letters. Start with :class:`Bridge` (:mod:`bridge.app`) or ``fechatter-notify bridge``.
+
+What other packages may use is named here (``__all__``) and loads on first use, so importing a
+submodule does not import the whole process.
 """
 
-from bridge.app import Bridge
-from bridge.errors import BridgeError
-from bridge.pull_request import PullRequest, PullState, next_pull
+from __future__ import annotations
 
-__all__ = ["Bridge", "BridgeError", "PullRequest", "PullState", "next_pull"]
+from typing import TYPE_CHECKING
+
+from runtime import lazy_face
+
+if TYPE_CHECKING:
+    from bridge.app import Bridge
+    from bridge.diagnose import diagnose_dead_letters, diagnose_nats
+    from bridge.errors import BridgeError
+    from bridge.main import run
+    from bridge.pull_request import PullRequest, PullState, next_pull
+    from bridge.release import provision_once
+
+__all__ = [
+    # The process
+    "Bridge",
+    "BridgeError",
+    "run",
+    # Pull decisions (pure)
+    "PullRequest",
+    "PullState",
+    "next_pull",
+    # Operator commands
+    "diagnose_dead_letters",
+    "diagnose_nats",
+    "provision_once",
+]
+
+_HOME: dict[str, str] = {
+    "Bridge": "app",
+    "BridgeError": "errors",
+    "run": "main",
+    "PullRequest": "pull_request",
+    "PullState": "pull_request",
+    "next_pull": "pull_request",
+    "diagnose_dead_letters": "diagnose",
+    "diagnose_nats": "diagnose",
+    "provision_once": "release",
+}
+
+__getattr__ = lazy_face(__name__, _HOME)

@@ -16,7 +16,7 @@ from typing import Final
 import nats.errors
 from nats.aio.msg import Msg
 
-from settings.model import Consumer
+from settings import Consumer
 
 __all__ = ["DEFAULT_NAK_BASE", "DEFAULT_NAK_CAP", "Settler", "nak_delay"]
 

@@ -31,7 +31,7 @@ from bridge.errors import JetStreamError, RedisUnavailable
 from bridge.jsapi import JetStreamApi
 from bridge.metrics import Metrics
 from runtime import log_event, stop_task
-from settings.model import Consumer
+from settings import Consumer
 
 __all__ = ["MAX_PENDING", "MaxDeliveries", "advisory_subject", "parse_headers"]
 

@@ -40,7 +40,7 @@ from bridge.pull import PullConsumer
 from bridge.reload import ReloadPlan, apply_live, plan_reload
 from events import Lane
 from runtime import log_event, stop_task
-from settings.model import Settings
+from settings import Settings
 
 __all__ = ["DEFAULT_SHUTDOWN_TIMEOUT", "Bridge"]
 

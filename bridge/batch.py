@@ -23,7 +23,7 @@ from bridge.dead_letters import TOO_LARGE_PREFIX, dead_letter_fields
 from bridge.enqueue import DEDUPE_PREFIX, Batch
 from bridge.messages import StampedBatch, message_id_for, producer_trace, random_message_id
 from events import ACTORS, EventRejected, Lane, RejectCode, parse_event
-from settings.model import Events
+from settings import Events
 
 __all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "EventBatch", "too_large"]
 

@@ -28,7 +28,7 @@ from bridge.backoff import backoff_delay
 from bridge.errors import NatsUnavailable
 from bridge.metrics import Metrics
 from runtime import connect_options, log_event, server_address, stop_task
-from settings.model import NatsConnection
+from settings import NatsConnection
 
 __all__ = ["Connection"]
 

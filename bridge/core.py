@@ -34,7 +34,7 @@ from bridge.messages import MessageFactory
 from bridge.metrics import CORE_SOURCE, Metrics
 from events import Lane
 from runtime import log_event, stop_task
-from settings.model import Realtime
+from settings import Realtime
 
 __all__ = ["CoreSubscriber"]
 

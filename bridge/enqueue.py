@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from bridge.errors import RedisUnavailable
-from events.inbox import wake_channel
+from events import wake_channel
 
 __all__ = ["DEDUPE_PREFIX", "Batch", "Enqueuer", "connect_redis"]
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from runtime import PortInUse, address_in_use
-from settings.problems import Path
+from settings import Path
 
 __all__ = ["HttpEndpoints", "Readiness"]
 

@@ -8,7 +8,7 @@ import logging
 from bridge.errors import JetStreamError
 from bridge.jsapi import JetStreamApi
 from bridge.metrics import Metrics
-from settings.model import Consumer
+from settings import Consumer
 
 __all__ = ["poll_lag"]
 

@@ -14,11 +14,13 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from typing import Final
 
 from bridge.app import Bridge
 from bridge.errors import BridgeError
 from runtime import (
+    RET_OK,
+    RET_REFUSED,
+    RET_RUNTIME,
     OffLoopReload,
     PortInUse,
     config_path,
@@ -29,14 +31,10 @@ from runtime import (
     report_port_in_use,
     setup_logging,
 )
-from settings import Loaded
-from settings.model import Settings
+from settings import Loaded, Settings
 
 __all__ = ["RET_OK", "RET_REFUSED", "RET_RUNTIME", "run"]
 
-RET_OK: Final = 0
-RET_RUNTIME: Final = 1
-RET_REFUSED: Final = 3
 
 log = logging.getLogger("bridge.main")
 

@@ -29,7 +29,7 @@ from bridge.messages import MessageFactory
 from bridge.metrics import Metrics
 from events import Lane
 from runtime import log_event
-from settings.model import Consumer
+from settings import Consumer
 
 __all__ = ["JetStreamProcessor", "reply_metadata"]
 

@@ -28,8 +28,7 @@ from bridge.errors import (
 from bridge.jsapi import JetStreamApi
 from bridge.status import ERR_CONSUMER_NOT_FOUND, ERR_STREAM_NOT_FOUND
 from runtime import log_event
-from settings.durations import format_duration
-from settings.model import Consumer, JetStream, Stream
+from settings import Consumer, JetStream, Stream, format_duration
 
 __all__ = ["Provisioner", "consumer_config", "diff_consumer", "diff_stream", "stream_config"]
 

@@ -40,7 +40,7 @@ from bridge.provision import Provisioner
 from bridge.pull_request import NS, PullState, next_pull
 from bridge.status import Action, classify
 from runtime import log_event, stop_task
-from settings.model import Consumer
+from settings import Consumer
 
 __all__ = ["PullConsumer"]
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from settings.diff import changed_paths
-from settings.model import Settings
-from settings.problems import Path, dotted
+from settings import Path, Settings, changed_paths, dotted
 
 __all__ = ["LIVE_CONSUMER_FIELDS", "ReloadPlan", "apply_live", "plan_reload"]
 

@@ -16,8 +16,7 @@ import redis.asyncio as aioredis
 import yaml
 
 from bridge.app import Bridge
-from settings import load_settings
-from settings.model import Settings
+from settings import Settings, load_settings
 
 __all__ = ["bridge_settings", "deep_merge", "queued_messages", "running_bridge", "settings_yaml"]
 

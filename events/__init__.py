@@ -8,6 +8,19 @@ Workers call :func:`decode_job` on that argument. Nothing here does I/O.
 
 from events.codec import decode_job, encode_job, job_to_args
 from events.errors import EventError, EventRejected, InvalidJob, RejectCode
+from events.inbox import (
+    INBOX_FIELD,
+    chats_complete_key,
+    chats_key,
+    delivered_key,
+    encode_announcement,
+    inbox_key,
+    live_channel,
+    members_key,
+    online_key,
+    presence_key,
+    wake_channel,
+)
 from events.jobs import (
     DEFAULT_PRESENCE_TTL_S,
     DEFAULT_TYPING_TTL_S,
@@ -32,6 +45,7 @@ from events.jobs import (
 from events.lanes import ACTORS, LIVE_ONLY, ActorSpec, Lane, actor_name_for, is_live_only, lane_for
 from events.parse import parse_event
 from events.routes import ROUTES, Route, Status, route_for
+from events.subjects import matches
 
 __all__ = [
     # Parsing (bridge)
@@ -67,6 +81,20 @@ __all__ = [
     "encode_job",
     "job_to_args",
     "lane_for",
+    # Redis keys and channels shared by the bridge, workers and gateway (one owner: events.inbox)
+    "INBOX_FIELD",
+    "chats_complete_key",
+    "chats_key",
+    "delivered_key",
+    "encode_announcement",
+    "inbox_key",
+    "live_channel",
+    "members_key",
+    "online_key",
+    "presence_key",
+    "wake_channel",
+    # Subjects
+    "matches",
     # Routing table
     "ROUTES",
     "Route",

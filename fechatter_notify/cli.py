@@ -13,17 +13,14 @@ from importlib import import_module
 
 import yaml
 
+from runtime import RET_CONFIG, RET_OK
 from settings import ConfigError, Loaded, Problem, load_settings, redact_url, redacted
-
-RET_OK = 0
-RET_CONFIG = 2
-RET_RUNTIME = 1
 
 #: Subcommands that run a process: name -> "module:function(loaded, args) -> int".
 PROCESSES: dict[str, tuple[str, str]] = {
-    "bridge": ("bridge.main:run", "NATS -> typed jobs on Redis (acks JetStream after enqueue)"),
-    "worker": ("workers.main:run", "dramatiq workers: jobs -> per-user notifications"),
-    "gateway": ("gateway.main:run", "the SSE endpoint browsers connect to"),
+    "bridge": ("bridge:run", "NATS -> typed jobs on Redis (acks JetStream after enqueue)"),
+    "worker": ("workers:run", "dramatiq workers: jobs -> per-user notifications"),
+    "gateway": ("gateway:run", "the SSE endpoint browsers connect to"),
     "dev": ("fechatter_notify.dev:run", "everything locally, with embedded nats-server/redis-server"),
     "provision": ("fechatter_notify.provision:run", "create/update the JetStream streams and consumers, then "
                   "exit (Procfile release:); exit 3 when refused"),

@@ -28,16 +28,13 @@ from pathlib import Path
 from fechatter_notify import embedded
 from fechatter_notify.devstate import DevState, ServerChoice, choose_server, remove_state, sign_token
 from fechatter_notify.embedded import EmbeddedServer, free_port
-from runtime import log_event, setup_logging
+from runtime import RET_CONFIG, log_event, setup_logging
 from settings import Loaded, redact_url
 
 log = logging.getLogger("fechatter_notify.dev")
 
 #: The three processes of the Procfile.
 PROCESSES = ("bridge", "worker", "gateway")
-
-#: No embedded server binary on this machine (like a configuration error: nothing was started).
-RET_NO_SERVER = 2
 
 #: How long the processes get to report ready before ``dev`` prints its banner anyway.
 READY_TIMEOUT_S = 90.0
@@ -108,7 +105,7 @@ def _server(kind: str, choice: ServerChoice, workdir: Path, servers: list[Embedd
 
 def _endpoint_env(name: str, health: int) -> dict[str, str]:
     """Free health and metrics ports for one child, on loopback: one machine runs all three."""
-    from settings.model import Health
+    from settings import Health
 
     # The worker supervisor has ports of its own (``*.worker_port``) where the settings have them.
     key = "WORKER_PORT" if name == "worker" and "worker_port" in Health.model_fields else "PORT"
@@ -159,7 +156,7 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
         return _supervise(children)
     except embedded.ServerBinaryNotFound as exc:  # the message names the extra to install
         print(f"error: {exc}", file=sys.stderr)
-        return RET_NO_SERVER
+        return RET_CONFIG  # no embedded server binary: like a configuration error, nothing was started
     finally:
         remove_state(here, os.getpid())
         _stop_children(children)

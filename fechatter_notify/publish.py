@@ -29,14 +29,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from events.subjects import matches
+from events import matches
 from fechatter_notify.devstate import DevState, NoDevState, choose_server, find_state
-from settings import Loaded, parse_duration, redact_url
-from settings.durations import DurationError
-
-RET_OK = 0
-RET_FAILED = 1
-RET_USAGE = 2
+from runtime import RET_CONFIG, RET_OK, RET_RUNTIME
+from settings import DurationError, Loaded, parse_duration, redact_url
 
 #: A subject every configured stream must capture before anything is published.
 PROBE_SUBJECT = "fechatter.message.new"
@@ -385,8 +381,7 @@ class Tally:
 
 def _validate(pub: Publication, data: bytes) -> str | None:
     """Why the bridge would reject this payload (None: it becomes a job)."""
-    from events.errors import EventRejected
-    from events.parse import parse_event
+    from events import EventRejected, parse_event
 
     try:
         parse_event(pub.subject, data)
@@ -558,7 +553,7 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
         targets = resolve_targets(loaded, args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return RET_USAGE
+        return RET_CONFIG
     try:
         print(f"publishing chat {args.chat} (members {','.join(map(str, args.members))}) to "
               f"{redact_url(targets.nats_url)} ({targets.nats_reason})", flush=True)
@@ -566,16 +561,16 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
         watcher = asyncio.run(_main(loaded, args, targets, tally))
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return RET_USAGE
+        return RET_CONFIG
     except (OSError, TimeoutError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return RET_FAILED
+        return RET_RUNTIME
     except Exception as exc:  # nats-py raises its own errors for a server it cannot reach
         if type(exc).__module__.startswith("nats"):
             print(f"error: cannot reach NATS at {redact_url(targets.nats_url)}: {type(exc).__name__}: {exc}",
                   file=sys.stderr)
-            return RET_FAILED
+            return RET_RUNTIME
         raise
     if tally.failed or (watcher is not None and not watcher.frames):
-        return RET_FAILED
+        return RET_RUNTIME
     return RET_OK

@@ -26,7 +26,7 @@ from typing import Final, Protocol
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError
 
-from events.inbox import live_channel
+from events import live_channel
 from gateway.frames import StreamId, data_frame, parse_stream_id
 from gateway.resp import Reply, RespError, RespProtocolError, RespReader
 from runtime import log_event, stop_task

@@ -34,10 +34,7 @@ from runtime import (
     report_port_in_use,
     setup_logging,
 )
-from settings import Loaded
-from settings.diff import changed_paths
-from settings.model import Settings
-from settings.problems import dotted
+from settings import Loaded, Settings, changed_paths, dotted
 
 log = logging.getLogger(__name__)
 

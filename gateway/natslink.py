@@ -20,7 +20,7 @@ from nats.errors import Error as NatsError
 
 from gateway.metrics import GatewayMetrics
 from runtime import connect_options, log_event, server_address, stop_task
-from settings.model import NatsConnection
+from settings import NatsConnection
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from events.inbox import members_key, online_key, presence_key
+from events import members_key, online_key, presence_key
 from runtime import log_event, stop_task
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from typing import Any, Final, TypeVar, cast
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from events.inbox import INBOX_FIELD
+from events import INBOX_FIELD
 from gateway.frames import ZERO_ID, StreamId, parse_stream_id
 
 _FIELD: Final = INBOX_FIELD.encode()

@@ -29,11 +29,11 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from events.inbox import INBOX_FIELD, encode_announcement, inbox_key, live_channel
+from events import INBOX_FIELD, encode_announcement, inbox_key, live_channel
 from gateway import state
 from gateway.app import build_app, start_server
 from gateway.metrics import GatewayMetrics
-from settings.model import Settings
+from settings import Settings
 
 AUDIENCE: Final = "fechatter-web"
 ISSUER: Final = "fechatter-server"

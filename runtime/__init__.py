@@ -1,4 +1,5 @@
-"""What every process shares: logging, task shutdown, NATS connection options, config reload, Sentry, ports.
+"""What every process shares: logging, task shutdown, NATS connection options, config reload, Sentry, ports,
+exit codes, and the findings of live checks.
 
 The bottom layer above ``settings`` and ``events``: it imports only ``settings`` and itself, and ``bridge``,
 ``workers``, ``gateway`` and the ``fechatter_notify`` shell import it from here, never from its modules.
@@ -9,22 +10,31 @@ for importing ``sentry_sdk``, and ``fechatter-notify --help`` stays quick.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from runtime.faces import lazy_face
 
 if TYPE_CHECKING:
+    from runtime.exit_codes import RET_CONFIG, RET_OK, RET_PORT_IN_USE, RET_REFUSED, RET_RUNTIME
+    from runtime.findings import Findings
     from runtime.log import LogfmtFormatter, dump_tasks_on_sigusr2, log_event, setup_logging
     from runtime.nats_options import connect_options, server_address
-    from runtime.ports import RET_PORT_IN_USE, PortInUse, address_in_use, report_port_in_use
+    from runtime.ports import PortInUse, address_in_use, report_port_in_use
     from runtime.reloading import OffLoopReload, config_path, reload_settings, reload_settings_until
     from runtime.sentry import init_sentry
     from runtime.tasks import stop_task
 
 __all__ = [
+    "Findings",
+    "lazy_face",
     "LogfmtFormatter",
     "OffLoopReload",
     "PortInUse",
+    "RET_CONFIG",
+    "RET_OK",
     "RET_PORT_IN_USE",
+    "RET_REFUSED",
+    "RET_RUNTIME",
     "address_in_use",
     "config_path",
     "connect_options",
@@ -41,13 +51,18 @@ __all__ = [
 
 # Each public name and the module that defines it.
 _HOME: dict[str, str] = {
+    "Findings": "findings",
     "LogfmtFormatter": "log",
     "dump_tasks_on_sigusr2": "log",
     "log_event": "log",
     "setup_logging": "log",
     "connect_options": "nats_options",
     "server_address": "nats_options",
-    "RET_PORT_IN_USE": "ports",
+    "RET_CONFIG": "exit_codes",
+    "RET_OK": "exit_codes",
+    "RET_PORT_IN_USE": "exit_codes",
+    "RET_REFUSED": "exit_codes",
+    "RET_RUNTIME": "exit_codes",
     "PortInUse": "ports",
     "address_in_use": "ports",
     "report_port_in_use": "ports",
@@ -60,8 +75,4 @@ _HOME: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{home}"), name)
+__getattr__ = lazy_face(__name__, _HOME)

@@ -10,7 +10,7 @@ import logging
 import sys
 from typing import Any
 
-from settings.redact import redact_urls_in
+from settings import redact_urls_in
 
 #: LogRecord's own attributes, plus the two it sets while formatting (``extra`` may not use them).
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}

@@ -8,7 +8,7 @@ import ssl
 from typing import Any
 from urllib.parse import ParseResult
 
-from settings.model import NatsConnection
+from settings import NatsConnection
 
 
 def server_address(url: ParseResult | None) -> str:

@@ -11,17 +11,13 @@ from __future__ import annotations
 import errno
 import logging
 import sys
-from typing import Final
 
+from runtime.exit_codes import RET_PORT_IN_USE
 from runtime.log import log_event
-from settings.problems import Path
-from settings.sources import Origins
+from settings import Origins, Path
 
 __all__ = ["RET_PORT_IN_USE", "PortInUse", "address_in_use", "report_port_in_use"]
 
-#: Exit code of every process whose listening port is taken (distinct from 1, a crash, and
-#: 2, a configuration error: the configuration may be right and another process in the way).
-RET_PORT_IN_USE: Final = 4
 
 
 class PortInUse(Exception):

@@ -20,8 +20,7 @@ import threading
 from collections.abc import Callable
 
 from runtime.log import log_event
-from settings import ConfigError, ConfigFileError, load_settings
-from settings.model import Settings
+from settings import ConfigError, ConfigFileError, Settings, load_settings
 
 __all__ = ["OffLoopReload", "config_path", "reload_settings", "reload_settings_until"]
 

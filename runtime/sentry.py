@@ -45,8 +45,7 @@ from sentry_sdk.integrations import Integration
 from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.types import Event, Hint
 
-from settings.model import Sentry
-from settings.redact import redact_urls_in
+from settings import Sentry, redact_urls_in
 
 __all__ = [
     "FILTERED",

@@ -1,27 +1,61 @@
 """settings: one typed, validated configuration (notify.yml + environment overrides)."""
 
-from settings.durations import format_duration, parse_duration
+from settings.diff import changed_paths
+from settings.durations import DurationError, format_duration, parse_duration
 from settings.load import Loaded, load_settings
-from settings.model import Consumer, Settings, Stream
-from settings.problems import ConfigError, Problem
-from settings.redact import redact_url, redacted
-from settings.sources import ConfigFileError
+from settings.model import (
+    DEFAULT_DOMAIN_SUBJECTS,
+    Consumer,
+    Database,
+    Delivery,
+    Events,
+    Health,
+    JetStream,
+    Jwt,
+    NatsConnection,
+    Realtime,
+    Sentry,
+    Settings,
+    Stream,
+)
+from settings.problems import ConfigError, Path, Problem, dotted
+from settings.redact import redact_url, redact_urls_in, redacted
+from settings.sources import ConfigFileError, Origins
+from settings.subjects import subject_within
 
 __all__ = [
     # Loading
     "Loaded",
     "load_settings",
-    # The model
+    "Origins",
+    # The model (each section a class)
+    "DEFAULT_DOMAIN_SUBJECTS",
     "Consumer",
+    "Database",
+    "Delivery",
+    "Events",
+    "Health",
+    "JetStream",
+    "Jwt",
+    "NatsConnection",
+    "Realtime",
+    "Sentry",
     "Settings",
     "Stream",
-    # Problems
+    # Problems and where they are
     "ConfigError",
     "ConfigFileError",
+    "Path",
     "Problem",
+    "dotted",
+    # Reloading
+    "changed_paths",
     # Helpers
+    "DurationError",
     "format_duration",
     "parse_duration",
     "redact_url",
+    "redact_urls_in",
     "redacted",
+    "subject_within",
 ]

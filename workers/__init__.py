@@ -5,21 +5,34 @@ Flow of one job: ``broker`` (a consumer woken by the bridge's publish) -> middle
 recipients via ``recipients``/``presence``, build the notification via ``notifications``) ->
 ``delivery`` (``deliver.lua``: dedupe marker + inbox entry + live announcement, atomically).
 ``main`` runs the processes; ``process`` is one of them.
+
+What other packages may use is named here (``__all__``) and loads on first use, so importing a
+submodule does not import the whole process.
 """
 
-from workers.actors import declare_actors
-from workers.broker import WakeRedisBroker, build_broker
-from workers.delivery import Delivered, Delivery, notification_key
-from workers.metrics import WorkerMetrics
-from workers.notifications import notification_for
-from workers.process import WorkerRuntime
-from workers.services import Services
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from runtime import lazy_face
+
+if TYPE_CHECKING:
+    from workers.actors import declare_actors
+    from workers.broker import WakeRedisBroker, build_broker
+    from workers.delivery import Delivered, Delivery, notification_key
+    from workers.diagnose import diagnose_queues, diagnose_redis_server
+    from workers.main import run
+    from workers.metrics import WorkerMetrics
+    from workers.notifications import notification_for
+    from workers.process import WorkerRuntime
+    from workers.services import Services
 
 __all__ = [
     # Running workers
     "WorkerRuntime",
     "build_broker",
     "declare_actors",
+    "run",
     "WakeRedisBroker",
     "Services",
     "WorkerMetrics",
@@ -28,4 +41,25 @@ __all__ = [
     "Delivery",
     "notification_for",
     "notification_key",
+    # Operator commands
+    "diagnose_queues",
+    "diagnose_redis_server",
 ]
+
+_HOME: dict[str, str] = {
+    "declare_actors": "actors",
+    "WakeRedisBroker": "broker",
+    "build_broker": "broker",
+    "Delivered": "delivery",
+    "Delivery": "delivery",
+    "notification_key": "delivery",
+    "diagnose_queues": "diagnose",
+    "diagnose_redis_server": "diagnose",
+    "run": "main",
+    "WorkerMetrics": "metrics",
+    "notification_for": "notifications",
+    "WorkerRuntime": "process",
+    "Services": "services",
+}
+
+__getattr__ = lazy_face(__name__, _HOME)

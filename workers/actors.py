@@ -43,7 +43,7 @@ from events import (
     dedupe_key,
     is_live_only,
 )
-from settings.model import Settings
+from settings import Settings
 from workers.delivery import Delivered, notification_key
 from workers.notifications import notification_for
 from workers.scripts import ScriptCall

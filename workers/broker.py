@@ -40,7 +40,7 @@ from workers.recovery import DEFAULT_INTERVAL_S, Recovery
 from workers.wake import WakeListener
 
 if TYPE_CHECKING:
-    from settings.model import Settings
+    from settings import Settings
     from workers.metrics import WorkerMetrics
 
 __all__ = [

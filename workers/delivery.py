@@ -24,9 +24,8 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
-from events import Job, actor_name_for, dedupe_key
-from events.inbox import INBOX_FIELD, delivered_key, inbox_key, live_channel, members_key
-from settings.model import Delivery as DeliverySettings
+from events import INBOX_FIELD, Job, actor_name_for, dedupe_key, delivered_key, inbox_key, live_channel, members_key
+from settings import Delivery as DeliverySettings
 from workers.connections import ThreadConnections
 from workers.metrics import WorkerMetrics
 from workers.notifications import BROADCAST_TYPE, TYPES, encode

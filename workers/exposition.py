@@ -20,8 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from runtime import PortInUse, address_in_use, log_event
-from settings.model import Settings
-from settings.problems import Path
+from settings import Path, Settings
 
 __all__ = ["Exposition"]
 

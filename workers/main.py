@@ -31,6 +31,9 @@ from types import FrameType
 from typing import Final
 
 from runtime import (
+    RET_CONFIG,
+    RET_OK,
+    RET_RUNTIME,
     PortInUse,
     config_path,
     init_sentry,
@@ -39,17 +42,13 @@ from runtime import (
     report_port_in_use,
     setup_logging,
 )
-from settings import Loaded
-from settings.model import Settings
+from settings import Loaded, Settings
 from workers.exposition import Exposition
 
 __all__ = ["RET_CONFIG", "RET_OK", "RET_RUNTIME", "run", "select_queues"]
 
 log = logging.getLogger(__name__)
 
-RET_OK: Final = 0
-RET_RUNTIME: Final = 1
-RET_CONFIG: Final = 2
 
 #: Threads per process unless ``-t`` says otherwise (dramatiq's default).
 DEFAULT_THREADS: Final = 8

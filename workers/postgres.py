@@ -11,7 +11,7 @@ from typing import Final
 
 from psycopg_pool import ConnectionPool
 
-from settings.model import Database
+from settings import Database
 
 __all__ = ["POOL_TIMEOUT_S", "ChatMembersTable"]
 

@@ -16,8 +16,7 @@ from typing import Final
 
 import redis
 
-from events import UserPresence
-from events.inbox import presence_key
+from events import UserPresence, presence_key
 from workers.notifications import iso
 
 __all__ = ["OFFLINE_TTL_S", "PresenceStore"]

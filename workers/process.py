@@ -20,7 +20,7 @@ import sentry_sdk
 from dramatiq.middleware import Middleware
 
 from runtime import init_sentry, log_event, setup_logging
-from settings.model import Settings
+from settings import Settings
 from workers.actors import declare_actors
 from workers.broker import (
     DEFAULT_HEARTBEAT_TIMEOUT_MS,

@@ -22,7 +22,7 @@ from typing import Final
 import msgspec
 import redis
 
-from events.inbox import chats_complete_key, chats_key, members_key
+from events import chats_complete_key, chats_key, members_key
 from runtime import log_event
 from workers.connections import ThreadConnections
 from workers.metrics import WorkerMetrics

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import redis
 
-from settings.model import Settings
+from settings import Settings
 from workers.broker import redis_client
 from workers.connections import ThreadConnections
 from workers.delivery import Delivery

@@ -21,7 +21,7 @@ from typing import Final
 
 import redis
 
-from events.inbox import wake_channel
+from events import wake_channel
 from runtime import log_event
 
 __all__ = ["WakeListener"]
