@@ -8,6 +8,7 @@ tracker (last, so its final offline updates still have Redis and NATS). Streams 
 
 from __future__ import annotations
 
+import resource
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -17,8 +18,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from gateway import state
+from gateway.admission import Edge, edge_middleware
 from gateway.auth import TokenVerifier
 from gateway.cors import on_response_prepare, preflight
+from gateway.edgeserver import EdgeRunner, handler_args
 from gateway.heads import InboxHeads
 from gateway.health import healthz, metrics, readyz
 from gateway.hub import Hub
@@ -28,7 +31,7 @@ from gateway.presence import PresenceTracker
 from gateway.presence_api import online_users, presence_info, presence_update
 from gateway.session import create_session, delete_session
 from gateway.stream import StreamRegistry, events
-from settings import Settings
+from settings.model import Settings
 
 #: aiohttp cancels a handler when its client disconnects. Set explicitly, the same for tests
 #: and production (aiohttp's defaults differ: run_app False, TestServer True): a closed
@@ -50,10 +53,11 @@ def build_app(settings: Settings, *, verifier: TokenVerifier | None = None) -> w
     Raises:
       ValueError: when ``gateway.jwt.public_key`` is set but is not an Ed25519 PEM key.
     """
-    app = web.Application()
+    app = web.Application(middlewares=[edge_middleware])
     app[state.SETTINGS] = settings
     app[state.VERIFIER] = verifier or TokenVerifier(settings.gateway.jwt)
     app[state.METRICS] = GatewayMetrics()
+    app[state.EDGE] = Edge(settings.gateway.limits, app[state.METRICS])
     app[state.STREAMS] = StreamRegistry()
 
     app.cleanup_ctx.append(_redis_pool)
@@ -84,13 +88,18 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
     """Serve ``app`` on ``host:port`` (0: any free port); returns the runner and the bound port.
 
     Tests and ``gateway.main`` both start the server here, so both get the same
-    ``handler_cancellation``.
+    ``handler_cancellation`` and the same edge limits (:mod:`gateway.edgeserver`); the
+    connection cap is derived from the open-files limit in effect now.
     """
-    runner = web.AppRunner(
+    edge = app[state.EDGE]
+    edge.cap_connections(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    runner = EdgeRunner(
         app,
+        edge,
         handler_cancellation=HANDLER_CANCELLATION,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         access_log=None,
+        **handler_args(edge),
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=BACKLOG)

@@ -39,6 +39,10 @@ class GatewayMetrics:
             f"{PREFIX}_slow_clients_dropped", "streams closed because their buffer overflowed",
             registry=r,
         )
+        self.refusals = Counter(
+            f"{PREFIX}_refusals", "requests and connections refused by a limit, by reason",
+            ["reason"], registry=r,
+        )
         self.auth_failures = Counter(
             f"{PREFIX}_auth_failures", "requests refused with 401, by reason", ["reason"], registry=r
         )

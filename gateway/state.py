@@ -13,6 +13,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from gateway.admission import Edge
     from gateway.auth import TokenVerifier
     from gateway.heads import InboxHeads
     from gateway.hub import Hub
@@ -20,11 +21,13 @@ if TYPE_CHECKING:
     from gateway.natslink import NatsLink
     from gateway.presence import PresenceTracker
     from gateway.stream import StreamRegistry
-    from settings import Settings
+    from settings.model import Settings
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
+#: The edge limits (settings ``gateway.limits``) and their counts.
+EDGE: web.AppKey[Edge] = web.AppKey("edge")
 STREAMS: web.AppKey[StreamRegistry] = web.AppKey("streams")
 #: The pooled client for inbox reads, presence and readiness (not the pub/sub connection).
 REDIS: web.AppKey[Redis] = web.AppKey("redis")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from typing import Final
 
@@ -37,8 +38,9 @@ from aiohttp.http import HttpVersion11
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from events import inbox_key
+from events.inbox import inbox_key
 from gateway import state
+from gateway.admission import admit_user
 from gateway.auth import AuthError, authenticate, unauthorized
 from gateway.drain import draining_refusal
 from gateway.frames import (
@@ -52,12 +54,15 @@ from gateway.frames import (
 )
 from gateway.heads import InboxHeads
 from gateway.hub import Announcement, HubUnavailable
+from gateway.limits import QuietLog
 from gateway.metrics import GatewayMetrics
 from gateway.replay import Entries, InboxBounds, inbox_bounds, read_entries
 from gateway.resume import INVALID_ID, TOO_FAR_BEHIND, final_frame, resume_point, resync_frame
 from runtime import log_event
 
 log = logging.getLogger(__name__)
+#: Slow-client drops are logged, but a wave of them (a network blip) not line by line.
+_drops_log = QuietLog(log)
 
 #: Seconds a new stream waits for its live subscription before giving up.
 SUBSCRIBE_TIMEOUT: Final = 10.0
@@ -127,9 +132,11 @@ class EventStream:
         "flush_scheduled",
         "holding",
         "limit",
+        "limit_bytes",
         "metrics",
         "needs_catch_up",
         "pending",
+        "pending_bytes",
         "position",
         "reason",
         "replay_cap",
@@ -145,6 +152,7 @@ class EventStream:
         chunked: bool,
         limit: int,
         metrics: GatewayMetrics,
+        limit_bytes: int = 0,
         replay_cap: int = 1000,
     ) -> None:
         self.user_id = user_id
@@ -154,8 +162,12 @@ class EventStream:
         #: The response uses chunked transfer encoding (HTTP/1.1): frame each write.
         self.chunked = chunked
         self.limit = limit
+        #: Bytes of frames buffered before the client is dropped (0: no bound). One compare on
+        #: the hot path, so "no bound" is the largest int, not a second test.
+        self.limit_bytes = limit_bytes or sys.maxsize
         self.metrics = metrics
         self.pending: list[Announcement] = []
+        self.pending_bytes = 0
         self.floor = ZERO_ID
         self.position = ZERO_ID
         self.reason: str | None = None
@@ -180,7 +192,8 @@ class EventStream:
         if entry_id is not None and entry_id <= self.floor:
             return False
         self.pending.append(announcement)
-        if len(self.pending) > self.limit:
+        self.pending_bytes += len(announcement.frame)
+        if len(self.pending) > self.limit or self.pending_bytes > self.limit_bytes:
             if not self.holding and not self._behind():
                 self.flush()  # a burst for one user, not a slow client: write it now
                 return False
@@ -203,6 +216,7 @@ class EventStream:
         if self.reason is None:
             self.reason = reason
             self.pending.clear()
+            self.pending_bytes = 0
             self._notify()
 
     def schedule(self, keep_alive: float, close_at: float) -> None:
@@ -230,8 +244,12 @@ class EventStream:
             self._drop_slow_client()
 
     def _drop_slow_client(self) -> None:
+        buffered_bytes = self.pending_bytes + self.transport.get_write_buffer_size()
+        buffered_frames = len(self.pending)
         self.metrics.slow_clients_dropped.inc()
         self.close("slow_client")
+        _drops_log.event("stream_dropped", reason="slow_client", user=self.user_id,
+                         buffered_bytes=buffered_bytes, buffered_frames=buffered_frames)
         # The client does not read: abort rather than wait for its buffers to drain. It
         # resumes with Last-Event-ID.
         self.transport.abort()
@@ -268,6 +286,7 @@ class EventStream:
             self._loop.call_later(BEHIND_RETRY, self.flush)
             return
         batch, self.pending = self.pending, []
+        self.pending_bytes = 0
         frames = [self._frame(announcement) for announcement in batch]
         self.send(frames[0] if len(frames) == 1 else b"".join(frames))
         self.metrics.count_frames(len(frames))
@@ -385,6 +404,7 @@ class EventStream:
             # Live-only frames are kept: nothing in the inbox stands for them.
             floor = self.floor
             self.pending = [a for a in self.pending if a.entry_id is None or a.entry_id > floor]
+            self.pending_bytes = sum(len(a.frame) for a in self.pending)
 
     async def run(self, redis: Redis, key: str) -> None:
         """Wait until the stream ends; meanwhile, catch up whenever the hub asks to."""
@@ -429,6 +449,9 @@ async def events(request: web.Request) -> web.StreamResponse:
         metrics.auth_failures.labels(exc.reason).inc()
         log_event(log, "auth_failed", path=request.path, reason=exc.reason, peer=request.remote or "")
         raise unauthorized(exc) from None
+    refused = admit_user(request, principal.user_id)
+    if refused is not None:
+        return refused
     settings = app[state.SETTINGS]
     gateway = settings.gateway
     redis, hub, presence = app[state.REDIS], app[state.HUB], app[state.PRESENCE]
@@ -449,6 +472,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         transport,
         chunked=chunked,
         limit=gateway.stream_buffer,
+        limit_bytes=gateway.limits.stream_buffer_bytes,
         metrics=metrics,
         replay_cap=gateway.replay_max_entries,
     )

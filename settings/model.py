@@ -7,11 +7,13 @@ in :mod:`settings.checks`, not here, so that each one reports its own problem re
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 
 from settings.durations import parse_duration
+from settings.sizes import parse_size, parse_size_or_percent
 
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 PositiveSeconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
@@ -231,6 +233,61 @@ class Jwt(Section):
         return value.replace("\\n", "\n").strip() + "\n" if value else value
 
 
+class Limits(Section):
+    """What one process admits, so that no client (or token) can exhaust it (0 = no limit).
+
+    Refusals are JSON ``{"error": code, "reason": ...}`` with 429/503 (+ ``Retry-After``),
+    431/414/400 or 408; see README "Gateway limits".
+    """
+
+    #: Streams one user may hold open on this process. The next one is refused with 429 and the
+    #: open ones are kept: closing an old stream makes the web client close its current one
+    #: (docs/web-client-contract.md#many-streams-per-user-never-evict). That client keeps one
+    #: stream per chat switch until the token expires, so a busy user holds dozens.
+    max_streams_per_user: int = Field(default=64, ge=0)
+    #: New streams per second per client address (token bucket refill), and the bucket size.
+    #: Offices behind one NAT share an address: keep the burst above a reconnect wave of theirs.
+    connect_rate: float = Field(default=20.0, ge=0)
+    connect_burst: int = Field(default=100, ge=1)
+    #: Peers (addresses or CIDRs) whose ``X-Forwarded-For`` names the client. Empty: the TCP
+    #: peer is the client, because anyone can write that header.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    #: Open connections above which new streams get 503. None: derived from the open-files
+    #: limit (RLIMIT_NOFILE, raised to its hard limit at start) minus a reserve.
+    max_connections: int | None = Field(default=None, ge=0)
+    #: Resident memory above which new streams get 503: bytes ("1.5GiB") or a share ("80%")
+    #: of the container's memory limit (cgroup), else of the machine's memory.
+    max_memory: Annotated[int | str, BeforeValidator(parse_size_or_percent)] = "80%"
+    #: Unsent bytes one stream may hold (besides ``gateway.stream_buffer`` frames) before it
+    #: is dropped as a slow client.
+    stream_buffer_bytes: Annotated[int, BeforeValidator(parse_size), Field(ge=0)] = 1024 * 1024
+    #: Request headers, all lines together (431 above; one line alone also counts).
+    max_header_bytes: Annotated[int, BeforeValidator(parse_size), Field(ge=0)] = 16 * 1024
+    #: The query string (414 above); it carries the web client's ``access_token``.
+    max_query_bytes: Annotated[int, BeforeValidator(parse_size), Field(ge=0)] = 8 * 1024
+    #: An access token, wherever it came from (400 above): never parsed when larger.
+    max_token_bytes: Annotated[int, BeforeValidator(parse_size), Field(ge=0)] = 4 * 1024
+    #: Seconds a connection has to send complete request headers (408, then closed).
+    header_read_timeout: Seconds = 10.0
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR network") from None
+        return value
+
+    @field_validator("max_memory")
+    @classmethod
+    def _non_negative(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must be 0 (no limit), a byte size or a percentage")
+        return value
+
+
 class Gateway(Section):
     """The SSE endpoint browsers connect to."""
 
@@ -243,6 +300,7 @@ class Gateway(Section):
     #: Frames buffered per stream before a slow client is disconnected.
     stream_buffer: int = Field(default=256, ge=1)
     presence_ttl: PositiveSeconds = 60.0
+    limits: Limits = Field(default_factory=Limits)
     #: Most inbox entries one reconnect replays; a client further behind gets
     #: ``resync_required`` (reason ``too_far_behind``) instead of an unbounded replay.
     replay_max_entries: int = Field(default=1000, ge=1, le=100_000)
