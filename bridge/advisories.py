@@ -29,7 +29,7 @@ from bridge.dead_letters import MAX_DELIVERIES, dead_letter_fields
 from bridge.enqueue import DEDUPE_PREFIX, Enqueuer
 from bridge.errors import JetStreamError, RedisUnavailable
 from bridge.jsapi import JetStreamApi
-from bridge.metrics import Metrics
+from bridge.metrics import BridgeMetrics
 from runtime import log_event, stop_task
 from settings import Consumer
 
@@ -60,12 +60,12 @@ class MaxDeliveries:
     """Listens to the advisories of every consumer and records dead letters.
 
     Parameters:
-      nc(NATS), api(JetStreamApi), enqueuer(Enqueuer), metrics(Metrics): Shared parts.
+      nc(NATS), api(JetStreamApi), enqueuer(Enqueuer), metrics(BridgeMetrics): Shared parts.
       consumers(list[Consumer]): The consumers whose advisories to follow.
       queue_group(str): Shared by bridge replicas.
     """
 
-    def __init__(self, nc: NATS, api: JetStreamApi, enqueuer: Enqueuer, metrics: Metrics,
+    def __init__(self, nc: NATS, api: JetStreamApi, enqueuer: Enqueuer, metrics: BridgeMetrics,
                  consumers: list[Consumer], queue_group: str) -> None:
         self._nc = nc
         self._api = api

@@ -33,7 +33,7 @@ from bridge.health import HttpEndpoints
 from bridge.jsapi import JetStreamApi
 from bridge.lag import poll_lag
 from bridge.messages import MessageFactory
-from bridge.metrics import Metrics
+from bridge.metrics import BridgeMetrics
 from bridge.process import JetStreamProcessor
 from bridge.provision import Provisioner
 from bridge.pull import PullConsumer
@@ -74,7 +74,7 @@ class Bridge:
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     ) -> None:
         self.settings = settings
-        self.metrics = Metrics(registry)
+        self.metrics = BridgeMetrics(registry)
         self.connection = Connection(settings.nats, self.metrics)
         self.factory = MessageFactory(broker)
         self._shutdown_timeout = shutdown_timeout

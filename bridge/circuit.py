@@ -14,7 +14,7 @@ from typing import Final
 
 from bridge.backoff import backoff_delay
 from bridge.errors import RedisUnavailable
-from bridge.metrics import Metrics
+from bridge.metrics import BridgeMetrics
 from runtime import log_event, stop_task
 
 __all__ = ["Circuit"]
@@ -32,14 +32,14 @@ class Circuit:
 
     Parameters:
       probe(Callable[[], Awaitable[object]]): Round-trips Redis; raises RedisUnavailable on failure.
-      metrics(Metrics): Gauge ``bridge_circuit_open`` and counter ``bridge_circuit_opened``.
+      metrics(BridgeMetrics): Gauge ``bridge_circuit_open`` and counter ``bridge_circuit_opened``.
       probe_base(float), probe_cap(float): Probe backoff, in seconds.
     """
 
     def __init__(
         self,
         probe: Callable[[], Awaitable[object]],
-        metrics: Metrics,
+        metrics: BridgeMetrics,
         *,
         probe_base: float = DEFAULT_PROBE_BASE,
         probe_cap: float = DEFAULT_PROBE_CAP,

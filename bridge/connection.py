@@ -26,7 +26,7 @@ from nats.aio.client import Server
 
 from bridge.backoff import backoff_delay
 from bridge.errors import NatsUnavailable
-from bridge.metrics import Metrics
+from bridge.metrics import BridgeMetrics
 from runtime import connect_options, log_event, server_address, stop_task
 from settings import NatsConnection
 
@@ -44,10 +44,10 @@ class Connection:
 
     Parameters:
       settings(NatsConnection): The ``nats`` section.
-      metrics(Metrics): Reconnect and connection-event counters.
+      metrics(BridgeMetrics): Reconnect and connection-event counters.
     """
 
-    def __init__(self, settings: NatsConnection, metrics: Metrics) -> None:
+    def __init__(self, settings: NatsConnection, metrics: BridgeMetrics) -> None:
         self._settings = settings
         self._metrics = metrics
         self.nc: NATS = NATS()

@@ -31,7 +31,7 @@ from bridge.circuit import Circuit
 from bridge.enqueue import WRITTEN, Enqueuer
 from bridge.errors import RedisUnavailable
 from bridge.messages import MessageFactory
-from bridge.metrics import CORE_SOURCE, Metrics
+from bridge.metrics import CORE_SOURCE, BridgeMetrics
 from events import Lane
 from runtime import log_event, stop_task
 from settings import Realtime
@@ -47,7 +47,7 @@ class CoreSubscriber:
     Parameters:
       nc(NATS): The connection.
       settings(Realtime): The ``realtime`` section.
-      enqueuer(Enqueuer), factory(MessageFactory), circuit(Circuit), metrics(Metrics): Shared parts.
+      enqueuer(Enqueuer), factory(MessageFactory), circuit(Circuit), metrics(BridgeMetrics): Shared parts.
       queues(Mapping[Lane, str]): Lane -> dramatiq queue.
       max_payload_bytes(int): ``events.max_payload_bytes``: larger payloads are dead-lettered.
     """
@@ -60,7 +60,7 @@ class CoreSubscriber:
         enqueuer: Enqueuer,
         factory: MessageFactory,
         circuit: Circuit,
-        metrics: Metrics,
+        metrics: BridgeMetrics,
         queues: Mapping[Lane, str],
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:

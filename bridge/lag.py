@@ -7,7 +7,7 @@ import logging
 
 from bridge.errors import JetStreamError
 from bridge.jsapi import JetStreamApi
-from bridge.metrics import Metrics
+from bridge.metrics import BridgeMetrics
 from settings import Consumer
 
 __all__ = ["poll_lag"]
@@ -15,7 +15,7 @@ __all__ = ["poll_lag"]
 log = logging.getLogger("bridge.lag")
 
 
-async def poll_lag(api: JetStreamApi, consumers: list[Consumer], metrics: Metrics, interval: float) -> None:
+async def poll_lag(api: JetStreamApi, consumers: list[Consumer], metrics: BridgeMetrics, interval: float) -> None:
     """Every ``interval`` seconds, read each consumer's info into the lag gauges (runs until cancelled)."""
     while True:
         for consumer in consumers:

@@ -10,7 +10,7 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["CORE_SOURCE", "PREFIX", "Metrics"]
+__all__ = ["CORE_SOURCE", "PREFIX", "BridgeMetrics"]
 
 #: Every metric's name starts with this (as the workers' and the gateway's do with theirs).
 PREFIX: Final = "fechatter_notify_bridge"
@@ -24,7 +24,7 @@ _LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0
 _BATCH_BUCKETS: Final = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 
 
-class Metrics:
+class BridgeMetrics:
     """Every collector of one bridge process.
 
     Parameters:

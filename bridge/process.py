@@ -26,7 +26,7 @@ from bridge.circuit import Circuit
 from bridge.enqueue import WRITTEN, Enqueuer
 from bridge.errors import RedisUnavailable
 from bridge.messages import MessageFactory
-from bridge.metrics import Metrics
+from bridge.metrics import BridgeMetrics
 from events import Lane
 from runtime import log_event
 from settings import Consumer
@@ -62,7 +62,7 @@ class JetStreamProcessor:
 
     Parameters:
       consumer(Consumer): The consumer's settings.
-      enqueuer(Enqueuer), factory(MessageFactory), circuit(Circuit), metrics(Metrics): Shared parts.
+      enqueuer(Enqueuer), factory(MessageFactory), circuit(Circuit), metrics(BridgeMetrics): Shared parts.
       queues(Mapping[Lane, str]): Lane -> dramatiq queue.
       typing_ttl(float), presence_ttl(float): Ephemeral job lifetimes, in seconds.
       max_payload_bytes(int): ``events.max_payload_bytes``: larger payloads are dead-lettered.
@@ -75,7 +75,7 @@ class JetStreamProcessor:
         enqueuer: Enqueuer,
         factory: MessageFactory,
         circuit: Circuit,
-        metrics: Metrics,
+        metrics: BridgeMetrics,
         queues: Mapping[Lane, str],
         typing_ttl: float,
         presence_ttl: float,

@@ -34,7 +34,7 @@ from nats.aio.subscription import Subscription
 
 from bridge.backoff import backoff_delay
 from bridge.errors import BridgeError, JetStreamError
-from bridge.metrics import Metrics
+from bridge.metrics import BridgeMetrics
 from bridge.process import JetStreamProcessor
 from bridge.provision import Provisioner
 from bridge.pull_request import NS, PullState, next_pull
@@ -64,7 +64,7 @@ class PullConsumer:
       consumer(Consumer): Its settings.
       processor(JetStreamProcessor): Enqueues and settles fetched batches.
       provisioner(Provisioner): Verifies / re-creates the consumer.
-      metrics(Metrics): Collectors.
+      metrics(BridgeMetrics): Collectors.
       max_missed_heartbeats(int): Misses in a row before :meth:`problems` reports not ready.
     """
 
@@ -75,7 +75,7 @@ class PullConsumer:
         *,
         processor: JetStreamProcessor,
         provisioner: Provisioner,
-        metrics: Metrics,
+        metrics: BridgeMetrics,
         max_missed_heartbeats: int,
     ) -> None:
         self._nc = nc

@@ -19,7 +19,7 @@ from bridge.backoff import backoff_delay
 from bridge.connection import Connection
 from bridge.errors import JetStreamTimeout, JetStreamUnavailable
 from bridge.jsapi import JetStreamApi
-from bridge.metrics import Metrics
+from bridge.metrics import BridgeMetrics
 from bridge.provision import Provisioner
 from runtime import log_event
 from settings import Settings
@@ -42,7 +42,7 @@ async def provision_once(settings: Settings, within: float) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     timer = loop.call_later(within, stop.set)
-    connection = Connection(settings.nats, Metrics(CollectorRegistry()))
+    connection = Connection(settings.nats, BridgeMetrics(CollectorRegistry()))
     try:
         nc = await connection.connect(stop)
         jetstream = settings.jetstream.model_copy(update={"provision": "auto"})

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from bridge.metrics import Metrics as BridgeMetrics
+from bridge.metrics import BridgeMetrics
 from gateway.metrics import GatewayMetrics
 from workers.metrics import WorkerMetrics
 

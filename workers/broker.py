@@ -189,12 +189,12 @@ def middleware_stack(settings: Settings, metrics: WorkerMetrics, *,
     The ``after_*`` hooks run bottom-up, so :class:`Retries` decides "retry or dead-letter"
     before the metrics and Sentry middleware above it look at ``message.failed``.
     """
-    from workers.metrics import Metrics
+    from workers.metrics import MetricsMiddleware
     from workers.sentry import SentryTags
 
     delivery = settings.delivery
     return [
-        Metrics(metrics),
+        MetricsMiddleware(metrics),
         SentryTags(),
         CurrentMessage(),
         Expiry(metrics),

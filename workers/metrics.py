@@ -17,7 +17,7 @@ import dramatiq
 from dramatiq.middleware import Middleware
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-__all__ = ["PREFIX", "Metrics", "WorkerMetrics"]
+__all__ = ["PREFIX", "MetricsMiddleware", "WorkerMetrics"]
 
 PREFIX: Final = "fechatter_notify_worker"
 
@@ -62,7 +62,7 @@ class WorkerMetrics:
         return generate_latest(self.registry)
 
 
-class Metrics(Middleware):
+class MetricsMiddleware(Middleware):
     """Counts every job's outcome and times its actor.
 
     It sits above :class:`~dramatiq.middleware.Retries` in the stack, so its ``after_*`` hooks
