@@ -38,8 +38,7 @@ from gateway.limits import (
 )
 from gateway.metrics import GatewayMetrics
 from runtime import log_event
-from settings.model import Limits
-from settings.sizes import percent_of
+from settings import Limits, percent_of
 
 log = logging.getLogger(__name__)
 

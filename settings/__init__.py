@@ -12,6 +12,7 @@ from settings.model import (
     Health,
     JetStream,
     Jwt,
+    Limits,
     NatsConnection,
     Realtime,
     Sentry,
@@ -20,6 +21,7 @@ from settings.model import (
 )
 from settings.problems import ConfigError, Path, Problem, dotted
 from settings.redact import redact_url, redact_urls_in, redacted
+from settings.sizes import parse_size, percent_of
 from settings.sources import ConfigFileError, Origins
 from settings.subjects import subject_within
 
@@ -37,6 +39,7 @@ __all__ = [
     "Health",
     "JetStream",
     "Jwt",
+    "Limits",
     "NatsConnection",
     "Realtime",
     "Sentry",
@@ -54,6 +57,8 @@ __all__ = [
     "DurationError",
     "format_duration",
     "parse_duration",
+    "parse_size",
+    "percent_of",
     "redact_url",
     "redact_urls_in",
     "redacted",
