@@ -23,7 +23,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from settings import Jwt
+from settings.model import Jwt
 
 #: The only algorithm Fechatter signs with; never read it from the token header.
 ALGORITHM: Final = "EdDSA"
@@ -159,20 +159,17 @@ def bearer_token(request: web.Request) -> str | None:
     return None
 
 
-def token_from_request(request: web.Request) -> str | None:
-    """The request's token: ``Authorization: Bearer``, else the cookie, else ``?access_token=``.
+def tokens_in_request(request: web.Request) -> list[str]:
+    """Every token the request carries, by precedence: ``Authorization: Bearer``, the cookie,
+    ``?access_token=``."""
+    candidates = (bearer_token(request), request.cookies.get(COOKIE_NAME),
+                  request.query.get("access_token"))
+    return [token for token in candidates if token]
 
-    Raises:
-      AuthError: ``conflicting_tokens`` when two of them carry different tokens.
-    """
-    found = [
-        token
-        for token in (bearer_token(request), request.cookies.get(COOKIE_NAME),
-                      request.query.get("access_token"))
-        if token
-    ]
-    if len(set(found)) > 1:
-        raise AuthError("conflicting_tokens", "different tokens in one request")
+
+def token_from_request(request: web.Request) -> str | None:
+    """The request's token of highest precedence (see :func:`tokens_in_request`)."""
+    found = tokens_in_request(request)
     return found[0] if found else None
 
 
@@ -190,9 +187,12 @@ def authenticate(request: web.Request, verifier: TokenVerifier) -> Principal:
     """Verify the request's token.
 
     Raises:
-      AuthError: reason ``missing`` when there is no token, else as :meth:`TokenVerifier.verify`.
+      AuthError: reason ``missing`` when there is no token, ``conflicting_tokens`` when two
+        ways carry different ones, else as :meth:`TokenVerifier.verify`.
     """
-    token = token_from_request(request)
-    if token is None:
+    found = tokens_in_request(request)
+    if not found:
         raise AuthError("missing", "no access token")
-    return verifier.verify(token)
+    if len(set(found)) > 1:
+        raise AuthError("conflicting_tokens", "different tokens in one request")
+    return verifier.verify(found[0])

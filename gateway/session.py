@@ -40,31 +40,32 @@ async def create_session(request: web.Request) -> web.Response:
         app[state.METRICS].auth_failures.labels(exc.reason).inc()
         log_event(log, "auth_failed", path=request.path, reason=exc.reason, peer=request.remote or "")
         raise unauthorized(exc) from None
-    response = web.Response(status=204)
-    response.set_cookie(
-        COOKIE_NAME,
-        token,
-        max_age=max(0, int(principal.expires_at - time.time())),
-        path=COOKIE_PATH,
-        secure=True,
-        httponly=True,
-        # Sent on cross-site requests too (the page and the gateway are different sites on
-        # some deploys); SameSite=None requires Secure.
-        samesite="None",
-        # CHIPS: a browser that blocks third-party cookies still keeps this one, keyed to the
-        # page's site (the page sets it and the page's EventSource sends it).
-        partitioned=True,
-    )
-    response.headers["Cache-Control"] = "no-store"
+    response = web.Response(status=204, headers={"Cache-Control": "no-store"})
+    response.headers.add("Set-Cookie", cookie_header(token, max(0, int(principal.expires_at - time.time()))))
     return response
 
 
 async def delete_session(request: web.Request) -> web.Response:
     """Clear the stream cookie (logout); 204 whether or not there was one."""
     response = web.Response(status=204)
-    # Not del_cookie(): it cannot say Partitioned, and only a Partitioned expiry clears a
-    # partitioned cookie.
-    response.set_cookie(COOKIE_NAME, "", max_age=0, expires="Thu, 01 Jan 1970 00:00:00 GMT",
-                        path=COOKIE_PATH, secure=True, httponly=True, samesite="None",
-                        partitioned=True)
+    # Only a Set-Cookie with the same attributes (Partitioned included) clears the cookie.
+    response.headers.add("Set-Cookie", cookie_header("", 0))
     return response
+
+
+def cookie_header(token: str, max_age: int) -> str:
+    """The ``Set-Cookie`` value (written by hand: Python 3.11's http.cookies rejects
+    ``Partitioned``). A JWT is base64url and dots, so it needs no quoting."""
+    attributes = (
+        f"Max-Age={max_age}",
+        f"Path={COOKIE_PATH}",
+        "Secure",
+        "HttpOnly",
+        # Sent on cross-site requests too (the page and the gateway are different sites on
+        # some deploys); SameSite=None requires Secure.
+        "SameSite=None",
+        # CHIPS: a browser that blocks third-party cookies still keeps this one, keyed to the
+        # page's site (the page sets it and the page's EventSource sends it).
+        "Partitioned",
+    )
+    return "; ".join((f"{COOKIE_NAME}={token}", *attributes))
