@@ -7,7 +7,7 @@ Three ways to present a token, in this order of precedence (README "Tokens"):
    ``EventSource(url, {withCredentials: true})``: the token stays out of URLs (RFC 9700);
 3. ``?access_token=`` — what Fechatter's web client sends (EventSource cannot set headers).
 
-Two different tokens in one request are refused (``conflicting_tokens``, RFC 6750 §2: one
+Two different tokens in one request are refused (``conflicting_tokens``, RFC 6750, section 2: one
 method per request) rather than silently picking one. Every failure is a 401 with a short JSON
 body and a stable ``reason``, also used as the metrics label. A token is never logged.
 """

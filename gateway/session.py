@@ -1,7 +1,7 @@
 """``POST /session`` / ``DELETE /session``: the token as a cookie, so it stays out of URLs.
 
 EventSource cannot set headers, and a token in the query ends up in proxy and browser logs
-(RFC 9700 §4.3.2; Mercure 1.0 dropped query tokens). A page instead posts its token once with
+(RFC 9700, section 4.3.2; Mercure 1.0 dropped query tokens). A page instead posts its token once with
 ``Authorization: Bearer`` (``fetch(…, {method: "POST", credentials: "include"})``); the gateway
 checks it and sets it as an ``HttpOnly`` cookie scoped to ``/events``, which
 ``new EventSource(url, {withCredentials: true})`` then sends. The cookie lives until the token's
