@@ -24,13 +24,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from bridge.backoff import backoff_delay
 from bridge.dead_letters import MAX_DELIVERIES, dead_letter_fields
 from bridge.enqueue import DEDUPE_PREFIX, Enqueuer
 from bridge.errors import JetStreamError, RedisUnavailable
 from bridge.jsapi import JetStreamApi
 from bridge.metrics import BridgeMetrics
-from runtime import log_event, stop_task
+from runtime import backoff_delay, log_event, stop_task
 from settings import Consumer
 
 __all__ = ["MAX_PENDING", "MaxDeliveries", "advisory_subject", "parse_headers"]

@@ -23,7 +23,6 @@ import dramatiq
 from prometheus_client import CollectorRegistry
 
 from bridge.advisories import MaxDeliveries
-from bridge.backoff import backoff_delay
 from bridge.circuit import Circuit
 from bridge.connection import Connection
 from bridge.core import CoreSubscriber
@@ -39,7 +38,7 @@ from bridge.provision import Provisioner
 from bridge.pull import PullConsumer
 from bridge.reload import ReloadPlan, apply_live, plan_reload
 from events import Lane
-from runtime import log_event, stop_task
+from runtime import backoff_delay, log_event, stop_task
 from settings import Settings
 
 __all__ = ["DEFAULT_SHUTDOWN_TIMEOUT", "Bridge"]

@@ -12,10 +12,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from bridge.backoff import backoff_delay
 from bridge.errors import RedisUnavailable
 from bridge.metrics import BridgeMetrics
-from runtime import log_event, stop_task
+from runtime import backoff_delay, log_event, stop_task
 
 __all__ = ["Circuit"]
 

@@ -24,10 +24,9 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.client import Server
 
-from bridge.backoff import backoff_delay
 from bridge.errors import NatsUnavailable
 from bridge.metrics import BridgeMetrics
-from runtime import connect_options, log_event, server_address, stop_task
+from runtime import backoff_delay, connect_options, log_event, server_address, stop_task
 from settings import NatsConnection
 
 __all__ = ["Connection"]

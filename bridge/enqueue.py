@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from bridge.errors import RedisUnavailable
-from events import wake_channel
+from events import messages_key, queue_key, wake_channel
 
 __all__ = ["DEDUPE_PREFIX", "Batch", "Enqueuer", "connect_redis"]
 
@@ -81,8 +81,8 @@ class Batch:
         """The 1-based index of ``queue`` in the script's queue table (added on first use)."""
         index = self._queue_index.get(queue)
         if index is None:
-            key = f"{self.namespace}:{queue}"
-            self.queues.append((key, f"{key}.msgs", wake_channel(self.namespace, queue)))
+            self.queues.append((queue_key(self.namespace, queue), messages_key(self.namespace, queue),
+                                wake_channel(self.namespace, queue)))
             index = self._queue_index[queue] = len(self.queues)
         return index
 

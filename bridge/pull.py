@@ -32,14 +32,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from bridge.backoff import backoff_delay
 from bridge.errors import BridgeError, JetStreamError
 from bridge.metrics import BridgeMetrics
 from bridge.process import JetStreamProcessor
 from bridge.provision import Provisioner
 from bridge.pull_request import NS, PullState, next_pull
 from bridge.status import Action, classify
-from runtime import log_event, stop_task
+from runtime import backoff_delay, log_event, stop_task
 from settings import Consumer
 
 __all__ = ["PullConsumer"]

@@ -15,13 +15,12 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry
 
-from bridge.backoff import backoff_delay
 from bridge.connection import Connection
 from bridge.errors import JetStreamTimeout, JetStreamUnavailable
 from bridge.jsapi import JetStreamApi
 from bridge.metrics import BridgeMetrics
 from bridge.provision import Provisioner
-from runtime import log_event
+from runtime import backoff_delay, log_event
 from settings import Settings
 
 __all__ = ["provision_once"]

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 import yaml
 
 from bridge.app import Bridge
+from events import messages_key, queue_key
 from settings import Settings, load_settings
 
 __all__ = ["bridge_settings", "deep_merge", "queued_messages", "running_bridge", "settings_yaml"]
@@ -109,9 +110,8 @@ def task_stacks() -> str:
 
 async def queued_messages(client: aioredis.Redis, namespace: str, queue: str) -> list[dict[str, Any]]:
     """The dramatiq messages waiting on ``queue``, in queue order, decoded."""
-    key = f"{namespace}:{queue}"
-    ids = await client.lrange(key, 0, -1)
+    ids = await client.lrange(queue_key(namespace, queue), 0, -1)
     if not ids:
         return []
-    data = await client.hmget(f"{key}.msgs", ids)
+    data = await client.hmget(messages_key(namespace, queue), ids)
     return [json.loads(d) for d in data if d is not None]

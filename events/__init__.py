@@ -44,6 +44,14 @@ from events.jobs import (
 )
 from events.lanes import ACTORS, LIVE_ONLY, ActorSpec, Lane, actor_name_for, is_live_only, lane_for
 from events.parse import parse_event
+from events.queues import (
+    dead_letter_queue,
+    delay_queue,
+    heartbeats_key,
+    is_delay_queue,
+    messages_key,
+    queue_key,
+)
 from events.routes import ROUTES, Route, Status, route_for
 from events.subjects import matches
 
@@ -93,6 +101,13 @@ __all__ = [
     "online_key",
     "presence_key",
     "wake_channel",
+    # dramatiq's Redis layout, written by the bridge and read by the workers (one owner: events.queues)
+    "dead_letter_queue",
+    "delay_queue",
+    "heartbeats_key",
+    "is_delay_queue",
+    "messages_key",
+    "queue_key",
     # Subjects
     "matches",
     # Routing table

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from runtime.faces import lazy_face
 
 if TYPE_CHECKING:
+    from runtime.backoff import backoff_delay
     from runtime.exit_codes import RET_CONFIG, RET_OK, RET_PORT_IN_USE, RET_REFUSED, RET_RUNTIME
     from runtime.findings import Findings
     from runtime.log import LogfmtFormatter, dump_tasks_on_sigusr2, log_event, setup_logging
@@ -36,6 +37,7 @@ __all__ = [
     "RET_REFUSED",
     "RET_RUNTIME",
     "address_in_use",
+    "backoff_delay",
     "config_path",
     "connect_options",
     "dump_tasks_on_sigusr2",
@@ -51,6 +53,7 @@ __all__ = [
 
 # Each public name and the module that defines it.
 _HOME: dict[str, str] = {
+    "backoff_delay": "backoff",
     "Findings": "findings",
     "LogfmtFormatter": "log",
     "dump_tasks_on_sigusr2": "log",

@@ -1,7 +1,8 @@
 """Capped exponential backoff with jitter: ``min(base * 2**attempt, cap)`` +- ``jitter`` (a fraction).
 
-Used for the initial NATS connect, JetStream recovery after 503/missing consumers, Redis probes
-and nak delays, so that no fault ever turns into a hot loop.
+Used for the initial NATS connect, JetStream recovery after 503/missing consumers, Redis probes,
+nak delays and the workers' wake-up listener, so that no fault ever turns into a hot loop, and
+the jitter keeps many processes that lost the same server from coming back in step.
 """
 
 from __future__ import annotations

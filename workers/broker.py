@@ -13,10 +13,8 @@ Dispatch calls (fetch, ack, requeue, enqueue) run dramatiq's own script with dra
 arguments, only on a connection held by the calling thread rather than through a pool checkout
 per call (:mod:`workers.connections`): that checkout cost more CPU than the call.
 
-Redis key layout (unchanged from dramatiq, docs/dramatiq-pitfalls.md#redis-key-layout):
-``{ns}:{queue}`` list of ids, ``{ns}:{queue}.msgs`` hash id -> message, ``.DQ``/``.XQ`` delay and
-dead-letter queues, ``{ns}:__acks__.{broker_id}.{queue}`` fetched-but-unacked,
-``{ns}:__heartbeats__``.
+Redis key layout: dramatiq's own, unchanged (docs/dramatiq-pitfalls.md#redis-key-layout), spelled
+once for the bridge, the workers and ``doctor`` in :mod:`events.queues`.
 """
 
 from __future__ import annotations

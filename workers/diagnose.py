@@ -11,7 +11,7 @@ from typing import Final, Literal
 
 from redis.asyncio import Redis
 
-from events import wake_channel
+from events import dead_letter_queue, delay_queue, heartbeats_key, queue_key, wake_channel
 from runtime import Findings
 from settings import Problem, Settings
 
@@ -42,11 +42,11 @@ async def diagnose_queues(client: Redis, settings: Settings, origin: str) -> lis
     report = Findings()
     ns = settings.redis.namespace
     now_ms = int(time.time() * 1000)
-    live = await client.zcount(f"{ns}:__heartbeats__", now_ms - WORKER_HEARTBEAT_TIMEOUT_MS, "+inf")
+    live = await client.zcount(heartbeats_key(ns), now_ms - WORKER_HEARTBEAT_TIMEOUT_MS, "+inf")
     waiting_total = 0
     for lane, queue in (("realtime", settings.queues.realtime), ("domain", settings.queues.domain)):
-        waiting = await client.llen(f"{ns}:{queue}") + await client.llen(f"{ns}:{queue}.DQ")
-        dead = await client.zcard(f"{ns}:{queue}.XQ")
+        waiting = await client.llen(queue_key(ns, queue)) + await client.llen(queue_key(ns, delay_queue(queue)))
+        dead = await client.zcard(queue_key(ns, dead_letter_queue(queue)))
         listening = dict(await client.pubsub_numsub(wake_channel(ns, queue))).get(
             wake_channel(ns, queue).encode(), 0)
         waiting_total += waiting
@@ -55,7 +55,7 @@ async def diagnose_queues(client: Redis, settings: Settings, origin: str) -> lis
                    origin=origin)
         if dead:
             report.add("warning", "jobs_dead", f"queues.{lane}", f"{dead} job(s) of {queue!r} failed for good "
-                       f"(dramatiq's {ns}:{queue}.XQ)", origin=origin,
+                       f"(dramatiq's {queue_key(ns, dead_letter_queue(queue))})", origin=origin,
                        fix="see the workers' Sentry issues or logs for why; requeue once fixed")
     report.add("info", "workers", "queues", f"{live} worker process(es) heartbeating", origin=origin)
     if waiting_total and not live:

@@ -21,8 +21,8 @@ from typing import Final
 
 import redis
 
-from events import wake_channel
-from runtime import log_event
+from events import is_delay_queue, wake_channel
+from runtime import backoff_delay, log_event
 
 __all__ = ["WakeListener"]
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 #: Wake messages themselves interrupt the wait at once; this only bounds how long a queue
 #: declared after start-up waits for its subscription.
 POLL_INTERVAL_S: Final = 0.2
-#: First reconnect delay after losing the pub/sub connection, doubled per failure, in seconds.
+#: First reconnect delay after losing the pub/sub connection, doubled per failure (+-20% jitter), in seconds.
 RECONNECT_DELAY_S: Final = 0.1
 #: Longest reconnect delay, in seconds.
 RECONNECT_DELAY_CAP_S: Final = 5.0
@@ -68,7 +68,7 @@ class WakeListener:
             bell = self._doorbells.get(queue_name)
             if bell is None:
                 bell = self._doorbells[queue_name] = threading.Event()
-                if not queue_name.endswith(".DQ"):
+                if not is_delay_queue(queue_name):
                     self._pending.put(queue_name)
                     self._start()
             return bell
@@ -92,24 +92,26 @@ class WakeListener:
     # ------------------------------------------------------------------ thread
 
     def _run(self) -> None:
-        delay = RECONNECT_DELAY_S
+        failures = 0
         while not self._stopping.is_set():
             try:
                 self._listen()
                 return
             except redis.RedisError as exc:
                 self.connected.clear()
-                log_event(log, "wake_listener_disconnected", logging.WARNING, error=exc, retry_in=delay)
+                # Jittered, so the listeners of many worker processes do not reconnect in step.
+                delay = backoff_delay(failures, RECONNECT_DELAY_S, RECONNECT_DELAY_CAP_S)
+                failures += 1
+                log_event(log, "wake_listener_disconnected", logging.WARNING, error=exc, retry_in=round(delay, 3))
                 self._ring_all()  # consumers fall back to fetching at once, then to polling
                 if self._stopping.wait(delay):
                     return
-                delay = min(delay * 2, RECONNECT_DELAY_CAP_S)
 
     def _listen(self) -> None:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         try:
             with self._lock:
-                wanted = {name for name in self._doorbells if not name.endswith(".DQ")}
+                wanted = {name for name in self._doorbells if not is_delay_queue(name)}
             self._subscribed = set()
             self._subscribe(pubsub, wanted)
             first = True
