@@ -23,7 +23,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from settings.model import Jwt
+from settings import Jwt
 
 #: The only algorithm Fechatter signs with; never read it from the token header.
 ALGORITHM: Final = "EdDSA"
