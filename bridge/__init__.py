@@ -15,6 +15,7 @@ from runtime import lazy_face
 
 if TYPE_CHECKING:
     from bridge.app import Bridge
+    from bridge.dead_letter_store import DeadLetter, DeadLetterStore, Replay, ReplayOutcome
     from bridge.diagnose import diagnose_dead_letters, diagnose_nats
     from bridge.errors import BridgeError
     from bridge.main import run
@@ -34,6 +35,11 @@ __all__ = [
     "diagnose_dead_letters",
     "diagnose_nats",
     "provision_once",
+    # Dead letters (fechatter-notify dlq)
+    "DeadLetter",
+    "DeadLetterStore",
+    "Replay",
+    "ReplayOutcome",
 ]
 
 _HOME: dict[str, str] = {
@@ -46,6 +52,10 @@ _HOME: dict[str, str] = {
     "diagnose_dead_letters": "diagnose",
     "diagnose_nats": "diagnose",
     "provision_once": "release",
+    "DeadLetter": "dead_letter_store",
+    "DeadLetterStore": "dead_letter_store",
+    "Replay": "dead_letter_store",
+    "ReplayOutcome": "dead_letter_store",
 }
 
 __getattr__ = lazy_face(__name__, _HOME)

@@ -25,12 +25,24 @@ from bridge.messages import StampedBatch, message_id_for, producer_trace, random
 from events import ACTORS, EventRejected, Lane, RejectCode, parse_event
 from settings import Events
 
-__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "EventBatch", "too_large"]
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "EventBatch", "event_identity", "too_large"]
 
 #: ``events.max_payload_bytes``'s default, for callers without settings (tests, benchmarks).
 DEFAULT_MAX_PAYLOAD_BYTES: Final[int] = Events().max_payload_bytes
 
 _MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+def event_identity(stream: str | None, stream_seq: int | None, headers: Mapping[str, str] | None) -> str | None:
+    """A JetStream event's identity (``Nats-Msg-Id``, else stream + sequence); None on core NATS.
+
+    The dedupe marker and the dramatiq message id derive from it, so a redelivery, and a replay of
+    its dead letter (:mod:`bridge.dead_letter_store`), is recognised as the same event.
+    """
+    if stream is None:
+        return None
+    msg_id = headers.get(_MSG_ID_HEADER) if headers else None
+    return f"{stream}:id:{msg_id}" if msg_id else f"{stream}:{stream_seq}"
 
 
 class EventBatch:
@@ -83,19 +95,17 @@ class EventBatch:
         stream: str | None = None,
         stream_seq: int | None = None,
         delivered: int | None = None,
+        identity: str | None = None,
     ) -> None:
         """Parse one event and add its job (or its dead letter) to the batch.
 
         JetStream events (``stream`` set) get a dedupe marker and a deterministic message id;
-        core NATS events neither (no redelivery exists to deduplicate).
+        core NATS events neither (no redelivery exists to deduplicate), unless ``identity`` gives
+        one (a replayed dead letter, which an operator may replay twice).
         """
-        if stream is not None:
-            msg_id = headers.get(_MSG_ID_HEADER) if headers else None
-            identity = f"{stream}:id:{msg_id}" if msg_id else f"{stream}:{stream_seq}"
-            dedupe_key = f"{self.batch.namespace}:{DEDUPE_PREFIX}:{identity}"
-        else:
-            identity = None
-            dedupe_key = ""
+        if identity is None:
+            identity = event_identity(stream, stream_seq, headers)
+        dedupe_key = "" if identity is None else f"{self.batch.namespace}:{DEDUPE_PREFIX}:{identity}"
         size = len(data)
         try:
             if size > self._max_payload:

@@ -53,7 +53,7 @@ from events.queues import (
     queue_key,
 )
 from events.routes import ROUTES, Route, Status, route_for
-from events.subjects import matches
+from events.subjects import matches, validate_pattern
 
 __all__ = [
     # Parsing (bridge)
@@ -110,6 +110,7 @@ __all__ = [
     "queue_key",
     # Subjects
     "matches",
+    "validate_pattern",
     # Routing table
     "ROUTES",
     "Route",

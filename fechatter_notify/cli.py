@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--quiet", action="store_true", help="only errors and warnings")
     doctor.add_argument("--format", choices=("text", "json"), default="text",
                         help="json: a list of {level, code, path, message, origin, fix}")
+    dlq = sub.add_parser("dlq", help="dead letters of the bridge and of dramatiq: list, show, replay, purge")
+    import_module("fechatter_notify.dlq").add_arguments(dlq)
     for name, (_, help_text) in PROCESSES.items():
         proc = sub.add_parser(name, help=help_text)
         proc.add_argument("--config", dest="sub_config", metavar="PATH")
@@ -138,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fechatter_notify.doctor import run as doctor
 
         return doctor(loaded, args)
+    if args.command == "dlq":
+        from fechatter_notify.dlq import run as dlq
+
+        return dlq(loaded, args)
     for problem in loaded.warnings:
         print(problem.format(), file=sys.stderr)
     return _resolve(PROCESSES[args.command][0])(loaded, args)

@@ -19,8 +19,18 @@ from runtime import lazy_face
 if TYPE_CHECKING:
     from workers.actors import declare_actors
     from workers.broker import WakeRedisBroker, build_broker
+    from workers.dead_letter_queue import (
+        DeadLetterQueues,
+        FailedJob,
+        Requeue,
+        RequeueOutcome,
+        purge_failed_jobs,
+        read_failed_jobs,
+        requeue_failed_jobs,
+    )
     from workers.delivery import Delivered, Delivery, notification_key
     from workers.diagnose import diagnose_queues, diagnose_redis_server
+    from workers.failure_reasons import FailureReasons
     from workers.main import run
     from workers.metrics import WorkerMetrics
     from workers.notifications import notification_for
@@ -44,6 +54,15 @@ __all__ = [
     # Operator commands
     "diagnose_queues",
     "diagnose_redis_server",
+    # dramatiq's dead-letter queues (fechatter-notify dlq)
+    "DeadLetterQueues",
+    "FailedJob",
+    "FailureReasons",
+    "Requeue",
+    "RequeueOutcome",
+    "purge_failed_jobs",
+    "read_failed_jobs",
+    "requeue_failed_jobs",
 ]
 
 _HOME: dict[str, str] = {
@@ -60,6 +79,14 @@ _HOME: dict[str, str] = {
     "notification_for": "notifications",
     "WorkerRuntime": "process",
     "Services": "services",
+    "DeadLetterQueues": "dead_letter_queue",
+    "FailedJob": "dead_letter_queue",
+    "FailureReasons": "failure_reasons",
+    "Requeue": "dead_letter_queue",
+    "RequeueOutcome": "dead_letter_queue",
+    "purge_failed_jobs": "dead_letter_queue",
+    "read_failed_jobs": "dead_letter_queue",
+    "requeue_failed_jobs": "dead_letter_queue",
 }
 
 __getattr__ = lazy_face(__name__, _HOME)

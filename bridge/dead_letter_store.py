@@ -1,0 +1,250 @@
+"""Reading, replaying and purging the bridge's dead letters (``{namespace}:{dead_letters.stream}``).
+
+The entries are written by :file:`enqueue.lua` (fields in :mod:`bridge.dead_letters`); here they
+become :class:`DeadLetter` records. A replay sends a record through the bridge's own path again:
+:class:`~bridge.batch.EventBatch` parses it with the *current* settings (a raised
+``events.max_payload_bytes`` lets an oversized event through) and :class:`~bridge.enqueue.Enqueuer`
+enqueues it with the event's own identity (``Nats-Msg-Id``, else stream + sequence), so an event
+whose job was already enqueued is deduplicated, not delivered twice.
+
+Design: a replayed record that was enqueued (or found already enqueued) is deleted from the stream;
+one rejected again stays, with its original reason. Replaying twice therefore finds nothing the
+second time, and a concurrent second replay of the same record (two operators) is deduplicated by
+the event's marker. Core NATS events have no identity of their own: their replay uses the dead
+letter's entry id as one, for the same reason.
+
+The marker a rejected JetStream event left (value ``dead-letter``, ``redis.dedupe_window`` long)
+would make its replay look like a duplicate; the replay removes exactly that value first, never a
+marker that names an enqueued job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, WatchError
+
+from bridge.batch import EventBatch, event_identity
+from bridge.dead_letters import MAX_DELIVERIES
+from bridge.enqueue import Enqueuer, connect_redis
+from bridge.errors import RedisUnavailable
+from bridge.messages import MessageFactory
+from events import Lane
+from settings import Settings
+
+__all__ = ["DeadLetter", "DeadLetterStore", "Replay", "ReplayOutcome"]
+
+#: The value :file:`enqueue.lua` gives the dedupe marker of an event it dead-lettered.
+DEAD_LETTER_MARKER: Final = b"dead-letter"
+#: Entries read per XRANGE call.
+PAGE: Final = 1000
+
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One entry of the dead-letter stream (fields: :mod:`bridge.dead_letters`)."""
+
+    id: str
+    at: datetime
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+    size: int
+    stream: str | None
+    seq: int | None
+    delivered: int | None
+    consumer: str
+    code: str
+    reason: str
+
+    @property
+    def not_replayable(self) -> str | None:
+        """Why this record cannot be replayed, or None when it can."""
+        if len(self.data) < self.size:
+            return f"only the first {len(self.data)} of its {self.size} bytes were kept; republish it from the source"
+        if self.code == MAX_DELIVERIES and not self.subject:
+            return "the original message could not be read from JetStream when it was dead-lettered"
+        return None
+
+
+class ReplayOutcome(StrEnum):
+    """What a replay did with one record."""
+
+    #: Parsed and enqueued (with ``dry_run``: would be); the record is deleted.
+    REPLAYED = "replayed"
+    #: Its job was already enqueued (the event's marker names it); the record is deleted.
+    ALREADY_DELIVERED = "already_delivered"
+    #: Parsing refused it again; the record stays.
+    REJECTED = "rejected"
+    #: The record does not hold the whole event; it stays.
+    NOT_REPLAYABLE = "not_replayable"
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """The outcome of replaying one record: ``code``/``reason`` of a rejection, ``job`` when parsed."""
+
+    id: str
+    outcome: ReplayOutcome
+    job: str | None = None
+    code: str | None = None
+    reason: str | None = None
+
+
+class DeadLetterStore:
+    """The dead-letter stream of one deployment.
+
+    Parameters:
+      settings(Settings): ``redis``, ``dead_letters``, ``queues``, ``events`` and ``realtime`` are used.
+      client(redis.asyncio.Redis | None): Default: a fail-fast client for ``redis.url``, closed by :meth:`close`.
+    """
+
+    def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
+        r = settings.redis
+        self._settings = settings
+        self._own_client = client is None
+        self._client = client or connect_redis(r.url.get_secret_value(), socket_timeout=r.socket_timeout,
+                                               connect_timeout=r.socket_connect_timeout)
+        self._enqueuer = Enqueuer(self._client, namespace=r.namespace, dedupe_window=r.dedupe_window,
+                                  dead_letter_stream=settings.dead_letters.stream,
+                                  dead_letter_max_len=settings.dead_letters.max_len)
+        self._factory = MessageFactory()
+        self.key = self._enqueuer.dead_letter_key
+
+    async def close(self) -> None:
+        """Close the client if this store made it."""
+        if self._own_client:
+            await self._enqueuer.close()
+
+    async def read(self) -> list[DeadLetter]:
+        """Every record, oldest first.
+
+        Raises:
+          RedisUnavailable: Redis refused or timed out.
+        """
+        letters: list[DeadLetter] = []
+        start = "-"
+        while True:
+            page = await self._call(self._client.xrange(self.key, min=start, max="+", count=PAGE))
+            letters.extend(_record(_text(entry_id), fields) for entry_id, fields in page)
+            if len(page) < PAGE:
+                return letters
+            start = f"({_text(page[-1][0])}"
+
+    async def replay(self, letter: DeadLetter, *, dry_run: bool = False) -> Replay:
+        """Send ``letter`` through parsing and the idempotent enqueue again (see the module's design).
+
+        Raises:
+          RedisUnavailable: Redis refused or timed out (the record is left as it was).
+        """
+        why_not = letter.not_replayable
+        if why_not is not None:
+            return Replay(letter.id, ReplayOutcome.NOT_REPLAYABLE, reason=why_not)
+        events = self._parse(letter)
+        reject = events.rejects[0]
+        if reject is not None:
+            return Replay(letter.id, ReplayOutcome.REJECTED, code=str(reject.code), reason=reject.reason)
+        job, marker = events.job_types[0], events.batch.entries[0][1]
+        if dry_run:
+            held = await self._call(self._client.get(marker)) if marker else None
+            enqueued = held is not None and held != DEAD_LETTER_MARKER
+            return Replay(letter.id, ReplayOutcome.ALREADY_DELIVERED if enqueued else ReplayOutcome.REPLAYED, job=job)
+        if marker:
+            await self._call(self._clear_dead_letter_marker(marker))
+        flags = await self._enqueuer.run(events.batch)
+        events.stamped.after_enqueue()
+        await self._call(self._client.xdel(self.key, letter.id))
+        outcome = ReplayOutcome.REPLAYED if flags == b"1" else ReplayOutcome.ALREADY_DELIVERED
+        return Replay(letter.id, outcome, job=job)
+
+    async def _clear_dead_letter_marker(self, marker: str) -> None:
+        """Delete ``marker`` only while it says ``dead-letter``: one naming an enqueued job stays.
+
+        A change between the read and the delete (WATCH) means someone enqueued the event
+        meanwhile; the marker then stays and the enqueue deduplicates.
+        """
+        async with self._client.pipeline(transaction=True) as pipe:
+            await pipe.watch(marker)
+            if await pipe.get(marker) != DEAD_LETTER_MARKER:
+                return  # leaving the block resets the pipeline, which unwatches
+            pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            pipe.delete(marker)
+            with contextlib.suppress(WatchError):
+                await pipe.execute()
+
+    async def purge(self, ids: Sequence[str]) -> int:
+        """Delete the records with these ids; returns how many existed."""
+        if not ids:
+            return 0
+        return int(await self._call(self._client.xdel(self.key, *ids)))
+
+    def _parse(self, letter: DeadLetter) -> EventBatch:
+        """A one-event batch, parsed as the bridge does with the current settings.
+
+        ``received_at`` is when the bridge first got the event, so a typing or presence event
+        replayed later than its lifetime is dropped by the workers (counted), not shown as current.
+        """
+        s = self._settings
+        queues = {Lane.REALTIME: s.queues.realtime, Lane.DOMAIN: s.queues.domain}
+        events = EventBatch(self._enqueuer.new_batch(), self._factory.begin(), queues, letter.at,
+                            s.realtime.typing_ttl, s.realtime.presence_ttl, s.events.max_payload_bytes)
+        own = event_identity(letter.stream, letter.seq, letter.headers)
+        events.add(letter.subject, letter.data, letter.headers or None, consumer=letter.consumer,
+                   stream=letter.stream, stream_seq=letter.seq, delivered=letter.delivered,
+                   identity=own if own is not None else f"dead-letter:{letter.id}")
+        return events
+
+    @staticmethod
+    async def _call(awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+
+def _record(entry_id: str, raw: Mapping[bytes, bytes]) -> DeadLetter:
+    """A stream entry as a record; fields missing from an older writer read as empty."""
+    fields = {_text(k): v for k, v in raw.items()}
+    data = fields.get("data", b"")
+
+    def text(name: str) -> str:
+        return _text(fields.get(name, b""))
+
+    return DeadLetter(
+        id=entry_id, at=_when(text("at"), entry_id), subject=text("subject"), headers=_headers(text("headers")),
+        data=data, size=_int(text("size")) or len(data), stream=text("stream") or None, seq=_int(text("seq")),
+        delivered=_int(text("delivered")), consumer=text("consumer"), code=text("code"), reason=text("reason"),
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _int(value: str) -> int | None:
+    return int(value) if value.isdigit() else None
+
+
+def _headers(value: str) -> dict[str, str]:
+    try:
+        loaded = json.loads(value) if value else {}
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+
+
+def _when(value: str, entry_id: str) -> datetime:
+    """The ``at`` field, else the entry id's milliseconds (both are the bridge's clock)."""
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return datetime.fromtimestamp(int(entry_id.split("-")[0]) / 1000, UTC)
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
