@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from importlib.resources import files
 from typing import Any, Final
 
 import msgspec
@@ -26,6 +25,7 @@ from redis.exceptions import RedisError
 
 from bridge.errors import RedisUnavailable
 from events import messages_key, queue_key, wake_channel
+from runtime import LuaScript
 
 __all__ = ["DEDUPE_PREFIX", "Batch", "Enqueuer", "connect_redis"]
 
@@ -36,7 +36,7 @@ _FIXED_ARGS: Final = 4
 #: A written entry in the script's answer.
 WRITTEN: Final = ord("1")
 
-_SCRIPT: Final = files("bridge").joinpath("enqueue.lua").read_text()
+_SCRIPT: Final = LuaScript("bridge", "enqueue.lua")
 _PACK = msgspec.msgpack.Encoder()
 
 
@@ -123,7 +123,6 @@ class Enqueuer:
     ) -> None:
         self._client = client
         self.namespace = namespace
-        self._script = client.register_script(_SCRIPT)
         self._ttl = max(1, round(dedupe_window))
         self._dl_key = f"{namespace}:{dead_letter_stream}"
         self._dl_max = dead_letter_max_len
@@ -150,7 +149,8 @@ class Enqueuer:
         if not batch.entries:
             return b""
         try:
-            answer = await self._script(args=[self._ttl, self._dl_key, self._dl_max, batch.pack(), *batch.extra])
+            args = [self._ttl, self._dl_key, self._dl_max, batch.pack(), *batch.extra]
+            answer = await _SCRIPT.acall(self._client, [], args)
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from None
         flags = answer if isinstance(answer, bytes) else str(answer).encode()

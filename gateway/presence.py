@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from events import members_key, online_key, presence_key
-from runtime import log_event, stop_task
+from runtime import LuaScript, log_event, stop_task
 
 log = logging.getLogger(__name__)
 
@@ -42,46 +42,10 @@ OFFLINE_TTL: Final = 7 * 24 * 3600.0
 #: Updates sent to Redis in one pipeline, at most.
 BATCH: Final = 500
 
-_OPEN = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-local before = redis.call('ZCARD', KEYS[1])
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-local changed = 0
-if before == 0 or redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('HSET', KEYS[2], 'status', 'online', 'last_seen', ARGV[5])
-  changed = 1
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return changed
-"""
-
-_CLOSE = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-if redis.call('ZCARD', KEYS[1]) > 0 then
-  return 0
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[2], 'status', 'offline', 'last_seen', ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return 1
-"""
-
-_REFRESH = """
-for i = 5, #ARGV do
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local changed = 0
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('HSET', KEYS[2], 'status', 'online', 'last_seen', ARGV[4])
-  changed = 1
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return changed
-"""
+#: The scripts (each file's header names its keys and arguments).
+_OPEN: Final = LuaScript("gateway", "presence_open.lua")
+_CLOSE: Final = LuaScript("gateway", "presence_close.lua")
+_REFRESH: Final = LuaScript("gateway", "presence_refresh.lua")
 
 #: ``announce(user_id, status, last_seen_iso)``: publish a presence change.
 Announce = Callable[[int, str, str], Awaitable[object]]
@@ -115,9 +79,6 @@ class PresenceTracker:
         self._ttl_ms = int(ttl * 1000)
         self._refresh_every = ttl / 3
         self._announce = announce
-        self._open_script = redis.register_script(_OPEN)
-        self._close_script = redis.register_script(_CLOSE)
-        self._refresh_script = redis.register_script(_REFRESH)
         # Unique per process start, so two gateways never share a zset member.
         self._instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._counter = itertools.count(1)
@@ -176,15 +137,17 @@ class PresenceTracker:
     async def _apply(self, batch: list[_Op]) -> None:
         now_ms = int(time.time() * 1000)
         seen = now_iso()
+        # A call's answer reports a change a second run would not: load before, never repeat.
+        await LuaScript.load(self._redis, [_OPEN, _CLOSE])
         async with self._redis.pipeline(transaction=False) as pipe:
             for op in batch:
                 keys = [online_key(self._ns, op.user_id), presence_key(self._ns, op.user_id)]
                 if op.kind == "open":
                     args: list[Any] = [op.member, now_ms, now_ms + self._ttl_ms, self._ttl_ms, seen]
-                    await self._open_script(keys=keys, args=args, client=pipe)
+                    _OPEN.queue(pipe, keys, args)
                 else:
                     args = [op.member, now_ms, seen, int(OFFLINE_TTL * 1000)]
-                    await self._close_script(keys=keys, args=args, client=pipe)
+                    _CLOSE.queue(pipe, keys, args)
             results = await pipe.execute()
         for op, changed in zip(batch, results, strict=True):
             if changed:
@@ -207,11 +170,12 @@ class PresenceTracker:
         users = [(uid, sorted(members)) for uid, members in self._local.items()]
         for start in range(0, len(users), BATCH):
             chunk = users[start:start + BATCH]
+            await LuaScript.load(self._redis, [_REFRESH])
             async with self._redis.pipeline(transaction=False) as pipe:
                 for user_id, members in chunk:
                     keys = [online_key(self._ns, user_id), presence_key(self._ns, user_id)]
                     args: list[Any] = [now_ms, now_ms + self._ttl_ms, self._ttl_ms, seen, *members]
-                    await self._refresh_script(keys=keys, args=args, client=pipe)
+                    _REFRESH.queue(pipe, keys, args)
                 results = await pipe.execute()
             for (user_id, _), changed in zip(chunk, results, strict=True):
                 if changed:  # the hash had expired (e.g. Redis was restarted): online again

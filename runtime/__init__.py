@@ -1,5 +1,5 @@
 """What every process shares: logging, task shutdown, NATS connection options, config reload, Sentry, ports,
-exit codes, and the findings of live checks.
+exit codes, the findings of live checks, backoff, and the one Lua script loader.
 
 The bottom layer above ``settings`` and ``events``: it imports only ``settings`` and itself, and ``bridge``,
 ``workers``, ``gateway`` and the ``fechatter_notify`` shell import it from here, never from its modules.
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from runtime.exit_codes import RET_CONFIG, RET_OK, RET_PORT_IN_USE, RET_REFUSED, RET_RUNTIME
     from runtime.findings import Findings
     from runtime.log import LogfmtFormatter, dump_tasks_on_sigusr2, log_event, setup_logging
+    from runtime.lua import LuaScript
     from runtime.nats_options import connect_options, server_address
     from runtime.ports import PortInUse, address_in_use, report_port_in_use
     from runtime.reloading import OffLoopReload, config_path, reload_settings, reload_settings_until
@@ -29,6 +30,7 @@ __all__ = [
     "Findings",
     "lazy_face",
     "LogfmtFormatter",
+    "LuaScript",
     "OffLoopReload",
     "PortInUse",
     "RET_CONFIG",
@@ -56,6 +58,7 @@ _HOME: dict[str, str] = {
     "backoff_delay": "backoff",
     "Findings": "findings",
     "LogfmtFormatter": "log",
+    "LuaScript": "lua",
     "dump_tasks_on_sigusr2": "log",
     "log_event": "log",
     "setup_logging": "log",

@@ -29,8 +29,8 @@ from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
-from redis.exceptions import NoScriptError
 
+from runtime import LuaScript
 from workers.connections import ThreadConnections
 from workers.expiry import Expiry
 from workers.failures import retry_when
@@ -77,9 +77,8 @@ class WakeRedisBroker(RedisBroker):
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]
         self.wake: WakeListener | None = WakeListener(self.client, self.namespace) if wake else None
         self.conns = ThreadConnections(self.client)
-        dispatch = self.scripts["dispatch"]
-        self._dispatch_sha: str = dispatch.sha
-        self._dispatch_source: Any = dispatch.script
+        # dramatiq's own script file, the one its RedisBroker registers, through the one loader.
+        self._dispatch_script = LuaScript("dramatiq.brokers", "redis/dispatch.lua")
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -96,16 +95,11 @@ class WakeRedisBroker(RedisBroker):
 
     def _run_dispatch(self, command: str, queue_name: str, maintenance: int, args: tuple[Any, ...]) -> Any:
         argv = (
-            "EVALSHA", self._dispatch_sha, 1, self.namespace,
             command, current_millis(), queue_name, self.broker_id, self.heartbeat_timeout,
             self.dead_message_ttl, maintenance, self._max_unpack_size(),  # type: ignore[no-untyped-call]
             *args,
         )
-        try:
-            return self.conns.call(*argv)
-        except NoScriptError:
-            self.conns.call("SCRIPT", "LOAD", self._dispatch_source)
-            return self.conns.call(*argv)
+        return self._dispatch_script.call(self.conns.call, [self.namespace], argv)
 
     def maintain(self, queue_name: str) -> None:
         """Run dramatiq's queue maintenance for ``queue_name`` now.

@@ -1,4 +1,4 @@
-"""Lua scripts shipped with the workers, called by SHA in one round trip.
+"""Lua scripts shipped with the workers, called by SHA in one round trip (:class:`runtime.LuaScript`).
 
 redis-py's ``Script`` objects, when used in a pipeline, send ``SCRIPT EXISTS`` before every
 ``execute``: one extra round trip per job. Here a script is called with ``EVALSHA`` on the
@@ -9,13 +9,10 @@ package is idempotent, so repeating a whole pipeline is safe.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
-from importlib import resources
 from typing import Any, Final
 
-from redis.exceptions import NoScriptError
-
+import runtime
 from workers.connections import ThreadConnections
 
 __all__ = ["LuaScript", "ScriptCall", "run_pipeline", "template"]
@@ -24,24 +21,19 @@ __all__ = ["LuaScript", "ScriptCall", "run_pipeline", "template"]
 ScriptCall = tuple["LuaScript", Sequence[str], Sequence[Any]]
 
 
-class LuaScript:
-    """One Lua file of the ``workers`` package.
+class LuaScript(runtime.LuaScript):
+    """One Lua file of the ``workers`` package, called on a thread's connection.
 
     Parameters:
       filename(str): The file name inside the package, e.g. ``"deliver.lua"``.
     """
 
     def __init__(self, filename: str) -> None:
-        self.source = resources.files("workers").joinpath(filename).read_text(encoding="utf-8")
-        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        super().__init__("workers", filename)
 
     def __call__(self, conns: ThreadConnections, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run the script once; one round trip unless Redis lost the script."""
-        try:
-            return conns.call("EVALSHA", self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            conns.call("SCRIPT", "LOAD", self.source)
-            return conns.call("EVALSHA", self.sha, len(keys), *keys, *args)
+        return self.call(conns.call, keys, args)
 
 
 def run_pipeline(conns: ThreadConnections, calls: Sequence[ScriptCall]) -> list[Any]:
@@ -53,13 +45,7 @@ def run_pipeline(conns: ThreadConnections, calls: Sequence[ScriptCall]) -> list[
     if len(calls) == 1:
         script, keys, args = calls[0]
         return [script(conns, keys, args)]
-    commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
-    try:
-        return conns.pipeline(commands)
-    except NoScriptError:
-        for script in {id(s): s for s, _, _ in calls}.values():
-            conns.call("SCRIPT", "LOAD", script.source)
-        return conns.pipeline(commands)
+    return runtime.LuaScript.call_all(conns.pipeline, conns.call, calls)
 
 
 #: A user id no key or namespace contains, to split a key function's output around.
