@@ -181,12 +181,14 @@ def middleware_stack(settings: Settings, metrics: WorkerMetrics, *,
     The ``after_*`` hooks run bottom-up, so :class:`Retries` decides "retry or dead-letter"
     before the metrics and Sentry middleware above it look at ``message.failed``.
     """
+    from workers.failure_reasons import FailureReasons
     from workers.metrics import MetricsMiddleware
     from workers.sentry import SentryTags
 
     delivery = settings.delivery
     return [
         MetricsMiddleware(metrics),
+        FailureReasons(),
         SentryTags(),
         CurrentMessage(),
         Expiry(metrics),
