@@ -21,6 +21,11 @@ What it does, all on 127.0.0.1 and free ports:
 
 Users get ``streams / users`` streams each (the web client opens one per chat switch), so each
 notification fans out to that many frames.
+
+``--compare off`` runs the same load twice per round, with every ``gateway.limits`` protection
+off ("before") and at its defaults ("after"), and prints both side by side with their ratio:
+what the edge protections cost (budget: at most 5 % of frames/s). ``--compare DIR`` takes
+"before" from a checkout of an earlier commit instead (``git archive REV | tar -x -C DIR``).
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ TARGET_RSS_MB = 300
 TARGET_FRAMES_PER_S = 50_000
 #: Concurrent connection attempts per client process (the listen backlog is 4096).
 CONNECT_CONCURRENCY = 500
+#: Client source addresses (127.0.0.2 ...); 10,000 streams are then 40 per address, inside the
+#: default connect burst of 100.
+SOURCE_ADDRESSES = 250
 _T = re.compile(rb'"t":([0-9.]+)')
 
 
@@ -138,6 +146,13 @@ class _SseConnection(asyncio.Protocol):
             self.confirmed.set_exception(ConnectionError("closed before confirmation"))
 
 
+def source_address(index: int) -> str:
+    """The loopback address stream ``index`` connects from: streams come from
+    :data:`SOURCE_ADDRESSES` addresses, as from many browsers, so the gateway's per-address
+    connect rate (``gateway.limits.connect_rate``) applies as it would in production."""
+    return f"127.0.0.{2 + index % SOURCE_ADDRESSES}"
+
+
 async def client_main(args: argparse.Namespace) -> None:
     """One client process: opens its share of streams, then reports on request (stdin)."""
     raise_fd_limit()
@@ -157,7 +172,7 @@ async def client_main(args: argparse.Namespace) -> None:
             try:
                 _, protocol = await loop.create_connection(
                     lambda: _SseConnection(request, stats, confirmed, index % args.sample == 0),
-                    host, args.port)
+                    host, args.port, local_addr=(source_address(index), 0))
                 connections.append(protocol)
                 await asyncio.wait_for(confirmed, 60)
                 stats.confirmed += 1
@@ -288,9 +303,25 @@ def _publisher(redis_url: str, users: int, max_len: int) -> Any:
     return publish
 
 
+#: Gateway settings that turn every edge protection off (``--compare off``).
+LIMITS_OFF: dict[str, str] = {
+    f"NOTIFY__GATEWAY__LIMITS__{name}": "0"
+    for name in ("MAX_STREAMS_PER_USER", "CONNECT_RATE", "MAX_CONNECTIONS", "MAX_MEMORY",
+                 "STREAM_BUFFER_BYTES", "MAX_HEADER_BYTES", "MAX_QUERY_BYTES", "MAX_TOKEN_BYTES",
+                 "HEADER_READ_TIMEOUT")
+}
+
+
+class _Setup:
+    """What every gateway run of one bench invocation shares: Redis, the key, the tokens."""
+
+    def __init__(self, work: Path, redis_url: str, public_pem: str) -> None:
+        self.work, self.redis_url, self.public_pem = work, redis_url, public_pem
+
+
 async def orchestrate(args: argparse.Namespace) -> None:
-    from gateway.testing import UNREACHABLE_NATS, SigningKey
-    from tests.servers import RedisServer, free_port
+    from gateway.testing import SigningKey
+    from tests.servers import RedisServer
 
     soft, hard = raise_fd_limit()
     print(f"fd limit (this process): soft={soft} hard={hard}; cpus={os.cpu_count()}")
@@ -298,135 +329,226 @@ async def orchestrate(args: argparse.Namespace) -> None:
     key = SigningKey.generate()
     tokens = [key.token(user, lifetime=3600 * 4) for user in range(1, args.users + 1)]
     (work / "tokens.json").write_text(json.dumps(tokens))
-    port = free_port()
-    escaped = key.public_pem.strip().replace("\n", "\\n")
-    clients: list[_Client] = []
     with RedisServer() as redis_server:
-        (work / "notify.yml").write_text(
-            f"redis:\n  url: {redis_server.url}\n  namespace: bench\n"
-            f"nats:\n  servers: [{UNREACHABLE_NATS}]\n"
-            f"gateway:\n  host: 127.0.0.1\n  port: {port}\n"
-            f'  jwt:\n    public_key: "{escaped}"\n'
-        )
-        log = work / "gateway.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY")}
-        with log.open("wb") as out:
-            profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
-            gateway = await asyncio.create_subprocess_exec(
-                sys.executable, *profile, "-m", "fechatter_notify", "--config",
-                str(work / "notify.yml"), "gateway", stdout=out, stderr=out, env=env, cwd=ROOT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            await _wait_ready(url, gateway, log)
-            fd_line = next((ln for ln in _read(log).splitlines() if "event=fd_limit" in ln), "")
-            print(f"gateway pid {gateway.pid} ready on {url}; {fd_line.split('event=')[-1]}")
-            idle = proc_stat(gateway.pid)
-            share = args.streams // args.clients
-            for i in range(args.clients):
-                count = share if i < args.clients - 1 else args.streams - share * i
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, __file__, "--role", "client", "--port", str(port),
-                    "--tokens", str(work / "tokens.json"), "--first", str(i * share),
-                    "--count", str(count), "--sample", str(args.sample),
-                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT,
-                    limit=1 << 30)  # a report carries every sampled latency on one line
-                clients.append(_Client(proc))
+        setup = _Setup(work, redis_server.url, key.public_pem)
+        if not args.compare:
+            result = await run_gateway(args, setup, ROOT, {}, "run")
+            _print_run(args, result)
+            return
+        await compare(args, setup)
 
-            # -- connect
-            answers = await asyncio.gather(*(c.ask("connect") for c in clients))
-            confirmed = sum(a["confirmed"] for a in answers)
-            connect_s = max(a["done"] for a in answers) - min(a["started"] for a in answers)
-            await asyncio.sleep(1.0)  # let presence updates settle before measuring memory
-            connected = proc_stat(gateway.pid)
-            print(f"connected {confirmed}/{args.streams} streams in {connect_s:.2f} s "
-                  f"({sum(a['failed'] for a in answers)} failed)")
 
-            publish = _publisher(redis_server.url, args.users, args.max_len)
-            loop = asyncio.get_running_loop()
-            fanout = args.streams / args.users
+async def compare(args: argparse.Namespace, setup: _Setup) -> None:
+    """``--compare``: the same load on the gateway without its edge protections ("before") and
+    with them at their defaults ("after"), alternating for ``--rounds`` rounds; best of each."""
+    if args.compare == "off":
+        before: tuple[Path, dict[str, str]] = (ROOT, LIMITS_OFF)
+        label = "protections off (gateway.limits.* = 0)"
+    else:
+        before = (Path(args.compare), {})  # made absolute in main()
+        label = f"code at {before[0]}"
+    results: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    for round_ in range(args.rounds):
+        # Alternate the order: a machine that slows down during the run penalises both alike.
+        order = ["before", "after"] if round_ % 2 == 0 else ["after", "before"]
+        for mode in order:
+            code, env = before if mode == "before" else (ROOT, {})
+            print(f"\n== round {round_ + 1}/{args.rounds}: {mode} ({label if mode == 'before' else 'defaults'})")
+            result = await run_gateway(args, setup, code, env, mode)
+            _print_run(args, result)
+            results[mode].append(result)
+    _print_comparison(args, label, results)
 
-            # -- burst (streams that failed to connect get nothing: expect only the others)
-            fanout = confirmed / args.users
-            expected = int(args.burst * fanout)
-            await asyncio.gather(*(c.ask("reset") for c in clients))
-            cpu0 = proc_stat(gateway.pid)["cpu_s"]
-            started = time.time()
-            for offset in range(0, args.burst, 1000):
-                await loop.run_in_executor(None, publish, min(1000, args.burst - offset))
-            published_s = time.time() - started
-            reports, got = await _settle(clients, expected)
-            burst_cpu = proc_stat(gateway.pid)["cpu_s"] - cpu0
-            last = max(r["last"] for r in reports)
-            burst_s = last - started
-            burst_rate = got / burst_s if burst_s > 0 else 0.0
-            print(f"burst: {args.burst} notifications published in {published_s:.2f} s, "
-                  f"{got}/{expected} frames delivered in {burst_s:.2f} s")
 
-            # -- paced
-            await asyncio.gather(*(c.ask("reset") for c in clients))
-            client_cpu0 = sum(r["cpu_s"] for r in await asyncio.gather(*(c.ask("report") for c in clients)))
-            cpu0 = proc_stat(gateway.pid)["cpu_s"]
-            tick = 0.005
-            started = time.time()
-            sent = 0
-            while time.time() - started < args.duration:
-                due = int((time.time() - started) * args.rate)
-                if sent < due:
-                    batch = min(due - sent, max(1, args.rate // 20))
-                    await loop.run_in_executor(None, publish, batch)
-                    sent += batch
-                else:
-                    await asyncio.sleep(tick)
-            expected_paced = int(sent * fanout)
-            reports, got_paced = await _settle(clients, expected_paced)
-            paced_span = max(r["last"] for r in reports) - started
-            paced_cpu = proc_stat(gateway.pid)["cpu_s"] - cpu0
-            client_cpu = sum(r["cpu_s"] for r in reports) - client_cpu0
-            latencies = [x for r in reports for x in r["latencies"]]
-            end = proc_stat(gateway.pid)
-            metrics = await _metrics(url)
-        finally:
-            for client in clients:
-                with contextlib.suppress(Exception):
-                    assert client.proc.stdin is not None
-                    client.proc.stdin.write(b"quit\n")
-                    await asyncio.wait_for(client.proc.wait(), 10)
-            if gateway.returncode is None:
-                gateway.terminate()
-                await asyncio.wait_for(gateway.wait(), 20)
+def _best(runs: list[dict[str, Any]], field: str, *, low: bool) -> float:
+    values = [float(r[field]) for r in runs]
+    return min(values) if low else max(values)
 
+
+def _print_comparison(args: argparse.Namespace, label: str, results: dict[str, list[dict[str, Any]]]) -> None:
+    before, after = results["before"], results["after"]
+    rows = [
+        ("burst fan-out, frames/s", "burst_rate", False, "{:,.0f}"),
+        ("gateway CPU per frame, us (burst)", "burst_us_per_frame", True, "{:.2f}"),
+        ("paced frames/s", "paced_rate", False, "{:,.0f}"),
+        ("gateway CPU per frame, us (paced)", "paced_us_per_frame", True, "{:.2f}"),
+        ("publish->frame p99, ms", "p99_ms", True, "{:.1f}"),
+        ("RSS per stream, KB", "kb_per_stream", True, "{:.1f}"),
+        ("streams connected", "confirmed", False, "{:,.0f}"),
+    ]
+    width = max(len(r[0]) for r in rows) + 2
+    print(f"\nbefore = {label}; after = gateway.limits defaults; best of {args.rounds} round(s) each, "
+          f"{args.streams} streams / {args.users} users")
+    print(f"{'metric':<{width}}{'before':>14}{'after':>14}{'after/before':>14}")
+    for name, field, low, fmt in rows:
+        b, a = _best(before, field, low=low), _best(after, field, low=low)
+        ratio = a / b if b else float("nan")
+        print(f"{name:<{width}}{fmt.format(b):>14}{fmt.format(a):>14}{ratio:>14.3f}")
+    b_rate = _best(before, "burst_rate", low=False)
+    a_rate = _best(after, "burst_rate", low=False)
+    cost = (1 - a_rate / b_rate) * 100 if b_rate else float("nan")
+    print(f"\ncost of the protections in burst frames/s: {cost:+.1f} % (budget: at most 5 %)")
+
+
+async def run_gateway(
+    args: argparse.Namespace, setup: _Setup, code: Path, extra_env: dict[str, str], name: str
+) -> dict[str, Any]:
+    """Start a gateway from ``code`` (a checkout) with ``extra_env``, load it, measure, stop it."""
+    import redis
+
+    from gateway.testing import UNREACHABLE_NATS
+    from tests.servers import free_port
+
+    redis.Redis.from_url(setup.redis_url).flushall()
+    work = setup.work
+    port = free_port()
+    escaped = setup.public_pem.strip().replace("\n", "\\n")
+    clients: list[_Client] = []
+    (work / "notify.yml").write_text(
+        f"redis:\n  url: {setup.redis_url}\n  namespace: bench\n"
+        f"nats:\n  servers: [{UNREACHABLE_NATS}]\n"
+        f"gateway:\n  host: 127.0.0.1\n  port: {port}\n"
+        f'  jwt:\n    public_key: "{escaped}"\n'
+    )
+    log = work / f"gateway-{name}-{port}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY")}
+    env.update(extra_env)
+    with log.open("wb") as out:
+        profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+        gateway = await asyncio.create_subprocess_exec(
+            sys.executable, *profile, "-m", "fechatter_notify", "--config",
+            str(work / "notify.yml"), "gateway", stdout=out, stderr=out, env=env, cwd=code)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await _wait_ready(url, gateway, log)
+        fd_line = next((ln for ln in _read(log).splitlines() if "event=fd_limit" in ln), "")
+        print(f"gateway pid {gateway.pid} ready on {url}; {fd_line.split('event=')[-1]}")
+        idle = proc_stat(gateway.pid)
+        share = args.streams // args.clients
+        for i in range(args.clients):
+            count = share if i < args.clients - 1 else args.streams - share * i
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--role", "client", "--port", str(port),
+                "--tokens", str(work / "tokens.json"), "--first", str(i * share),
+                "--count", str(count), "--sample", str(args.sample),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+                limit=1 << 30)  # a report carries every sampled latency on one line
+            clients.append(_Client(proc))
+
+        # -- connect
+        answers = await asyncio.gather(*(c.ask("connect") for c in clients))
+        confirmed = sum(a["confirmed"] for a in answers)
+        connect_s = max(a["done"] for a in answers) - min(a["started"] for a in answers)
+        await asyncio.sleep(1.0)  # let presence updates settle before measuring memory
+        connected = proc_stat(gateway.pid)
+        print(f"connected {confirmed}/{args.streams} streams in {connect_s:.2f} s "
+              f"({sum(a['failed'] for a in answers)} failed)")
+
+        publish = _publisher(setup.redis_url, args.users, args.max_len)
+        loop = asyncio.get_running_loop()
+
+        # -- burst (streams that failed to connect get nothing: expect only the others)
+        fanout = confirmed / args.users
+        expected = int(args.burst * fanout)
+        await asyncio.gather(*(c.ask("reset") for c in clients))
+        cpu0 = proc_stat(gateway.pid)["cpu_s"]
+        started = time.time()
+        for offset in range(0, args.burst, 1000):
+            await loop.run_in_executor(None, publish, min(1000, args.burst - offset))
+        published_s = time.time() - started
+        reports, got = await _settle(clients, expected)
+        burst_cpu = proc_stat(gateway.pid)["cpu_s"] - cpu0
+        last = max(r["last"] for r in reports)
+        burst_s = last - started
+        burst_rate = got / burst_s if burst_s > 0 else 0.0
+        print(f"burst: {args.burst} notifications published in {published_s:.2f} s, "
+              f"{got}/{expected} frames delivered in {burst_s:.2f} s")
+
+        # -- paced
+        await asyncio.gather(*(c.ask("reset") for c in clients))
+        client_cpu0 = sum(r["cpu_s"] for r in await asyncio.gather(*(c.ask("report") for c in clients)))
+        cpu0 = proc_stat(gateway.pid)["cpu_s"]
+        tick = 0.005
+        started = time.time()
+        sent = 0
+        while time.time() - started < args.duration:
+            due = int((time.time() - started) * args.rate)
+            if sent < due:
+                batch = min(due - sent, max(1, args.rate // 20))
+                await loop.run_in_executor(None, publish, batch)
+                sent += batch
+            else:
+                await asyncio.sleep(tick)
+        expected_paced = int(sent * fanout)
+        reports, got_paced = await _settle(clients, expected_paced)
+        paced_span = max(r["last"] for r in reports) - started
+        paced_cpu = proc_stat(gateway.pid)["cpu_s"] - cpu0
+        client_cpu = sum(r["cpu_s"] for r in reports) - client_cpu0
+        latencies = [x for r in reports for x in r["latencies"]]
+        end = proc_stat(gateway.pid)
+        metrics = await _metrics(url)
+    finally:
+        for client in clients:
+            with contextlib.suppress(Exception):
+                assert client.proc.stdin is not None
+                client.proc.stdin.write(b"quit\n")
+                await asyncio.wait_for(client.proc.wait(), 10)
+        if gateway.returncode is None:
+            gateway.terminate()
+            await asyncio.wait_for(gateway.wait(), 20)
+    return {
+        "log": log, "confirmed": confirmed, "connect_s": connect_s, "idle": idle,
+        "connected": connected, "end": end, "fanout": fanout, "burst_rate": burst_rate,
+        "burst_cpu": burst_cpu, "burst_s": burst_s, "got": got, "got_paced": got_paced,
+        "expected_paced": expected_paced, "paced_span": paced_span, "paced_cpu": paced_cpu,
+        "client_cpu": client_cpu, "latencies": latencies, "metrics": metrics,
+        "burst_us_per_frame": burst_cpu / max(got, 1) * 1e6,
+        "paced_rate": got_paced / paced_span if paced_span > 0 else 0.0,
+        "paced_us_per_frame": paced_cpu / max(got_paced, 1) * 1e6,
+        "p99_ms": _percentile(latencies, 0.99) * 1000.0,
+        "kb_per_stream": (connected["rss_mb"] - idle["rss_mb"]) * 1024 / max(confirmed, 1),
+    }
+
+
+def _print_run(args: argparse.Namespace, r: dict[str, Any]) -> None:
     ms = 1000.0
+    confirmed, fanout, latencies = r["confirmed"], r["fanout"], r["latencies"]
+    burst_cpu, burst_s, got = r["burst_cpu"], r["burst_s"], r["got"]
+    paced_cpu, paced_span, got_paced = r["paced_cpu"], r["paced_span"], r["got_paced"]
+    refused = sum(v for k, v in r["metrics"].items() if k.startswith("fechatter_notify_gateway_refusals_total"))
     rows = [
         ("streams connected", f"{confirmed} / {args.streams}", f"{TARGET_STREAMS}"),
-        ("connect time (all streams)", f"{connect_s:.2f} s", "-"),
-        ("gateway RSS idle (0 streams)", f"{idle['rss_mb']:.0f} MB", "-"),
-        (f"gateway RSS with {confirmed} streams", f"{connected['rss_mb']:.0f} MB",
+        ("connect time (all streams)", f"{r['connect_s']:.2f} s", "-"),
+        ("gateway RSS idle (0 streams)", f"{r['idle']['rss_mb']:.0f} MB", "-"),
+        (f"gateway RSS with {confirmed} streams", f"{r['connected']['rss_mb']:.0f} MB",
          f"<= {TARGET_RSS_MB} MB at {TARGET_STREAMS}"),
-        ("gateway RSS peak (whole run)", f"{end['hwm_mb']:.0f} MB", "-"),
-        (f"burst fan-out ({args.burst} notif. x {fanout:g})", f"{burst_rate:,.0f} frames/s",
+        ("  RSS per stream", f"{r['kb_per_stream']:.1f} KB", "-"),
+        ("gateway RSS peak (whole run)", f"{r['end']['hwm_mb']:.0f} MB", "-"),
+        (f"burst fan-out ({args.burst} notif. x {fanout:g})", f"{r['burst_rate']:,.0f} frames/s",
          f">= {TARGET_FRAMES_PER_S:,} frames/s"),
         ("  gateway CPU during burst", f"{burst_cpu / burst_s * 100:.0f} % of one core", "-"),
         ("  gateway CPU per frame (burst)", f"{burst_cpu / max(got, 1) * 1e6:.1f} us "
          f"= {max(got, 1) / max(burst_cpu, 1e-9):,.0f} frames per CPU-s", "-"),
         (f"paced: {args.rate}/s x {fanout:g} for {args.duration:g} s",
-         f"{got_paced:,}/{expected_paced:,} frames, {got_paced / paced_span:,.0f} frames/s", "-"),
+         f"{got_paced:,}/{r['expected_paced']:,} frames, {got_paced / paced_span:,.0f} frames/s", "-"),
         ("  publish->frame latency p50", f"{_percentile(latencies, 0.50) * ms:.1f} ms", "-"),
         ("  publish->frame latency p90", f"{_percentile(latencies, 0.90) * ms:.1f} ms", "-"),
         ("  publish->frame latency p99", f"{_percentile(latencies, 0.99) * ms:.1f} ms", "-"),
         ("  publish->frame latency max", f"{max(latencies, default=float('nan')) * ms:.1f} ms", "-"),
         ("  gateway CPU while paced", f"{paced_cpu / paced_span * 100:.0f} % of one core", "-"),
         ("  gateway CPU per frame (paced)", f"{paced_cpu / max(got_paced, 1) * 1e6:.1f} us", "-"),
-        ("  client processes CPU while paced", f"{client_cpu / paced_span * 100:.0f} % of one core",
+        ("  client processes CPU while paced", f"{r['client_cpu'] / paced_span * 100:.0f} % of one core",
          "-"),
-        ("slow clients dropped", f"{metrics.get('fechatter_notify_gateway_slow_clients_dropped_total', 0):.0f}",
-         "0"),
+        ("slow clients dropped",
+         f"{r['metrics'].get('fechatter_notify_gateway_slow_clients_dropped_total', 0):.0f}", "0"),
+        ("requests refused by a limit", f"{refused:.0f}", "0"),
     ]
-    width = max(len(r[0]) for r in rows) + 2
+    width = max(len(row[0]) for row in rows) + 2
     print(f"\n{'metric':<{width}}{'measured':<34}target")
     for name, measured, target in rows:
         print(f"{name:<{width}}{measured:<34}{target}")
     print(f"\n(latency samples: {len(latencies):,}, all frames of every {args.sample}th stream; "
-          f"gateway log: {log})")
+          f"gateway log: {r['log']})")
 
 
 def _client_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -450,6 +572,11 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=10,
                         help="every Nth stream records publish-to-frame latencies")
     parser.add_argument("--profile", metavar="PATH", help="run the gateway under cProfile, write PATH")
+    parser.add_argument("--compare", metavar="off|DIR",
+                        help="also run 'before': 'off' = every gateway.limits protection off, or DIR = "
+                             "a checkout of an earlier commit (git archive REV | tar -x -C DIR); "
+                             "prints before/after side by side")
+    parser.add_argument("--rounds", type=int, default=2, help="--compare: before/after pairs")
     # client role
     parser.add_argument("--port", type=int)
     parser.add_argument("--tokens")
@@ -465,6 +592,8 @@ def main() -> None:
         # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the gateway, the clients and
         # redis-server are stopped by the finally blocks instead of being left behind.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+        if args.compare and args.compare != "off":
+            args.compare = str(Path(args.compare).resolve())
         asyncio.run(orchestrate(args))
 
 

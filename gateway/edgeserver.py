@@ -65,6 +65,9 @@ def handler_args(edge: Edge) -> dict[str, Any]:
 class EdgeHandler(RequestHandler):
     """One connection: the header-read deadline and JSON answers to unparsable requests."""
 
+    # aiohttp's handler has slots; without ours every connection would carry a __dict__ too.
+    __slots__ = ("deadline", "edge", "max_line_size")
+
     def __init__(self, manager: EdgeServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.edge = manager.edge

@@ -21,7 +21,7 @@ from settings.model import (
 )
 from settings.problems import ConfigError, Path, Problem, dotted
 from settings.redact import redact_url, redact_urls_in, redacted
-from settings.sizes import parse_size, percent_of
+from settings.sizes import parse_size, parse_size_or_percent, percent_of
 from settings.sources import ConfigFileError, Origins
 from settings.subjects import subject_within
 
@@ -58,6 +58,7 @@ __all__ = [
     "format_duration",
     "parse_duration",
     "parse_size",
+    "parse_size_or_percent",
     "percent_of",
     "redact_url",
     "redact_urls_in",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import socket
@@ -25,7 +26,9 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from gateway.limits import LOG_BURST, LOG_WINDOW, ClientAddress, QuietLog, TokenBuckets
 from gateway.testing import UNREACHABLE_NATS, SigningKey, SseReader, new_message, publish_notification
+from settings import ConfigError, load_settings, parse_size, parse_size_or_percent, percent_of
 from tests.servers import RedisServer, async_wait_until, free_port
 
 ROOT = Path(__file__).parent.parent
@@ -408,3 +411,89 @@ async def test_a_client_that_stops_reading_is_dropped_at_the_byte_bound_and_othe
     frames = int(re.search(r"buffered_frames=(\d+)", line).group(1))
     # Dropped for its bytes (256 KiB), long before the 256-frame bound
     assert 256 * 1024 < buffered < 2 * 1024 * 1024 and frames < 256, line
+
+
+# ------------------------------------------------------------------------- the building blocks
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_token_bucket_grants_the_burst_then_the_rate_and_says_when() -> None:
+    clock = _Clock()
+    buckets = TokenBuckets(rate=2.0, burst=3, clock=clock)
+    assert [buckets.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("a") == pytest.approx(0.5)  # the next token is due in 1/rate
+    assert buckets.take("b") == 0.0  # other addresses have their own bucket
+    clock.now += 0.5
+    assert buckets.take("a") == 0.0
+    assert buckets.take("a") > 0
+    clock.now += 100  # refills up to the burst, not beyond
+    assert [buckets.take("a") for _ in range(4)][-1] > 0
+    assert TokenBuckets(rate=0, burst=1).take("a") == 0.0  # 0: no limit
+
+
+def _request_from(peer: str, forwarded: str | None = None) -> Any:
+    from unittest.mock import Mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    transport = Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (peer, 5555) if name == "peername" else default
+    headers = {"X-Forwarded-For": forwarded} if forwarded is not None else {}
+    return make_mocked_request("GET", "/events", headers=headers, transport=transport)
+
+
+def test_x_forwarded_for_is_read_only_from_trusted_proxies_and_from_the_right() -> None:
+    assert ClientAddress([]).of(_request_from("10.0.0.5", "1.1.1.1")) == "10.0.0.5"
+    trusted = ClientAddress(["10.0.0.0/8", "192.168.1.1"])
+    assert trusted.of(_request_from("203.0.113.7", "1.1.1.1")) == "203.0.113.7"  # not a proxy
+    # client-written entries on the left, proxies' on the right: the first untrusted from the right
+    assert trusted.of(_request_from("10.0.0.5", "6.6.6.6, 198.51.100.4, 192.168.1.1")) == "198.51.100.4"
+    assert trusted.of(_request_from("10.0.0.5", "10.1.1.1")) == "10.0.0.5"  # only proxies: the peer
+    assert trusted.of(_request_from("10.0.0.5")) == "10.0.0.5"
+
+
+def test_the_quiet_log_writes_a_burst_then_counts(caplog: pytest.LogCaptureFixture) -> None:
+    clock = _Clock()
+    quiet = QuietLog(logging.getLogger("test.quiet"), clock=clock)
+    with caplog.at_level(logging.WARNING, logger="test.quiet"):
+        for _ in range(LOG_BURST + 5):
+            quiet.event("request_refused", error="x")
+        assert len(caplog.records) == LOG_BURST
+        clock.now += LOG_WINDOW
+        quiet.event("request_refused", error="x")
+    assert len(caplog.records) == LOG_BURST + 1
+    assert caplog.records[-1].__dict__["suppressed"] == 5
+
+
+def test_sizes_and_shares_parse_and_bad_ones_are_named() -> None:
+    assert parse_size(65536) == parse_size("64KiB") == parse_size("64 kib") == 65536
+    assert parse_size("1.5GiB") == 3 * 1024**3 // 2 and parse_size("2MB") == 2_000_000
+    assert parse_size_or_percent("80%") == "80%" and percent_of("50%", 1000) == 500
+    for bad in ("lots", "12XB", True, "-1KiB"):
+        with pytest.raises(ValueError, match="byte size"):
+            parse_size(bad)
+    with pytest.raises(ValueError, match="percentage"):
+        parse_size_or_percent("0%")
+
+
+def test_limit_settings_are_validated_with_their_place() -> None:
+    env = {"NOTIFY__GATEWAY__LIMITS__MAX_MEMORY": "150%",
+           "NOTIFY__GATEWAY__LIMITS__TRUSTED_PROXIES": "[10.0.0.0/8, proxy.local]",
+           "NOTIFY__GATEWAY__LIMITS__HEADER_READ_TIMEOUT": "-1s",
+           "NOTIFY__GATEWAY__LIMITS__STREAM_BUFFER_BYTES": "1MiB"}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, env=env)
+    text = str(caught.value)
+    for name, path in (("MAX_MEMORY", "max_memory"), ("TRUSTED_PROXIES", "trusted_proxies"),
+                       ("HEADER_READ_TIMEOUT", "header_read_timeout")):
+        assert f"env NOTIFY__GATEWAY__LIMITS__{name}" in text and f"gateway.limits.{path}" in text, text
+    assert "proxy.local" in text and "stream_buffer_bytes" not in text
+    limits = load_settings(None, env={"NOTIFY__GATEWAY__LIMITS__STREAM_BUFFER_BYTES": "64KiB"}).settings.gateway.limits
+    assert limits.stream_buffer_bytes == 65536 and limits.max_streams_per_user == 64
