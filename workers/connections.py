@@ -13,18 +13,24 @@ and raises ``redis.ConnectionError``/``redis.TimeoutError``; an error reply rais
 ``redis.ResponseError`` and leaves the connection usable. A connection the server closed while
 it sat idle (a Redis restart) is noticed before sending and replaced, as the pool does; one
 closed under steady use fails that one call, which dramatiq's retry or consumer restart absorbs.
+Commands are packed by ``hiredis.pack_command`` (C; it takes bytes, str, int and float, and
+refuses anything else with ``TypeError``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, cast
 
+import hiredis
 import redis
 
-__all__ = ["STALE_CHECK_AFTER_S", "ThreadConnections", "pack"]
+__all__ = ["STALE_CHECK_AFTER_S", "ThreadConnections"]
+
+#: ``hiredis.pack_command``, typed for any command tuple (its stub declares a 1-tuple).
+pack_command: Callable[[tuple[bytes | str | int | float, ...]], bytes] = cast(Any, hiredis.pack_command)
 
 #: A connection idle for longer than this is checked for a server-side close before use, in seconds.
 STALE_CHECK_AFTER_S: Final = 0.5
@@ -67,13 +73,13 @@ class ThreadConnections:
         self._local.used = now
         return conn
 
-    def call(self, *args: bytes | str | int) -> Any:
+    def call(self, *args: bytes | str | int | float) -> Any:
         """Send one command and return its reply (one round trip)."""
         conn = self._connection()
-        conn.send_packed_command([pack(args)])  # a list: it sends each item
+        conn.send_packed_command([pack_command(args)])  # a list: it sends each item
         return conn.read_response()
 
-    def pipeline(self, commands: Sequence[Sequence[bytes | str | int]]) -> list[Any]:
+    def pipeline(self, commands: Sequence[Sequence[bytes | str | int | float]]) -> list[Any]:
         """Send ``commands`` at once and return their replies (one round trip).
 
         Raises:
@@ -81,7 +87,7 @@ class ThreadConnections:
             connection stays in step).
         """
         conn = self._connection()
-        conn.send_packed_command([b"".join(pack(command) for command in commands)])
+        conn.send_packed_command([b"".join(pack_command(tuple(command)) for command in commands)])
         replies: list[Any] = []
         first_error: redis.ResponseError | None = None
         for _ in commands:
@@ -100,23 +106,3 @@ class ThreadConnections:
             conns, self._all = self._all, []
         for conn in conns:
             conn.disconnect()
-
-
-def pack(args: Sequence[bytes | str | int]) -> bytes:
-    """One command in the Redis protocol (RESP).
-
-    redis-py's own packer handles every Python type and splits large buffers, and costs more
-    per argument than a whole job's Lua call; the hot path only sends bytes, str and int.
-    """
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, int):  # bool included: True packs as 1, as redis-py does
-            data = b"%d" % arg
-        else:
-            raise TypeError(f"cannot send a {type(arg).__name__} to Redis")
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
