@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 import pytest
 import redis
 from nats.aio.client import Client as NATS
@@ -30,7 +31,10 @@ from nats.aio.client import Client as NATS
 from bridge import DeadLetterStore, ReplayOutcome
 from bridge.dead_letters import MAX_DELIVERIES, dead_letter_fields
 from bridge.enqueue import Enqueuer, connect_redis
-from bridge.testing import bridge_settings, running_bridge, settings_yaml
+from bridge.jsapi import JetStreamApi
+from bridge.messages import message_id_for
+from bridge.provision import consumer_config, stream_config
+from bridge.testing import TEST_CONSUMER, bridge_settings, running_bridge, settings_yaml
 from events import job_to_args
 from events.inbox import chats_key, members_key
 from fechatter_notify.cli import main as cli_main
@@ -132,18 +136,15 @@ async def bad_payloads_through_the_bridge(settings: Settings, nc: NATS, rds: red
         await async_wait_until(lambda: rds.xlen(DL_KEY) == 4, timeout=10, message="dead letters missing")
 
 
-async def max_deliveries_letter(settings: Settings, *, stored: bool) -> None:
-    """A max-deliveries dead letter written as the bridge's advisory handler writes it."""
+async def unreadable_max_deliveries_letter(settings: Settings) -> None:
+    """A max-deliveries dead letter whose message JetStream no longer held, written as bridge/advisories.py does."""
     enqueuer = Enqueuer(connect_redis(settings.redis.url.get_secret_value(), socket_timeout=2, connect_timeout=2),
                         namespace=NS, dedupe_window=3600, dead_letter_stream="dead-letters", dead_letter_max_len=1000)
     batch = enqueuer.new_batch()
-    subject, data = ("fechatter.message.created", long_message(1300, 10)) if stored else ("", b"")
     batch.add_dead_letter("", dead_letter_fields(
-        subject, data, {}, consumer="notification_processor", code=MAX_DELIVERIES,
-        reason="delivered 3 times without an ack (max_deliver reached)" + ("" if stored else "; the original "
-                                                                            "could not be read: gone"),
-        at=datetime.now(UTC), stream="FECHATTER_EVENTS",
-        stream_seq=77 if stored else 78, delivered=3))
+        "", b"", {}, consumer="notification_processor", code=MAX_DELIVERIES, at=datetime.now(UTC),
+        reason="delivered 3 times without an ack (max_deliver reached); the original could not be read: gone",
+        stream="FECHATTER_EVENTS", stream_seq=78, delivered=3))
     await enqueuer.run(batch)
     await enqueuer.close()
 
@@ -168,7 +169,7 @@ async def test_list_shows_both_sources_newest_first_and_the_filters_select(
     # Given the bridge's dead letters (bad payloads, a max-deliveries one) and a dead dramatiq job
     settings = cli.configure({"events": {"max_payload_bytes": LOW_LIMIT}, **WORKER})
     await bad_payloads_through_the_bridge(settings, nc, rds)
-    await max_deliveries_letter(settings, stored=False)
+    await unreadable_max_deliveries_letter(settings)
     job_id = await asyncio.to_thread(undecodable_job, settings, rds)
 
     # When everything is listed as JSON
@@ -379,18 +380,53 @@ async def test_a_replayed_typing_event_keeps_its_arrival_time_so_a_late_replay_e
     assert (datetime.fromisoformat(job["expires_at"]) - received).total_seconds() == 5.0
 
 
-async def test_max_deliveries_records_replay_from_what_was_stored(
-    cli: Cli, rds: redis.Redis, capsys: pytest.CaptureFixture[str]
+async def test_max_deliveries_dead_letters_replay_from_what_the_advisory_stored_exactly_once(
+    cli: Cli, nc: NATS, rds: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings = cli.configure({})
-    await max_deliveries_letter(settings, stored=True)
-    await max_deliveries_letter(settings, stored=False)
+    # Given a message a crashing consumer received twice without an ack (max_deliver 2)
+    consumer = {**TEST_CONSUMER, "max_deliver": 2, "ack_wait": "1500ms"}
+    settings = cli.configure({**WORKER, "jetstream": {"consumers": [consumer]}, "redis": {"socket_timeout": "200ms"}})
+    api = JetStreamApi(nc)
+    await api.stream_create(stream_config(settings.jetstream.streams[0]))
+    await api.consumer_create("FECHATTER_EVENTS", consumer_config(settings.jetstream.consumers[0]))
+    js = nc.jetstream()
+    await js.publish("fechatter.message.created", long_message(1400, 10), headers={"Nats-Msg-Id": "poison-1"})
+    sub = await js.pull_subscribe("", durable="notification_processor", stream="FECHATTER_EVENTS")
+    for _ in range(2):
+        await async_wait_until(lambda: _fetched(sub, 1), timeout=5, interval=0.1)
+    await sub.unsubscribe()
+    # When the bridge hears the advisory
+    async with running_bridge(settings):
+        await async_wait_until(lambda: rds.xlen(DL_KEY) == 1, timeout=15, message="no dead letter from the advisory")
+    # (and one whose message JetStream no longer held: nats-server sends no advisory for a deleted message, so it
+    # is written as the advisory handler writes it)
+    await unreadable_max_deliveries_letter(settings)
+    code, out, _ = await cli.run(capsys, "list", "--format", "json")
+    assert sorted((r["code"], r["where"], r["replayable"]) for r in json_lines(out)) == [
+        ("max_deliveries", "bridge FECHATTER_EVENTS#1", True), ("max_deliveries", "bridge FECHATTER_EVENTS#78", False)]
+
+    # Then a replay enqueues the stored one under its own identity; the other cannot be replayed, and says why
     code, out, _ = await cli.run(capsys, "replay", "--reason", "max_deliveries")
     assert code == 1
     assert out.splitlines()[0] == "replayed 1, rejected again 0, already delivered 0, not replayable 1"
     assert "could not be read from JetStream when it was dead-lettered" in out
     (job,) = [json.loads(m) for m in rds.hvals(f"{NS}:domain.msgs")]
-    assert (job["args"][0]["origin"]["stream"], job["args"][0]["origin"]["stream_seq"]) == ("FECHATTER_EVENTS", 77)
+    assert job["args"][0]["origin"]["event_id"] == "poison-1" and job["message_id"] == message_id_for(
+        "FECHATTER_EVENTS:id:poison-1")
+    # And again: nothing more is enqueued; the worker delivers it once to each member but the sender
+    code, out, _ = await cli.run(capsys, "replay")
+    assert out.splitlines()[0] == "replayed 0, rejected again 0, already delivered 0, not replayable 1"
+    assert rds.llen(f"{NS}:domain") == 1
+    await asyncio.to_thread(deliver_all, settings, rds)
+    for user in (9, 11):
+        assert [n["id"] for n in inbox(rds, settings, user)] == [1400]
+
+
+async def _fetched(sub: Any, n: int) -> bool:
+    try:
+        return len(await sub.fetch(n, timeout=0.5)) == n
+    except nats.errors.TimeoutError:
+        return False
 
 
 def test_dramatiq_replay_after_the_membership_was_learnt_delivers_exactly_once(
