@@ -3,7 +3,8 @@
 dramatiq's CLI imports a module and uses the global broker it finds, so this module (and only
 this one) loads the settings at import time, from ``$NOTIFY_CONFIG`` / ``./notify.yml`` and the
 environment, exactly as ``fechatter-notify`` does, and sets dramatiq's global broker.
-``fechatter-notify worker`` does not import it: it passes settings explicitly.
+``fechatter-notify worker`` does not import it: it passes settings explicitly. The README lists it
+under "Running it"; tests/test_workers_app.py checks that dramatiq's CLI finds this broker.
 """
 
 from __future__ import annotations
