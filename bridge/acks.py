@@ -18,26 +18,26 @@ from nats.aio.msg import Msg
 
 from settings import Consumer
 
-__all__ = ["DEFAULT_NAK_BASE", "DEFAULT_NAK_CAP", "Settler", "nak_delay"]
+__all__ = ["DEFAULT_NAK_BASE_S", "DEFAULT_NAK_CAP_S", "Settler", "nak_delay"]
 
 log = logging.getLogger("bridge.acks")
 
 #: Nak delay of a first delivery when the consumer has no ``backoff``, in seconds (doubles per delivery).
-DEFAULT_NAK_BASE: Final = 1.0
+DEFAULT_NAK_BASE_S: Final = 1.0
 #: Largest nak delay without a ``backoff`` schedule, in seconds.
-DEFAULT_NAK_CAP: Final = 30.0
+DEFAULT_NAK_CAP_S: Final = 30.0
 
 
 def nak_delay(consumer: Consumer, delivered: int) -> float:
     """The redelivery delay of a message delivered ``delivered`` times, in seconds.
 
     The consumer's ``backoff`` schedule when it has one (its last entry repeats), else
-    ``min(DEFAULT_NAK_BASE * 2**(delivered-1), DEFAULT_NAK_CAP)``.
+    ``min(DEFAULT_NAK_BASE_S * 2**(delivered-1), DEFAULT_NAK_CAP_S)``.
     """
     index = max(delivered, 1) - 1
     if consumer.backoff:
         return float(consumer.backoff[min(index, len(consumer.backoff) - 1)])
-    return float(min(DEFAULT_NAK_BASE * 2 ** min(index, 16), DEFAULT_NAK_CAP))
+    return float(min(DEFAULT_NAK_BASE_S * 2 ** min(index, 16), DEFAULT_NAK_CAP_S))
 
 
 class Settler:

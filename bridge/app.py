@@ -41,16 +41,16 @@ from events import Lane
 from runtime import backoff_delay, log_event, stop_task
 from settings import Settings
 
-__all__ = ["DEFAULT_SHUTDOWN_TIMEOUT", "Bridge"]
+__all__ = ["DEFAULT_SHUTDOWN_TIMEOUT_S", "Bridge"]
 
 log = logging.getLogger("bridge.app")
 
 #: Upper bound of a graceful stop, in seconds.
-DEFAULT_SHUTDOWN_TIMEOUT: Final = 10.0
+DEFAULT_SHUTDOWN_TIMEOUT_S: Final = 10.0
 #: How often consumer lag is polled, in seconds.
-LAG_POLL_INTERVAL: Final = 5.0
+LAG_POLL_INTERVAL_S: Final = 5.0
 #: Start-up retries of JetStream provisioning while JetStream is unavailable, backoff cap in seconds.
-PROVISION_RETRY_CAP: Final = 5.0
+PROVISION_RETRY_CAP_S: Final = 5.0
 
 
 class Bridge:
@@ -70,7 +70,7 @@ class Bridge:
         *,
         registry: CollectorRegistry | None = None,
         broker: dramatiq.Broker | None = None,
-        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
     ) -> None:
         self.settings = settings
         self.metrics = BridgeMetrics(registry)
@@ -160,7 +160,7 @@ class Bridge:
         # (core NATS published before that would find no interest and be dropped).
         await self.connection.flush(2.0)
         self._lag = asyncio.get_running_loop().create_task(
-            poll_lag(api, list(js.consumers), self.metrics, LAG_POLL_INTERVAL), name="lag-poller")
+            poll_lag(api, list(js.consumers), self.metrics, LAG_POLL_INTERVAL_S), name="lag-poller")
         self.started.set()
         log_event(log, "bridge_started", consumers=",".join(c.durable for c in js.consumers),
                   core_subjects=",".join(self.settings.realtime.subjects), circuit_open=self.circuit.is_open)
@@ -173,7 +173,7 @@ class Bridge:
                 await provisioner.prepare()
                 return
             except JetStreamError as exc:
-                delay = backoff_delay(attempt, 0.2, PROVISION_RETRY_CAP)
+                delay = backoff_delay(attempt, 0.2, PROVISION_RETRY_CAP_S)
                 log_event(log, "provision_retry", logging.WARNING, attempt=attempt + 1, retry_in_s=round(delay, 3),
                           reason=str(exc))
                 attempt += 1

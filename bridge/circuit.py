@@ -21,9 +21,9 @@ __all__ = ["Circuit"]
 log = logging.getLogger("bridge.circuit")
 
 #: First probe delay after opening, in seconds.
-DEFAULT_PROBE_BASE: Final = 0.05
+DEFAULT_PROBE_BASE_S: Final = 0.05
 #: Largest probe delay, in seconds.
-DEFAULT_PROBE_CAP: Final = 2.0
+DEFAULT_PROBE_CAP_S: Final = 2.0
 
 
 class Circuit:
@@ -40,8 +40,8 @@ class Circuit:
         probe: Callable[[], Awaitable[object]],
         metrics: BridgeMetrics,
         *,
-        probe_base: float = DEFAULT_PROBE_BASE,
-        probe_cap: float = DEFAULT_PROBE_CAP,
+        probe_base: float = DEFAULT_PROBE_BASE_S,
+        probe_cap: float = DEFAULT_PROBE_CAP_S,
     ) -> None:
         self._probe = probe
         self._metrics = metrics

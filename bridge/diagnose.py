@@ -33,7 +33,7 @@ from settings import (
 __all__ = ["diagnose_dead_letters", "diagnose_nats"]
 
 #: Seconds allowed to connect and for each request.
-TIMEOUT: Final = 5.0
+TIMEOUT_S: Final = 5.0
 #: nats-server 2.10 brought consumers with more than one filter subject.
 MULTI_FILTER_VERSION: Final = (2, 10)
 
@@ -57,7 +57,7 @@ async def _check_nats(settings: Settings, report: Findings) -> None:
         failures.append(exc)
 
     options.update(allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=remember,
-                   connect_timeout=min(settings.nats.connect_timeout, TIMEOUT))
+                   connect_timeout=min(settings.nats.connect_timeout, TIMEOUT_S))
     try:
         nc = await nats.connect(**options)
     except (nats.errors.Error, OSError, TimeoutError) as exc:
@@ -68,7 +68,7 @@ async def _check_nats(settings: Settings, report: Findings) -> None:
     origin = redact_url(nc.connected_url.geturl()) if nc.connected_url else servers
     try:
         await _check_server(nc, settings, report, origin)
-        api = JetStreamApi(nc, timeout=TIMEOUT)
+        api = JetStreamApi(nc, timeout=TIMEOUT_S)
         if not await _check_jetstream(api, report, origin):
             return
         for index, stream in enumerate(settings.jetstream.streams):

@@ -17,12 +17,12 @@ from nats.aio.client import Client as NATS
 from bridge.errors import JetStreamRefused, JetStreamTimeout, JetStreamUnavailable, NatsClosed
 from bridge.status import CODE_CLOSED, CODE_NO_RESPONDERS, CODE_TIMEOUT
 
-__all__ = ["API_PREFIX", "DEFAULT_API_TIMEOUT", "JetStreamApi"]
+__all__ = ["API_PREFIX", "DEFAULT_API_TIMEOUT_S", "JetStreamApi"]
 
 #: The JetStream API subject prefix (no domains/accounts mapping needed for Fechatter).
 API_PREFIX: Final = "$JS.API"
 #: How long one API request may take, in seconds.
-DEFAULT_API_TIMEOUT: Final = 5.0
+DEFAULT_API_TIMEOUT_S: Final = 5.0
 
 
 class JetStreamApi:
@@ -32,7 +32,7 @@ class JetStreamApi:
     :class:`~bridge.errors.JetStreamError` leaves.
     """
 
-    def __init__(self, nc: NATS, timeout: float = DEFAULT_API_TIMEOUT) -> None:
+    def __init__(self, nc: NATS, timeout: float = DEFAULT_API_TIMEOUT_S) -> None:
         self._nc = nc
         self._timeout = timeout
 

@@ -48,8 +48,8 @@ log = logging.getLogger("bridge.pull")
 #: Largest batch handed to one enqueue script call (bounds Redis' time inside the script).
 MAX_SCRIPT_BATCH: Final = 1000
 #: Recovery backoff (503, consumer deleted, bad request), in seconds.
-RECOVERY_BASE: Final = 0.25
-RECOVERY_CAP: Final = 10.0
+RECOVERY_BASE_S: Final = 0.25
+RECOVERY_CAP_S: Final = 10.0
 _STATUS: Final = "Status"
 _DESCRIPTION: Final = "Description"
 _PENDING_MSGS: Final = "Nats-Pending-Messages"
@@ -322,11 +322,11 @@ class PullConsumer:
 
     async def _recover_loop(self, reason: str, immediate: bool) -> None:
         attempt = self._recovery_attempt
-        cap = max(RECOVERY_CAP, self.state.expires)
+        cap = max(RECOVERY_CAP_S, self.state.expires)
         try:
             while True:
                 if not immediate:
-                    await asyncio.sleep(backoff_delay(attempt, RECOVERY_BASE, cap))
+                    await asyncio.sleep(backoff_delay(attempt, RECOVERY_BASE_S, cap))
                 immediate = False
                 attempt += 1
                 if not self.state.connected:

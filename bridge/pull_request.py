@@ -12,10 +12,10 @@ import json
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["MIN_HEARTBEAT", "NS", "PullRequest", "PullState", "next_pull"]
+__all__ = ["MIN_HEARTBEAT_S", "NS", "PullRequest", "PullState", "next_pull"]
 
 #: Smallest idle heartbeat asked for, in seconds (ADR-37), unless expires/2 is smaller.
-MIN_HEARTBEAT: Final = 0.5
+MIN_HEARTBEAT_S: Final = 0.5
 #: Nanoseconds per second (the request speaks ns).
 NS: Final = 1_000_000_000
 
@@ -64,7 +64,7 @@ def next_pull(state: PullState) -> PullRequest | None:
 
     Pull when connected, not paused, the outstanding requests have at most half a batch left
     (ADR-37's refill threshold) and the local in-flight cap leaves room for at least half a
-    batch. The heartbeat is ``max(heartbeat, MIN_HEARTBEAT)`` clamped to ``expires // 2`` in
+    batch. The heartbeat is ``max(heartbeat, MIN_HEARTBEAT_S)`` clamped to ``expires // 2`` in
     integer nanoseconds, so the server's ``hb * 2 > expires`` check can never fail.
     """
     if not state.connected or state.paused:
@@ -76,5 +76,5 @@ def next_pull(state: PullState) -> PullRequest | None:
     if batch < max(1, min(state.batch, state.max_in_flight) // 2):
         return None
     expires_ns = max(int(state.expires * NS), 2)
-    heartbeat_ns = min(int(max(state.heartbeat, MIN_HEARTBEAT) * NS), expires_ns // 2)
+    heartbeat_ns = min(int(max(state.heartbeat, MIN_HEARTBEAT_S) * NS), expires_ns // 2)
     return PullRequest(batch, expires_ns, heartbeat_ns)

@@ -28,7 +28,7 @@ __all__ = ["provision_once"]
 log = logging.getLogger("fechatter_notify.provision")
 
 #: Backoff cap between attempts while JetStream is unavailable, in seconds.
-RETRY_CAP: Final = 5.0
+RETRY_CAP_S: Final = 5.0
 
 
 async def provision_once(settings: Settings, within: float) -> None:
@@ -60,7 +60,7 @@ async def _provision(provisioner: Provisioner, stop: asyncio.Event) -> None:
             await provisioner.prepare()
             return
         except (JetStreamUnavailable, JetStreamTimeout) as exc:
-            delay = backoff_delay(attempt, 0.2, RETRY_CAP)
+            delay = backoff_delay(attempt, 0.2, RETRY_CAP_S)
             log_event(log, "provision_retry", logging.WARNING, attempt=attempt + 1, retry_in_s=round(delay, 3),
                       reason=str(exc))
             attempt += 1

@@ -23,8 +23,8 @@ __all__ = ["bridge_settings", "deep_merge", "queued_messages", "running_bridge",
 
 #: Seconds an in-process bridge may take to start, and to stop, before the test fails with
 #: every task's stack (far below pytest's own timeout, which would say nothing about where).
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 30.0
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
 
 #: Short durations so every fault is seen within seconds (the seed's rule, heartbeat > ping:
 #: docs/nats-pitfalls.md#the-seeds-heartbeat-rule).
@@ -80,23 +80,23 @@ async def running_bridge(settings: Settings, **kwargs: Any) -> AsyncIterator[Bri
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(bridge.run(stop))
     started = asyncio.get_running_loop().create_task(bridge.started.wait())
-    await asyncio.wait({task, started}, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({task, started}, timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         started.cancel()
         task.result()
     elif not started.done():
         stacks = task_stacks()
         task.cancel()
-        raise AssertionError(f"the bridge did not start within {START_TIMEOUT}s; its tasks:\n{stacks}")
+        raise AssertionError(f"the bridge did not start within {START_TIMEOUT_S}s; its tasks:\n{stacks}")
     try:
         yield bridge
     finally:
         stop.set()
-        done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT)
+        done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
         if not done:
             stacks = task_stacks()
             task.cancel()
-            raise AssertionError(f"the bridge did not stop within {STOP_TIMEOUT}s; its tasks:\n{stacks}")
+            raise AssertionError(f"the bridge did not stop within {STOP_TIMEOUT_S}s; its tasks:\n{stacks}")
         task.result()
 
 

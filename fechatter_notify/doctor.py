@@ -40,7 +40,7 @@ __all__ = ["RET_OK", "RET_PROBLEMS", "diagnose", "run"]
 #: Errors found (the same code as a configuration with errors).
 RET_PROBLEMS: Final = RET_CONFIG
 #: Seconds allowed to connect to Redis and for each request.
-TIMEOUT: Final = 5.0
+TIMEOUT_S: Final = 5.0
 
 
 async def diagnose(settings: Settings) -> list[Problem]:
@@ -55,7 +55,7 @@ async def diagnose(settings: Settings) -> list[Problem]:
 async def _diagnose_redis(settings: Settings) -> list[Problem]:
     url = settings.redis.url.get_secret_value()
     origin = redact_url(url)
-    client = aioredis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+    client = aioredis.Redis.from_url(url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
     findings: list[Problem] = []
     try:
         findings += await diagnose_redis_server(client, origin)

@@ -25,18 +25,18 @@ from bridge import BridgeError, provision_once
 from runtime import RET_OK, RET_REFUSED, log_event, setup_logging
 from settings import Loaded
 
-__all__ = ["DEFAULT_TIMEOUT", "add_arguments", "run"]
+__all__ = ["DEFAULT_TIMEOUT_S", "add_arguments", "run"]
 
 log = logging.getLogger("fechatter_notify.provision")
 
 #: How long NATS and JetStream may take to answer, in seconds (a release step must end).
-DEFAULT_TIMEOUT: Final = 60.0
+DEFAULT_TIMEOUT_S: Final = 60.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The subcommand's own options."""
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                        help=f"give up when NATS/JetStream has not answered by then (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                        help=f"give up when NATS/JetStream has not answered by then (default {DEFAULT_TIMEOUT_S:g})")
 
 
 def run(loaded: Loaded, args: argparse.Namespace) -> int:
@@ -45,7 +45,7 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
     settings = loaded.settings
     started = time.monotonic()
     try:
-        asyncio.run(provision_once(settings, getattr(args, "timeout", DEFAULT_TIMEOUT)))
+        asyncio.run(provision_once(settings, getattr(args, "timeout", DEFAULT_TIMEOUT_S)))
     except BridgeError as exc:
         log_event(log, "provision_failed", logging.ERROR, reason=str(exc))
         print(f"fechatter-notify provision: {exc}", file=sys.stderr)

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 #: Statuses a user may set; "online"/"away"/"busy" count as present.
 STATUSES: Final = ("online", "away", "busy", "offline")
 #: How long the hash of an offline user is kept (for ``last_seen``), in seconds.
-OFFLINE_TTL: Final = 7 * 24 * 3600.0
+OFFLINE_TTL_S: Final = 7 * 24 * 3600.0
 #: Updates sent to Redis in one pipeline, at most.
 BATCH: Final = 500
 
@@ -146,7 +146,7 @@ class PresenceTracker:
                     args: list[Any] = [op.member, now_ms, now_ms + self._ttl_ms, self._ttl_ms, seen]
                     _OPEN.queue(pipe, keys, args)
                 else:
-                    args = [op.member, now_ms, seen, int(OFFLINE_TTL * 1000)]
+                    args = [op.member, now_ms, seen, int(OFFLINE_TTL_S * 1000)]
                     _CLOSE.queue(pipe, keys, args)
             results = await pipe.execute()
         for op, changed in zip(batch, results, strict=True):
@@ -191,7 +191,7 @@ class PresenceTracker:
           RedisError: when Redis is unreachable.
         """
         seen = now_iso()
-        ttl = OFFLINE_TTL if status == "offline" else self._ttl_ms / 1000
+        ttl = OFFLINE_TTL_S if status == "offline" else self._ttl_ms / 1000
         key = presence_key(self._ns, user_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping={"status": status, "last_seen": seen})

@@ -16,12 +16,12 @@ from typing import Any, Final
 
 from runtime.log import log_event
 
-__all__ = ["RECANCEL_INTERVAL", "stop_task"]
+__all__ = ["RECANCEL_INTERVAL_S", "stop_task"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds between cancellations of a task that has not finished yet.
-RECANCEL_INTERVAL: Final = 0.1
+RECANCEL_INTERVAL_S: Final = 0.1
 
 
 async def stop_task(task: asyncio.Task[Any] | None, within: float = 5.0) -> bool:
@@ -39,7 +39,7 @@ async def stop_task(task: asyncio.Task[Any] | None, within: float = 5.0) -> bool
             log_event(log, "task_not_stopped", logging.WARNING, task=task.get_name(), within_s=within)
             return False
         task.cancel()
-        await asyncio.wait({task}, timeout=min(RECANCEL_INTERVAL, remaining))
+        await asyncio.wait({task}, timeout=min(RECANCEL_INTERVAL_S, remaining))
     if not task.cancelled():
         with contextlib.suppress(Exception):
             task.exception()

@@ -17,7 +17,7 @@ from bridge.enqueue import Batch
 from bridge.messages import MESSAGE_ID_NAMESPACE, MessageFactory, message_id_for
 from bridge.process import reply_metadata
 from bridge.provision import consumer_config, diff_consumer, diff_stream, stream_config
-from bridge.pull_request import MIN_HEARTBEAT, PullState, next_pull
+from bridge.pull_request import MIN_HEARTBEAT_S, PullState, next_pull
 from bridge.status import Action, classify
 from events import Lane, job_to_args, parse_event
 from settings import ConfigError, load_settings
@@ -57,7 +57,7 @@ def test_the_heartbeat_is_clamped_to_half_the_expiry_and_raised_to_the_minimum()
     clamped = next_pull(PullState(100, 2.0, 45.0, 1000))
     assert clamped is not None and clamped.idle_heartbeat_ns == NS and clamped.expires_ns == 2 * NS
     raised = next_pull(PullState(100, 10.0, 0.1, 1000))
-    assert raised is not None and raised.idle_heartbeat_ns == int(MIN_HEARTBEAT * NS)
+    assert raised is not None and raised.idle_heartbeat_ns == int(MIN_HEARTBEAT_S * NS)
 
 
 def test_no_pull_while_disconnected_paused_above_the_refill_threshold_or_without_room() -> None:
