@@ -7,11 +7,18 @@ replay.
 Both reads are single-flight per process: after a gateway restart every browser of a user
 reconnects with the same Last-Event-ID within a second or two, and identical concurrent
 reads share one Redis command instead of reading the same inbox once per stream.
+
+A stream may only share a read that began after it was registered for live announcements
+(``since``, a :func:`ticket` taken then): an older read may have been answered before the
+stream could hear about newer entries, and an entry in neither the read nor the stream's
+buffer would be lost. Streams released by one subscription confirmation (a reconnect storm)
+all registered before the first of them starts reading, so they still share one read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast
@@ -29,33 +36,50 @@ Entries = list[tuple[bytes, bytes | None]]
 
 T = TypeVar("T")
 
+_tickets = itertools.count(1)
+
 #: Reads in flight in this process, by what they read (the Redis client is part of the key:
-#: tests run several gateways in one process).
-_in_flight: dict[Hashable, asyncio.Task[Any]] = {}
+#: tests run several gateways in one process), with the ticket taken when each began.
+_in_flight: dict[Hashable, tuple[int, asyncio.Task[Any]]] = {}
 
 
-async def _single_flight(key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
-    """Run ``read`` unless an identical read is in flight; then share its result.
+def ticket() -> int:
+    """A number larger than every ticket taken before (orders registrations and reads)."""
+    return next(_tickets)
+
+
+async def _single_flight(key: Hashable, since: int, read: Callable[[], Awaitable[T]]) -> T:
+    """Share an identical read that began after ``since``, else run ``read`` (and let later
+    callers share it).
 
     The shared task is shielded: a stream whose client leaves while waiting cancels only its
     own wait, never the read the other streams wait for.
     """
-    task = _in_flight.get(key)
-    if task is None:
+    found = _in_flight.get(key)
+    if found is not None and found[0] > since:
+        task = found[1]
+    else:
         task = asyncio.ensure_future(read())
-        _in_flight[key] = task
-        task.add_done_callback(lambda _: _in_flight.pop(key, None))
+        _in_flight[key] = (ticket(), task)
+
+        def forget(done: asyncio.Task[Any]) -> None:
+            current = _in_flight.get(key)
+            if current is not None and current[1] is done:
+                del _in_flight[key]
+
+        task.add_done_callback(forget)
     return cast(T, await asyncio.shield(task))
 
 
-async def read_entries(redis: Redis, key: str, start: str, count: int) -> Entries:
-    """Up to ``count`` inbox entries from ``start`` on (a ``(`` prefix makes it exclusive)."""
+async def read_entries(redis: Redis, key: str, start: str, count: int, *, since: int) -> Entries:
+    """Up to ``count`` inbox entries from ``start`` on (a ``(`` prefix makes it exclusive), for
+    a stream registered at ticket ``since``."""
 
     async def read() -> Entries:
         raw = cast(list[Any], await redis.xrange(key, min=start, max="+", count=count) or [])
         return [(bytes(entry_id), fields.get(_FIELD) if fields else None) for entry_id, fields in raw]
 
-    return await _single_flight(("xrange", id(redis), key, start, count), read)
+    return await _single_flight(("xrange", id(redis), key, start, count), since, read)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +113,9 @@ class InboxBounds:
         return None
 
 
-async def inbox_bounds(redis: Redis, key: str) -> InboxBounds:
-    """The inbox's oldest kept and newest generated ids (one ``XINFO STREAM``, single-flight)."""
+async def inbox_bounds(redis: Redis, key: str, *, since: int) -> InboxBounds:
+    """The inbox's oldest kept and newest generated ids (one ``XINFO STREAM``, single-flight
+    like :func:`read_entries`)."""
 
     async def read() -> InboxBounds:
         try:
@@ -101,7 +126,7 @@ async def inbox_bounds(redis: Redis, key: str) -> InboxBounds:
         oldest = parse_stream_id(first[0]) if first else None
         return InboxBounds(oldest, parse_stream_id(_field(info, "last-generated-id")))
 
-    return await _single_flight(("xinfo", id(redis), key), read)
+    return await _single_flight(("xinfo", id(redis), key), since, read)
 
 
 def _field(info: dict[Any, Any], name: str) -> Any:

@@ -56,7 +56,7 @@ from gateway.heads import InboxHeads
 from gateway.hub import Announcement, HubUnavailable
 from gateway.limits import QuietLog
 from gateway.metrics import GatewayMetrics
-from gateway.replay import Entries, InboxBounds, inbox_bounds, read_entries
+from gateway.replay import Entries, InboxBounds, inbox_bounds, read_entries, ticket
 from gateway.resume import INVALID_ID, TOO_FAR_BEHIND, final_frame, resume_point, resync_frame
 from runtime import log_event
 
@@ -140,6 +140,7 @@ class EventStream:
         "position",
         "reason",
         "replay_cap",
+        "since",
         "transport",
         "user_id",
     )
@@ -158,6 +159,10 @@ class EventStream:
         self.user_id = user_id
         #: Most entries one catch-up replays; a client further behind is asked to resync.
         self.replay_cap = replay_cap
+        #: When this stream started hearing announcements (gateway/replay.py: which in-flight
+        #: inbox reads it may share). Constructed right before the hub registers it, with no
+        #: await in between.
+        self.since = ticket()
         self.transport = transport
         #: The response uses chunked transfer encoding (HTTP/1.1): frame each write.
         self.chunked = chunked
@@ -207,6 +212,7 @@ class EventStream:
     def resync(self) -> None:
         """The hub lost announcements: read the inbox again from ``position``."""
         self.needs_catch_up = True
+        self.since = ticket()  # hearing again since the resubscription, not since before the loss
         self._notify()
 
     # ------------------------------------------------------------------ control
@@ -326,7 +332,7 @@ class EventStream:
             await self.catch_up(redis, key, resume.after, trusted=False)
         elif resume.invalid:
             # Not an id we ever sent: we cannot know what the client missed.
-            bounds = await inbox_bounds(redis, key)
+            bounds = await inbox_bounds(redis, key, since=self.since)
             self.send(confirmed)
             self._resync(INVALID_ID, bounds, last_event_id or "")
         else:
@@ -346,11 +352,11 @@ class EventStream:
         "too far behind"), shared with concurrent identical reads (gateway/replay.py).
         """
         cap = self.replay_cap
-        entries = await read_entries(redis, key, str(after), cap + 2)
+        entries = await read_entries(redis, key, str(after), cap + 2, since=self.since)
         if entries and parse_stream_id(entries[0][0]) == after:
             entries = entries[1:]  # ``after`` itself is still kept: nothing after it was trimmed
         elif not (trusted and after == ZERO_ID):
-            bounds = await inbox_bounds(redis, key)
+            bounds = await inbox_bounds(redis, key, since=self.since)
             loss = bounds.loss(after)
             if loss is not None:
                 return self._resync(loss, bounds, str(after))
@@ -359,7 +365,8 @@ class EventStream:
         # Entries from the oldest buffered one on are written from the buffer, not replayed.
         entries, _ = self._before_buffered(entries)
         if len(entries) > cap:
-            return self._resync(TOO_FAR_BEHIND, await inbox_bounds(redis, key), str(after))
+            bounds = await inbox_bounds(redis, key, since=self.since)
+            return self._resync(TOO_FAR_BEHIND, bounds, str(after))
         frames = [data_frame(data, raw_id) for raw_id, data in entries if data is not None]
         if entries:
             self._advance(parse_stream_id(entries[-1][0]))

@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from events.inbox import inbox_key
+from gateway.replay import _single_flight, ticket
 from gateway.testing import SseReader, new_message, publish_notification
 from tests.gateway_proc import GatewayFactory, GatewayProc, gateway_procs  # noqa: F401
 from tests.servers import RedisServer
@@ -165,3 +166,27 @@ async def test_a_reconnect_storm_reads_the_inbox_once(
         response.close()
     # from one XRANGE
     assert _xrange_calls(await redis.info("commandstats")) - before == 1
+
+
+async def test_a_read_that_began_before_a_stream_registered_is_never_shared_with_it() -> None:
+    # (In process: which in-flight read a stream may join decides whether an entry can fall
+    # between the read and the stream's live buffer.)
+    reads = 0
+    gate = asyncio.Event()
+
+    async def read() -> int:
+        nonlocal reads
+        reads += 1
+        number = reads
+        await gate.wait()
+        return number
+
+    registered_before = ticket()
+    first = asyncio.create_task(_single_flight("k", registered_before, read))
+    await asyncio.sleep(0)  # let the first read begin
+    registered_after = ticket()
+    # A stream registered before that read began shares it; one registered after does not
+    shared = asyncio.create_task(_single_flight("k", registered_before, read))
+    separate = asyncio.create_task(_single_flight("k", registered_after, read))
+    gate.set()
+    assert list(await asyncio.gather(first, shared, separate)) == [1, 1, 2]
