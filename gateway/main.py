@@ -23,6 +23,9 @@ from gateway.app import build_app, start_server
 from gateway.auth import TokenVerifier
 from gateway.drain import drain
 from runtime import (
+    RET_CONFIG,
+    RET_OK,
+    RET_RUNTIME,
     OffLoopReload,
     PortInUse,
     address_in_use,
@@ -38,9 +41,6 @@ from settings import Loaded, Settings, changed_paths, dotted
 
 log = logging.getLogger(__name__)
 
-RET_OK: Final = 0
-RET_RUNTIME: Final = 1
-RET_CONFIG: Final = 2
 #: Net allocations between young-generation collections (CPython's default is 700). Every
 #: frame allocates a few short-lived objects; at the default, cyclic GC passes over ~400,000
 #: live objects (10,000 streams) took a third of the fan-out CPU. Cycles are rare here, so
