@@ -16,28 +16,38 @@ letter's entry id as one, for the same reason.
 The marker a rejected JetStream event left (value ``dead-letter``, ``redis.dedupe_window`` long)
 would make its replay look like a duplicate; the replay removes exactly that value first, never a
 marker that names an enqueued job.
+
+A max-deliveries record whose message JetStream did not give at advisory time (``subject`` empty)
+is read from the stream by its sequence at replay time, over a NATS connection made only then.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
+import nats
+import nats.errors
 import redis.asyncio as aioredis
+from nats.aio.client import Client as NATS
 from redis.exceptions import RedisError, WatchError
 
+from bridge.advisories import parse_headers
 from bridge.batch import EventBatch, event_identity
 from bridge.dead_letters import MAX_DELIVERIES
 from bridge.enqueue import Enqueuer, connect_redis
-from bridge.errors import RedisUnavailable
+from bridge.errors import JetStreamError, RedisUnavailable
+from bridge.jsapi import JetStreamApi
 from bridge.messages import MessageFactory
 from events import Lane
-from settings import Settings
+from runtime import connect_options
+from settings import Settings, redact_urls_in
 
 __all__ = ["DeadLetter", "DeadLetterStore", "Replay", "ReplayOutcome"]
 
@@ -45,6 +55,8 @@ __all__ = ["DeadLetter", "DeadLetterStore", "Replay", "ReplayOutcome"]
 DEAD_LETTER_MARKER: Final = b"dead-letter"
 #: Entries read per XRANGE call.
 PAGE: Final = 1000
+#: Seconds allowed to connect to NATS, and for each JetStream request, when a replay needs a message.
+NATS_TIMEOUT_S: Final = 5.0
 
 
 
@@ -64,6 +76,11 @@ class DeadLetter:
     consumer: str
     code: str
     reason: str
+
+    @property
+    def original_missing(self) -> bool:
+        """A max-deliveries record whose message JetStream did not give when it was written."""
+        return self.code == MAX_DELIVERIES and not self.subject
 
     @property
     def not_replayable(self) -> str | None:
@@ -118,9 +135,14 @@ class DeadLetterStore:
                                   dead_letter_max_len=settings.dead_letters.max_len)
         self._factory = MessageFactory()
         self.key = self._enqueuer.dead_letter_key
+        #: NATS, connected on the first replay that needs a message from JetStream (or why it failed).
+        self._nc: NATS | None = None
+        self._nats_error: str | None = None
 
     async def close(self) -> None:
-        """Close the client if this store made it."""
+        """Close the client if this store made it, and NATS if a replay connected."""
+        if self._nc is not None:
+            await self._nc.close()
         if self._own_client:
             await self._enqueuer.close()
 
@@ -145,6 +167,12 @@ class DeadLetterStore:
         Raises:
           RedisUnavailable: Redis refused or timed out (the record is left as it was).
         """
+        if letter.original_missing:
+            found = await self._with_original(letter)
+            if isinstance(found, str):
+                why = f"{letter.not_replayable}, nor now: {found}"
+                return Replay(letter.id, ReplayOutcome.NOT_REPLAYABLE, reason=why)
+            letter = found
         why_not = letter.not_replayable
         if why_not is not None:
             return Replay(letter.id, ReplayOutcome.NOT_REPLAYABLE, reason=why_not)
@@ -164,6 +192,40 @@ class DeadLetterStore:
         await self._call(self._client.xdel(self.key, letter.id))
         outcome = ReplayOutcome.REPLAYED if flags == b"1" else ReplayOutcome.ALREADY_DELIVERED
         return Replay(letter.id, outcome, job=job)
+
+    async def _with_original(self, letter: DeadLetter) -> DeadLetter | str:
+        """``letter`` with its message read from JetStream now (a read at advisory time can fail while the
+        message stays in the stream), or why JetStream cannot give it."""
+        if letter.stream is None or letter.seq is None:
+            return "the record names no stream sequence"
+        try:
+            api = await self._jetstream()
+            stored = (await api.stream_msg_get(letter.stream, letter.seq))["message"]
+            data = base64.b64decode(stored.get("data") or "")
+            headers = parse_headers(base64.b64decode(stored["hdrs"])) if stored.get("hdrs") else {}
+            subject = str(stored["subject"])
+        except (JetStreamError, nats.errors.Error, OSError, TimeoutError, KeyError, ValueError) as exc:
+            return redact_urls_in(f"{type(exc).__name__}: {exc}")
+        return replace(letter, subject=subject, data=data, headers=headers, size=len(data))
+
+    async def _jetstream(self) -> JetStreamApi:
+        """The JetStream API on a connection made on first use; a refused one is not retried per record."""
+        if self._nc is None:
+            if self._nats_error is not None:
+                raise ConnectionError(self._nats_error)
+
+            async def quiet(exc: Exception) -> None:
+                """The error reaches the caller through connect(); nats-py would also log it."""
+
+            options = connect_options(self._settings.nats, name_suffix="-dlq")
+            options.update(allow_reconnect=False, max_reconnect_attempts=1, error_cb=quiet,
+                           connect_timeout=min(self._settings.nats.connect_timeout, NATS_TIMEOUT_S))
+            try:
+                self._nc = await nats.connect(**options)
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                self._nats_error = f"NATS did not answer: {type(exc).__name__}: {exc}"
+                raise ConnectionError(self._nats_error) from None
+        return JetStreamApi(self._nc, timeout=NATS_TIMEOUT_S)
 
     async def _clear_dead_letter_marker(self, marker: str) -> None:
         """Delete ``marker`` only while it says ``dead-letter``: one naming an enqueued job stays.

@@ -136,7 +136,7 @@ async def bad_payloads_through_the_bridge(settings: Settings, nc: NATS, rds: red
         await async_wait_until(lambda: rds.xlen(DL_KEY) == 4, timeout=10, message="dead letters missing")
 
 
-async def unreadable_max_deliveries_letter(settings: Settings) -> None:
+async def unreadable_max_deliveries_letter(settings: Settings, seq: int = 78) -> None:
     """A max-deliveries dead letter whose message JetStream no longer held, written as bridge/advisories.py does."""
     enqueuer = Enqueuer(connect_redis(settings.redis.url.get_secret_value(), socket_timeout=2, connect_timeout=2),
                         namespace=NS, dedupe_window=3600, dead_letter_stream="dead-letters", dead_letter_max_len=1000)
@@ -144,7 +144,7 @@ async def unreadable_max_deliveries_letter(settings: Settings) -> None:
     batch.add_dead_letter("", dead_letter_fields(
         "", b"", {}, consumer="notification_processor", code=MAX_DELIVERIES, at=datetime.now(UTC),
         reason="delivered 3 times without an ack (max_deliver reached); the original could not be read: gone",
-        stream="FECHATTER_EVENTS", stream_seq=78, delivered=3))
+        stream="FECHATTER_EVENTS", stream_seq=seq, delivered=3))
     await enqueuer.run(batch)
     await enqueuer.close()
 
@@ -398,28 +398,33 @@ async def test_max_deliveries_dead_letters_replay_from_what_the_advisory_stored_
     # When the bridge hears the advisory
     async with running_bridge(settings):
         await async_wait_until(lambda: rds.xlen(DL_KEY) == 1, timeout=15, message="no dead letter from the advisory")
-    # (and one whose message JetStream no longer held: nats-server sends no advisory for a deleted message, so it
-    # is written as the advisory handler writes it)
+    # (and two the advisory handler could not read the message of, written as it writes them: one still in the
+    # stream, one gone; nats-server sends no advisory for a deleted message, so no real one can be made)
+    await js.publish("fechatter.message.created", long_message(1401, 10), headers={"Nats-Msg-Id": "poison-2"})
+    await unreadable_max_deliveries_letter(settings, seq=2)
     await unreadable_max_deliveries_letter(settings)
     code, out, _ = await cli.run(capsys, "list", "--format", "json")
     assert sorted((r["code"], r["where"], r["replayable"]) for r in json_lines(out)) == [
-        ("max_deliveries", "bridge FECHATTER_EVENTS#1", True), ("max_deliveries", "bridge FECHATTER_EVENTS#78", False)]
+        ("max_deliveries", "bridge FECHATTER_EVENTS#1", True), ("max_deliveries", "bridge FECHATTER_EVENTS#2", False),
+        ("max_deliveries", "bridge FECHATTER_EVENTS#78", False)]
 
-    # Then a replay enqueues the stored one under its own identity; the other cannot be replayed, and says why
+    # Then a replay enqueues the stored one and the one JetStream still holds, each under its own identity; the
+    # gone one cannot be replayed, and says why
     code, out, _ = await cli.run(capsys, "replay", "--reason", "max_deliveries")
     assert code == 1
-    assert out.splitlines()[0] == "replayed 1, rejected again 0, already delivered 0, not replayable 1"
-    assert "could not be read from JetStream when it was dead-lettered" in out
-    (job,) = [json.loads(m) for m in rds.hvals(f"{NS}:domain.msgs")]
-    assert job["args"][0]["origin"]["event_id"] == "poison-1" and job["message_id"] == message_id_for(
-        "FECHATTER_EVENTS:id:poison-1")
+    assert out.splitlines()[0] == "replayed 2, rejected again 0, already delivered 0, not replayable 1"
+    assert "could not be read from JetStream when it was dead-lettered, nor now: JetStreamRefused" in out
+    jobs = sorted((json.loads(m) for m in rds.hvals(f"{NS}:domain.msgs")), key=lambda m: m["args"][0]["message_id"])
+    assert [(j["args"][0]["origin"]["event_id"], j["message_id"]) for j in jobs] == [
+        ("poison-1", message_id_for("FECHATTER_EVENTS:id:poison-1")),
+        ("poison-2", message_id_for("FECHATTER_EVENTS:id:poison-2"))]
     # And again: nothing more is enqueued; the worker delivers it once to each member but the sender
     code, out, _ = await cli.run(capsys, "replay")
     assert out.splitlines()[0] == "replayed 0, rejected again 0, already delivered 0, not replayable 1"
-    assert rds.llen(f"{NS}:domain") == 1
+    assert rds.llen(f"{NS}:domain") == 2
     await asyncio.to_thread(deliver_all, settings, rds)
     for user in (9, 11):
-        assert [n["id"] for n in inbox(rds, settings, user)] == [1400]
+        assert sorted(n["id"] for n in inbox(rds, settings, user)) == [1400, 1401]
 
 
 async def _fetched(sub: Any, n: int) -> bool:
