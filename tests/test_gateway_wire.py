@@ -31,10 +31,18 @@ def test_stream_ids_parse_from_bytes_and_text(text: bytes | str) -> None:
     assert parse_stream_id(text) == StreamId(1700000000000, 3)
 
 
-@pytest.mark.parametrize("text", [b"", b"1", b"1-", b"-1", b"a-1", b"1-2-3", "1-x", b"\xff-1"])
+@pytest.mark.parametrize("text", [b"", b"1", b"1-", b"-1", b"a-1", b"1-2-3", "1-x", b"\xff-1",
+                                  # Redis id parts are u64: one more makes every XRANGE fail
+                                  "18446744073709551616-0", b"0-18446744073709551616",
+                                  "99999999999999999999-0", b"1-99999999999999999999"])
 def test_anything_else_is_not_a_stream_id(text: bytes | str) -> None:
     with pytest.raises(ValueError):
         parse_stream_id(text)
+
+
+def test_the_largest_redis_stream_id_is_one() -> None:
+    assert parse_stream_id("18446744073709551615-18446744073709551615") == StreamId(2**64 - 1, 2**64 - 1)
+    assert parse_stream_id(b"18446744073709551615-0") == StreamId(2**64 - 1, 0)
 
 
 def test_stream_ids_compare_as_numbers_not_strings() -> None:
