@@ -18,6 +18,7 @@ is never logged).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -152,7 +153,12 @@ class Edge:
                                f"this user already has {count} streams open (at most {cap})",
                                CAPACITY_RETRY_AFTER, user=user_id)
         self.user_streams[user_id] = count + 1
-        request[_USER_SLOT] = user_id
+        # Released when the request's task ends, however it ends (a callback, not a frame kept
+        # suspended around the handler: that would cost memory per open stream).
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - handlers always run in a task
+            raise RuntimeError("admit_user outside a task")
+        task.add_done_callback(lambda _: self.release_user(user_id))
         return None
 
     def release_user(self, user_id: int) -> None:
@@ -163,28 +169,28 @@ class Edge:
             self.user_streams.pop(user_id, None)
 
 
-_USER_SLOT: web.RequestKey[int] = web.RequestKey("edge_user_slot", int)
-
-
 def admit_user(request: web.Request, user_id: int) -> web.Response | None:
     """:meth:`Edge.admit_user` of ``request``'s application (the stream handler's one call)."""
     return request.app[state.EDGE].admit_user(request, user_id)
 
 
 @web.middleware
-async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Apply the limits (see the module docstring) around every handler."""
+def edge_middleware(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """Apply the limits (see the module docstring) before the handler.
+
+    Not a coroutine: it returns the handler's own awaitable, so no middleware frame stays
+    suspended for the life of every stream (memory per stream).
+    """
     if request.path in PROBES:
-        return await handler(request)
+        return handler(request)
     edge = request.app[state.EDGE]
     refused = edge.check_request(request)
     if refused is None and request.method == "GET" and request.path == "/events":
         refused = edge.check_stream(request)
     if refused is not None:
-        return refused
-    try:
-        return await handler(request)
-    finally:
-        user_id = request.get(_USER_SLOT)
-        if user_id is not None:
-            edge.release_user(user_id)
+        return _answer(refused)
+    return handler(request)
+
+
+async def _answer(response: web.StreamResponse) -> web.StreamResponse:
+    return response
