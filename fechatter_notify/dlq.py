@@ -14,7 +14,7 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -68,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="json: one object per line (source, id, at, where, subject, job, code, reason, size)")
     show = sub.add_parser("show", help="one record whole, payload pretty-printed")
     show.add_argument("id", help="the id `list` printed")
+    show.add_argument("--config", dest="sub_config", metavar="PATH")
     show.add_argument("--show-payload", action="store_true", help="print the payload's text (chat content)")
     replay = sub.add_parser("replay", help="send the selected records through the normal path again")
     _filters(replay)
@@ -206,7 +207,8 @@ def _bridge_details(letter: DeadLetter, show_payload: bool) -> Iterator[str]:
           f"consumer: {letter.consumer}"
     if letter.not_replayable:
         yield f"not replayable: {letter.not_replayable}"
-    yield "headers: " + json.dumps(redact_value(letter.headers, show=show_payload), ensure_ascii=False)
+    # Headers are the publisher's metadata (Nats-Msg-Id, trace ids), not chat text: only secrets are masked.
+    yield "headers: " + json.dumps(redact_value(letter.headers, show=True), ensure_ascii=False)
     yield "payload:"
     yield from _payload(letter.data, len(letter.data) < letter.size, show_payload)
 
@@ -241,16 +243,15 @@ class Summary:
 
     replayed: int = 0
     already: int = 0
-    rejected: list[str] | None = None
-    not_replayable: list[str] | None = None
+    rejected: list[str] = field(default_factory=list)
+    not_replayable: list[str] = field(default_factory=list)
 
     def lines(self, dry_run: bool) -> Iterator[str]:
-        rejected, unreplayable = self.rejected or [], self.not_replayable or []
         verb = "would replay" if dry_run else "replayed"
-        yield (f"{verb} {self.replayed}, rejected again {len(rejected)}, already delivered {self.already}, "
-               f"not replayable {len(unreplayable)}")
-        yield from (f"  rejected again: {line}" for line in rejected)
-        yield from (f"  not replayable: {line}" for line in unreplayable)
+        yield (f"{verb} {self.replayed}, rejected again {len(self.rejected)}, already delivered {self.already}, "
+               f"not replayable {len(self.not_replayable)}")
+        yield from (f"  rejected again: {line}" for line in self.rejected)
+        yield from (f"  not replayable: {line}" for line in self.not_replayable)
 
     @property
     def left(self) -> bool:
@@ -258,7 +259,7 @@ class Summary:
 
 
 async def _replay(rows: Sequence[Row], stores: Stores, dry_run: bool) -> Summary:
-    summary = Summary(rejected=[], not_replayable=[])
+    summary = Summary()
     with _progress(len(rows), "replaying") as advance:
         for row in rows:
             await _replay_one(row, stores, dry_run, summary)
@@ -267,7 +268,6 @@ async def _replay(rows: Sequence[Row], stores: Stores, dry_run: bool) -> Summary
 
 
 async def _replay_one(row: Row, stores: Stores, dry_run: bool, summary: Summary) -> None:
-    assert summary.rejected is not None and summary.not_replayable is not None
     if isinstance(row.record, FailedJob):
         (done,) = stores.dramatiq.requeue([row.record], dry_run=dry_run)
         if done.outcome is RequeueOutcome.REQUEUED:
