@@ -105,7 +105,10 @@ def selector(args: argparse.Namespace, now: datetime) -> Callable[[Row], bool]:
     if getattr(args, "reason", None):
         checks.append(lambda row: row.code.lower() == args.reason.lower())
     if getattr(args, "subject", None):
-        validate_pattern(args.subject)
+        try:
+            validate_pattern(args.subject)
+        except ValueError as exc:
+            raise ValueError(f"--subject: {exc}") from None
         checks.append(lambda row: row.subject is not None and matches(args.subject, row.subject))
     if getattr(args, "job_type", None):
         wanted = args.job_type.lower()
@@ -348,7 +351,8 @@ async def _command(settings: Settings, args: argparse.Namespace) -> int:
         rows = await stores.rows()
         if args.dlq_command == "show":
             return _show(rows, args)
-        rows = [row for row in rows if selector(args, datetime.now(UTC))(row)]
+        selected = selector(args, datetime.now(UTC))
+        rows = [row for row in rows if selected(row)]
         if args.dlq_command == "list":
             for row in rows:
                 print(json_line(row) if args.format == "json" else list_line(row))
