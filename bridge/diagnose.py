@@ -239,7 +239,8 @@ async def diagnose_dead_letters(client: Redis, settings: Settings, origin: str) 
     subject = _text(fields.get(b"subject", b"?"))
     report.add("warning", "dead_letters", "dead_letters.stream",
                f"{count} event(s) the bridge could not turn into jobs; newest: {subject}: {reason}",
-               origin=origin, fix=f"read them with XRANGE {key} - +")
+               origin=origin, fix="list them with fechatter-notify dlq list --source bridge; once the cause is "
+               "fixed, fechatter-notify dlq replay")
     return report
 
 

@@ -151,7 +151,7 @@ async def test_dead_letters_are_counted_with_the_newest_reason(
     letters = one(await diagnose(settings), "dead_letters")
     assert letters.message.startswith("1 event(s) the bridge could not turn into jobs; newest: "
                                       "fechatter.message.created: ")
-    assert f"XRANGE {NS}:dead-letters" in (letters.fix or "")
+    assert "fechatter-notify dlq list --source bridge" in (letters.fix or "")
 
 
 def test_the_command_prints_every_finding_and_exits_2_on_errors(tmp_path: Path, redis_server: RedisServer) -> None:

@@ -56,7 +56,8 @@ async def diagnose_queues(client: Redis, settings: Settings, origin: str) -> lis
         if dead:
             report.add("warning", "jobs_dead", f"queues.{lane}", f"{dead} job(s) of {queue!r} failed for good "
                        f"(dramatiq's {queue_key(ns, dead_letter_queue(queue))})", origin=origin,
-                       fix="see the workers' Sentry issues or logs for why; requeue once fixed")
+                       fix="fechatter-notify dlq list --source dramatiq says why; once fixed, "
+                       "fechatter-notify dlq replay --source dramatiq")
     report.add("info", "workers", "queues", f"{live} worker process(es) heartbeating", origin=origin)
     if waiting_total and not live:
         report.add("warning", "no_live_workers", "queues",
