@@ -31,7 +31,7 @@ from gateway.presence import PresenceTracker
 from gateway.presence_api import online_users, presence_info, presence_update
 from gateway.session import create_session, delete_session
 from gateway.stream import StreamRegistry, events
-from settings.model import Settings
+from settings import Settings
 
 #: aiohttp cancels a handler when its client disconnects. Set explicitly, the same for tests
 #: and production (aiohttp's defaults differ: run_app False, TestServer True): a closed

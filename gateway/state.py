@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from gateway.natslink import NatsLink
     from gateway.presence import PresenceTracker
     from gateway.stream import StreamRegistry
-    from settings.model import Settings
+    from settings import Settings
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")

@@ -38,7 +38,7 @@ from aiohttp.http import HttpVersion11
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from events.inbox import inbox_key
+from events import inbox_key
 from gateway import state
 from gateway.admission import admit_user
 from gateway.auth import AuthError, authenticate, unauthorized
