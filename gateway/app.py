@@ -18,7 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from gateway import state
-from gateway.admission import Edge, edge_middleware
+from gateway.admission import Edge
 from gateway.auth import TokenVerifier
 from gateway.cors import on_response_prepare, preflight
 from gateway.edgeserver import EdgeRunner, handler_args
@@ -53,7 +53,7 @@ def build_app(settings: Settings, *, verifier: TokenVerifier | None = None) -> w
     Raises:
       ValueError: when ``gateway.jwt.public_key`` is set but is not an Ed25519 PEM key.
     """
-    app = web.Application(middlewares=[edge_middleware])
+    app = web.Application()
     app[state.SETTINGS] = settings
     app[state.VERIFIER] = verifier or TokenVerifier(settings.gateway.jwt)
     app[state.METRICS] = GatewayMetrics()

@@ -11,6 +11,7 @@ but silently, and its default is an hour. So:
   is answered 408 and closed (:meth:`EdgeHandler._header_deadline`), logged and counted;
 * ``keepalive_timeout`` is set just above it, which bounds the later requests of a kept-alive
   connection (and its idle time) the same way, silently;
+* every request passes :func:`gateway.admission.screen` before the application routes it;
 * above the hard cap (``max_connections`` + a reserve for probes) a new connection is answered
   503 at once, before anything is read, and closed.
 
@@ -23,15 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
-from gateway.admission import Edge
+from gateway.admission import Edge, answer, screen
 from gateway.limits import raw_refusal, refusal
 
 log = logging.getLogger(__name__)
@@ -161,8 +163,15 @@ class EdgeServer(Server):
                 protocol.headers_received()
             return inner(message, payload, protocol, writer, task)
 
+        handle = server.request_handler
+
+        def request_handler(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+            # Not a coroutine: no frame of ours stays suspended while a stream is open.
+            refused = screen(edge, cast(web.Request, request))
+            return handle(request) if refused is None else answer(refused)
+
         self._handler_kwargs: dict[str, Any] = dict(server._kwargs)
-        super().__init__(server.request_handler, request_factory=request_factory,
+        super().__init__(request_handler, request_factory=request_factory,
                          handler_cancellation=server.handler_cancellation, **self._handler_kwargs)
         self.edge = edge
 
