@@ -333,8 +333,10 @@ async def test_slowloris_sockets_are_closed_at_the_header_deadline_while_others_
     held: list[float] = []
 
     async def trickle() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        # Timed from before the connect: the gateway's deadline starts at its accept, which cannot
+        # come earlier, whereas this loop may resume after open_connection long after (200 sockets).
         opened = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         answer = b""
         try:
             for byte in request[:-1]:  # never the final byte: the headers never complete
