@@ -6,7 +6,8 @@
 2. ``GET /events`` only, before the token is verified (a flood costs no signature check):
    the client address's connect rate (429), the process-wide connection cap and the memory
    threshold (503). Each refusal carries ``Retry-After``.
-3. After the token is verified (:func:`admit_user`): the user's concurrent streams (429).
+3. After the token is verified (:meth:`Edge.admit_user`, called by the ``GET /events`` handler):
+   the user's concurrent streams (429).
 
 Probes (``/healthz``, ``/readyz``, ``/metrics``) are never refused: an orchestrator that cannot
 probe a gateway under attack would restart it, dropping every stream it still serves.
@@ -24,7 +25,6 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from gateway import state
 from gateway.auth import token_from_request
 from gateway.limits import (
     PROBE_RESERVE,
@@ -163,11 +163,6 @@ class Edge:
             self.user_streams[user_id] = count
         else:
             self.user_streams.pop(user_id, None)
-
-
-def admit_user(request: web.Request, user_id: int) -> web.Response | None:
-    """:meth:`Edge.admit_user` of ``request``'s application (the stream handler's one call)."""
-    return request.app[state.EDGE].admit_user(request, user_id)
 
 
 def screen(edge: Edge, request: web.Request) -> web.Response | None:

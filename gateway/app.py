@@ -22,6 +22,7 @@ from gateway.admission import Edge
 from gateway.auth import TokenVerifier
 from gateway.cors import on_response_prepare, preflight
 from gateway.edgeserver import EdgeRunner, handler_args
+from gateway.events_handler import events
 from gateway.heads import InboxHeads
 from gateway.health import healthz, metrics, readyz
 from gateway.hub import Hub
@@ -29,8 +30,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.natslink import NatsLink
 from gateway.presence import PresenceTracker
 from gateway.presence_api import online_users, presence_info, presence_update
+from gateway.registry import StreamRegistry
 from gateway.session import create_session, delete_session
-from gateway.stream import StreamRegistry, events
 from settings import Settings
 
 #: aiohttp cancels a handler when its client disconnects. Set explicitly, the same for tests

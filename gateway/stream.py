@@ -1,21 +1,7 @@
-"""``GET /events``: one SSE stream = replay from the inbox, then live announcements.
+"""The SSE stream object: one open ``GET /events`` response (:class:`EventStream`).
 
-Order of a stream's life, and why:
-
-1. Authenticate; refuse with 401 before anything is streamed.
-2. Answer 200 and flush the headers at once: the client gives up after 10 s without
-   ``onopen`` and then polls Fechatter's API forever, never retrying SSE
-   (docs/web-client-contract.md#opening-within-ten-seconds-or-never-again).
-3. Subscribe through the hub and wait for Redis to confirm, THEN read the inbox, THEN write
-   ``connection_confirmed`` (a replay follows it). Anything published after the confirmation
-   is buffered in this stream; anything before is in the inbox. The replay stops short of the
-   oldest inbox entry the buffer holds (everything from there on is buffered, in publication
-   order), then the buffer is written: no gap, no duplicate, even while notifications keep
-   arriving, and a live-only frame (typing, presence: no inbox entry, no ``id:``) buffered
-   between two entries is written between them, not after the replayed ones.
-4. Live: write what the hub delivers, a comment every ``keep_alive`` seconds (that write is
-   also how a vanished peer is noticed), until the client leaves, the token expires, the
-   buffer overflows (slow client) or the server shuts down.
+The request handler that opens, runs and closes it is :mod:`gateway.events_handler` (the order of a
+stream's life is described there); the registry of open streams is :mod:`gateway.registry`.
 
 Live frames are written synchronously to the socket's transport, once per stream per socket
 read of the hub (which coalesces that read's frames), not by a task per stream: waking 10,000
@@ -27,45 +13,27 @@ that overflows the stream is closed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 import time
 from typing import Final
 
-from aiohttp import web
-from aiohttp.http import HttpVersion11
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from events import inbox_key
-from gateway import state
-from gateway.admission import admit_user
-from gateway.auth import AuthError, authenticate, unauthorized
-from gateway.drain import draining_refusal
-from gateway.frames import (
-    KEEP_ALIVE,
-    ZERO_ID,
-    StreamId,
-    data_frame,
-    json_frame,
-    parse_stream_id,
-    retry_line,
-)
+from gateway.frames import KEEP_ALIVE, ZERO_ID, StreamId, data_frame, parse_stream_id
 from gateway.heads import InboxHeads
-from gateway.hub import Announcement, HubUnavailable
+from gateway.hub import Announcement
 from gateway.limits import QuietLog
 from gateway.metrics import GatewayMetrics
 from gateway.replay import Entries, InboxBounds, inbox_bounds, read_entries, ticket
-from gateway.resume import INVALID_ID, TOO_FAR_BEHIND, final_frame, resume_point, resync_frame
+from gateway.resume import INVALID_ID, TOO_FAR_BEHIND, resume_point, resync_frame
 from runtime import log_event
 
 log = logging.getLogger(__name__)
 #: Slow-client drops are logged, but a wave of them (a network blip) not line by line.
 _drops_log = QuietLog(log)
 
-#: Seconds a new stream waits for its live subscription before giving up.
-SUBSCRIBE_TIMEOUT: Final = 10.0
 #: Seconds between attempts to read missed entries while Redis is unreachable.
 CATCH_UP_RETRY: Final = 1.0
 #: Unsent bytes (in the transport) above which a client counts as behind.
@@ -75,40 +43,6 @@ BEHIND_RETRY: Final = 0.05
 #: Keep-alive ticks in a row a client may stay behind before it is dropped: a peer that
 #: vanished without a FIN never reads again, and TCP alone would take ~15 minutes to notice.
 STALLED_TICKS: Final = 3
-
-SSE_HEADERS: Final = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    # nginx and friends buffer responses unless told not to; SSE must not be buffered.
-    "X-Accel-Buffering": "no",
-}
-
-
-class StreamRegistry:
-    """The open streams of this process (for shutdown and the open-streams gauge)."""
-
-    def __init__(self) -> None:
-        self._streams: set[EventStream] = set()
-        #: Set at SIGTERM (gateway/drain.py): no new stream is opened from then on.
-        self.draining = False
-
-    def __len__(self) -> int:
-        return len(self._streams)
-
-    def add(self, stream: EventStream) -> None:
-        self._streams.add(stream)
-
-    def discard(self, stream: EventStream) -> None:
-        self._streams.discard(stream)
-
-    def snapshot(self) -> tuple[EventStream, ...]:
-        """The streams open now."""
-        return tuple(self._streams)
-
-    def close_all(self, reason: str) -> None:
-        """Ask every stream to end (gracefully: the handler finishes the response)."""
-        for stream in tuple(self._streams):
-            stream.close(reason)
 
 
 class EventStream:
@@ -442,98 +376,3 @@ class EventStream:
             if handle is not None:
                 handle.cancel()
             self._signal = None
-
-
-async def events(request: web.Request) -> web.StreamResponse:
-    """The SSE endpoint (see the module docstring)."""
-    app = request.app
-    metrics = app[state.METRICS]
-    if app[state.STREAMS].draining:
-        raise draining_refusal()
-    try:
-        principal = authenticate(request, app[state.VERIFIER])
-    except AuthError as exc:
-        metrics.auth_failures.labels(exc.reason).inc()
-        log_event(log, "auth_failed", path=request.path, reason=exc.reason, peer=request.remote or "")
-        raise unauthorized(exc) from None
-    refused = admit_user(request, principal.user_id)
-    if refused is not None:
-        return refused
-    settings = app[state.SETTINGS]
-    gateway = settings.gateway
-    redis, hub, presence = app[state.REDIS], app[state.HUB], app[state.PRESENCE]
-    last_event_id = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
-
-    response = web.StreamResponse(headers=SSE_HEADERS)
-    # Chunked on HTTP/1.1 (explicitly, because EventStream frames its own writes); an
-    # HTTP/1.0 body simply runs until the connection closes.
-    chunked = request.version >= HttpVersion11
-    if chunked:
-        response.enable_chunked_encoding()
-    await response.prepare(request)
-    transport = request.transport
-    if transport is None:  # the client left during prepare()
-        return response
-    stream = EventStream(
-        principal.user_id,
-        transport,
-        chunked=chunked,
-        limit=gateway.stream_buffer,
-        limit_bytes=gateway.limits.stream_buffer_bytes,
-        metrics=metrics,
-        replay_cap=gateway.replay_max_entries,
-    )
-    registry = app[state.STREAMS]
-    registry.add(stream)
-    metrics.connects.inc()
-    metrics.open_streams.inc()
-    started = time.monotonic()
-    member: str | None = None
-    reason = "client_gone"
-    key = inbox_key(settings.redis.namespace, principal.user_id)
-    try:
-        # prepare() has flushed the headers (onopen fires now); the first frame waits until
-        # the live subscription is confirmed, so that it means "from here on, nothing is missed".
-        stream.schedule(gateway.keep_alive, principal.expires_at + gateway.jwt.leeway)
-        await hub.attach(principal.user_id, stream, SUBSCRIBE_TIMEOUT)
-        metrics.connected_users.set(hub.user_count)
-        member = presence.stream_opened(principal.user_id)
-        confirmed = retry_line() + json_frame({
-            "type": "connection_confirmed",
-            "user_id": principal.user_id,
-            "server_time": time.time(),
-        })
-        await stream.start(redis, app[state.HEADS], key, last_event_id, confirmed)
-        await stream.run(redis, key)
-        reason = stream.reason or "closed"
-    except HubUnavailable:
-        reason = "redis_unavailable"
-    except RedisError as exc:
-        reason = "redis_error"
-        log_event(log, "stream_redis_error", logging.WARNING, user_id=principal.user_id, error=exc)
-    except ConnectionResetError:
-        reason = stream.reason or "client_gone"
-    except asyncio.CancelledError:
-        # handler_cancellation: the peer went away (or we aborted a slow client).
-        reason = stream.reason or "client_gone"
-        raise
-    finally:
-        stream.close(reason)
-        stream.cancel_timers()
-        hub.detach(principal.user_id, stream)
-        metrics.connected_users.set(hub.user_count)
-        if member is not None:
-            presence.stream_closed(principal.user_id, member)
-        registry.discard(stream)
-        metrics.open_streams.dec()
-        metrics.disconnects.labels(reason).inc()
-        log_event(log, "stream_closed", logging.DEBUG, user_id=principal.user_id, reason=reason,
-                  seconds=round(time.monotonic() - started, 3))
-    farewell = final_frame(reason)
-    if farewell is not None:
-        stream.send(farewell)
-    if reason == "server_draining":
-        response.force_close()  # the reconnect must open a new connection, to another gateway
-    with contextlib.suppress(ConnectionResetError):
-        await response.write_eof()
-    return response

@@ -182,6 +182,23 @@ def test_modules_import_no_cycle() -> None:
         " <-> ".join(c) for c in cycles(graph))
 
 
+def test_gateway_modules_import_no_cycle_even_for_the_type_checker() -> None:
+    """The check above leaves out ``if TYPE_CHECKING:`` imports; inside the gateway they count too.
+
+    Its application keys (gateway/state.py) name the resources' types for the type checker only,
+    and a module holding a resource's type must not use the keys itself (as the ``GET /events``
+    handler once shared a module with the stream registry it reads from ``state.STREAMS``).
+    """
+    known = modules()
+    graph: dict[str, set[str]] = {}
+    for i in project_imports():
+        if package(i.importer) == "gateway":
+            graph.setdefault(i.importer, set()).update(
+                {m for m in resolve(i, known) if package(m) == "gateway"} - {i.importer})
+    assert not cycles(graph), "gateway module import cycles (each line one cycle):\n" + "\n".join(
+        " <-> ".join(c) for c in cycles(graph))
+
+
 @pytest.mark.parametrize("name", ["runtime", "bridge", "workers", "gateway"])
 def test_a_face_loads_its_names_on_first_use(name: str) -> None:
     """Importing a package (and so any of its submodules) must not import its process: ``import
