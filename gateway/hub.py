@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from events import live_channel
 from gateway.frames import StreamId, data_frame, parse_stream_id
 from gateway.resp import Reply, RespError, RespProtocolError, RespReader
-from runtime import log_event, stop_task
+from runtime import backoff_delay, log_event, stop_task
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ MAX_MISSED_PINGS: Final = 3
 #: Bytes taken per read from the socket buffer: under load, more announcements per pass
 #: means more frames per stream per write.
 READ_SIZE: Final = 1 << 20
-#: First reconnect delay, doubled per failure up to the cap, in seconds.
-RECONNECT_DELAY: Final = 0.1
-RECONNECT_DELAY_CAP: Final = 5.0
+#: First reconnect delay, doubled per failure up to the cap (then jittered), in seconds.
+RECONNECT_DELAY_S: Final = 0.1
+RECONNECT_DELAY_CAP_S: Final = 5.0
 
 
 class HubUnavailable(Exception):
@@ -231,17 +231,19 @@ class Hub:
         self._outbox_event.set()
 
     async def _run(self) -> None:
-        delay = RECONNECT_DELAY
+        failures = 0
         while True:
             try:
                 conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
                 await conn.connect()  # type: ignore[no-untyped-call]
             except (RedisError, OSError) as exc:
-                log_event(log, "pubsub_connect_failed", logging.WARNING, error=exc, retry_in=delay)
+                # Jittered, so the gateways that lost the same Redis do not reconnect in step.
+                delay = backoff_delay(failures, RECONNECT_DELAY_S, RECONNECT_DELAY_CAP_S)
+                failures += 1
+                log_event(log, "pubsub_connect_failed", logging.WARNING, error=exc, retry_in=round(delay, 3))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_DELAY_CAP)
                 continue
-            delay = RECONNECT_DELAY
+            failures = 0
             self._connections += 1
             reconnect = self._connections > 1
             self._adopt(conn, reconnect=reconnect)
