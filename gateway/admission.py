@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 PROBES: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 #: Seconds a client refused for capacity (connections, memory, its own stream count) is told to
 #: wait: long enough to spread a reconnect wave, short enough not to look like an outage.
-CAPACITY_RETRY_AFTER: Final = 5.0
+CAPACITY_RETRY_AFTER_S: Final = 5.0
 
 class Edge:
     """The limits of one gateway process and the counts they are checked against.
@@ -131,13 +131,13 @@ class Edge:
         cap = self.connection_cap
         if cap and self.open_connections > cap:
             return self.refuse(request, 503, "connections",
-                               "this gateway is at its connection limit", CAPACITY_RETRY_AFTER,
+                               "this gateway is at its connection limit", CAPACITY_RETRY_AFTER_S,
                                open=self.open_connections)
         if self.memory_cap:
             rss = self.rss.bytes()
             if rss > self.memory_cap:
                 return self.refuse(request, 503, "memory", "this gateway is at its memory limit",
-                                   CAPACITY_RETRY_AFTER, rss=rss, max_memory=self.memory_cap)
+                                   CAPACITY_RETRY_AFTER_S, rss=rss, max_memory=self.memory_cap)
         return None
 
     def admit_user(self, request: web.Request, user_id: int) -> web.Response | None:
@@ -147,7 +147,7 @@ class Edge:
         if cap and count >= cap:
             return self.refuse(request, 429, "user_streams",
                                f"this user already has {count} streams open (at most {cap})",
-                               CAPACITY_RETRY_AFTER, user=user_id)
+                               CAPACITY_RETRY_AFTER_S, user=user_id)
         self.user_streams[user_id] = count + 1
         # Released when the request's task ends, however it ends (a callback, not a frame kept
         # suspended around the handler: that would cost memory per open stream).

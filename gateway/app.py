@@ -39,7 +39,7 @@ from settings import Settings
 #: stream then unsubscribes and updates presence at once, not at the next keep-alive write.
 HANDLER_CANCELLATION: Final = True
 #: Seconds aiohttp waits for handlers at shutdown (streams were already asked to end).
-SHUTDOWN_TIMEOUT: Final = 5.0
+SHUTDOWN_TIMEOUT_S: Final = 5.0
 #: Pending connections the kernel queues; a reconnect storm is thousands at once.
 BACKLOG: Final = 4096
 #: Pooled Redis connections for inbox reads and presence (pub/sub has its own connection).
@@ -98,7 +98,7 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
         app,
         edge,
         handler_cancellation=HANDLER_CANCELLATION,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         access_log=None,
         **handler_args(edge),
     )
@@ -164,7 +164,7 @@ async def _presence(app: web.Application) -> AsyncIterator[None]:
     tracker = PresenceTracker(
         app[state.REDIS],
         settings.redis.namespace,
-        ttl=settings.gateway.presence_ttl,
+        ttl_s=settings.gateway.presence_ttl,
         announce=app[state.NATS].publish_presence,
     )
     app[state.PRESENCE] = tracker

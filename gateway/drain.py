@@ -28,9 +28,9 @@ from runtime import log_event
 log = logging.getLogger(__name__)
 
 #: Seconds the last closed streams get to finish their responses after the window.
-SETTLE_TIMEOUT: Final = 5.0
+SETTLE_TIMEOUT_S: Final = 5.0
 #: How often the end of the drain checks whether every stream has ended, in seconds.
-SETTLE_POLL: Final = 0.05
+SETTLE_POLL_S: Final = 0.05
 #: ``Retry-After`` of a stream refused while draining, in seconds.
 REFUSED_RETRY_AFTER_S: Final = 1
 
@@ -46,7 +46,7 @@ def draining_refusal() -> web.HTTPServiceUnavailable:
 
 async def drain(app: web.Application, runner: web.AppRunner, window: float) -> None:
     """Steps 1 to 3 of the module docstring; returns when every stream has ended (or after
-    :data:`SETTLE_TIMEOUT` more seconds)."""
+    :data:`SETTLE_TIMEOUT_S` more seconds)."""
     registry = app[state.STREAMS]
     registry.draining = True
     streams = registry.snapshot()
@@ -61,10 +61,10 @@ async def drain(app: web.Application, runner: web.AppRunner, window: float) -> N
         if delay > 0:
             await asyncio.sleep(delay)
         stream.close("server_draining")
-    deadline = time.monotonic() + SETTLE_TIMEOUT
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
     # Polling a few seconds at most, once per process lifetime: simpler than an event the
     # registry would have to set on every stream's end.
     while len(registry) and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(SETTLE_POLL)
+        await asyncio.sleep(SETTLE_POLL_S)
     log_event(log, "gateway_drained", streams=len(streams), left=len(registry),
               seconds=round(time.monotonic() - started, 3))

@@ -39,7 +39,7 @@ from gateway.limits import raw_refusal, refusal
 log = logging.getLogger(__name__)
 
 #: aiohttp's own silent close of an incomplete request comes this long after ours (which answers).
-KEEPALIVE_GRACE: Final = 1.0
+KEEPALIVE_GRACE_S: Final = 1.0
 #: Room for the method, path and ``HTTP/1.1`` on the request line besides the query.
 REQUEST_LINE_ROOM: Final = 2048
 #: aiohttp's parser limits when ours are off (0): its defaults.
@@ -60,7 +60,7 @@ def handler_args(edge: Edge) -> dict[str, Any]:
         line += 1
     args: dict[str, Any] = {"max_field_size": field, "max_line_size": line}
     if limits.header_read_timeout:
-        args["keepalive_timeout"] = limits.header_read_timeout + KEEPALIVE_GRACE
+        args["keepalive_timeout"] = limits.header_read_timeout + KEEPALIVE_GRACE_S
     return args
 
 

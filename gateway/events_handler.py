@@ -46,7 +46,7 @@ from runtime import log_event
 log = logging.getLogger(__name__)
 
 #: Seconds a new stream waits for its live subscription before giving up.
-SUBSCRIBE_TIMEOUT: Final = 10.0
+SUBSCRIBE_TIMEOUT_S: Final = 10.0
 
 SSE_HEADERS: Final = {
     "Content-Type": "text/event-stream",
@@ -107,7 +107,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         # prepare() has flushed the headers (onopen fires now); the first frame waits until
         # the live subscription is confirmed, so that it means "from here on, nothing is missed".
         stream.schedule(gateway.keep_alive, principal.expires_at + gateway.jwt.leeway)
-        await hub.attach(principal.user_id, stream, SUBSCRIBE_TIMEOUT)
+        await hub.attach(principal.user_id, stream, SUBSCRIBE_TIMEOUT_S)
         metrics.connected_users.set(hub.user_count)
         member = presence.stream_opened(principal.user_id)
         confirmed = retry_line() + json_frame({

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from gateway import state
 
 #: How long the readiness PING may take, in seconds.
-READY_TIMEOUT: Final = 2.0
+READY_TIMEOUT_S: Final = 2.0
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -31,7 +31,7 @@ async def readyz(request: web.Request) -> web.Response:
     reasons: list[str] = []
     checks: dict[str, Any] = {}
     try:
-        async with asyncio.timeout(READY_TIMEOUT):
+        async with asyncio.timeout(READY_TIMEOUT_S):
             await app[state.REDIS].ping()
         checks["redis"] = "ok"
     except (RedisError, OSError, TimeoutError) as exc:

@@ -34,7 +34,7 @@ from runtime import backoff_delay, log_event, stop_task
 log = logging.getLogger(__name__)
 
 #: Idle time before the hub PINGs Redis on the pub/sub connection, in seconds.
-DEFAULT_PING_INTERVAL: Final = 5.0
+DEFAULT_PING_INTERVAL_S: Final = 5.0
 #: Unanswered PING intervals before the connection is declared dead.
 MAX_MISSED_PINGS: Final = 3
 #: Bytes taken per read from the socket buffer: under load, more announcements per pass
@@ -116,7 +116,7 @@ class Hub:
         namespace: str,
         *,
         connect_timeout: float = 5.0,
-        ping_interval: float = DEFAULT_PING_INTERVAL,
+        ping_interval: float = DEFAULT_PING_INTERVAL_S,
         on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         # RESP2 on purpose: pub/sub messages are then ordinary replies that the read loop gets

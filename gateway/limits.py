@@ -33,10 +33,10 @@ FD_RESERVE: Final = 256
 #: /metrics) are answered while streams are refused; beyond it a connection is closed at once.
 PROBE_RESERVE: Final = 64
 #: How long a measured RSS is reused: reading /proc per stream open would cost more than it saves.
-RSS_TTL: Final = 1.0
+RSS_TTL_S: Final = 1.0
 #: Log lines per event per window before lines are only counted (and the count logged next time).
 LOG_BURST: Final = 10
-LOG_WINDOW: Final = 10.0
+LOG_WINDOW_S: Final = 10.0
 
 _PAGE: Final = os.sysconf("SC_PAGE_SIZE")
 _CGROUP_LIMITS: Final = (
@@ -83,7 +83,7 @@ class TokenBuckets:
 
 
 class RssProbe:
-    """This process's resident set size, re-read at most every :data:`RSS_TTL` seconds."""
+    """This process's resident set size, re-read at most every :data:`RSS_TTL_S` seconds."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -92,7 +92,7 @@ class RssProbe:
 
     def bytes(self) -> int:
         now = self._clock()
-        if now - self._read_at >= RSS_TTL:
+        if now - self._read_at >= RSS_TTL_S:
             self._value = current_rss()
             self._read_at = now
         return self._value
@@ -154,7 +154,7 @@ class ClientAddress:
 
 
 class QuietLog:
-    """At most :data:`LOG_BURST` lines per event per :data:`LOG_WINDOW` seconds; the rest are
+    """At most :data:`LOG_BURST` lines per event per :data:`LOG_WINDOW_S` seconds; the rest are
     counted and the count rides on the next line that is written (``suppressed=N``)."""
 
     def __init__(self, logger: logging.Logger, clock: Callable[[], float] = time.monotonic) -> None:
@@ -165,7 +165,7 @@ class QuietLog:
     def event(self, event: str, level: int = logging.WARNING, **fields: Any) -> None:
         now = self._clock()
         start, written, suppressed = self._windows.get(event, (now, 0, 0))
-        if now - start >= LOG_WINDOW:
+        if now - start >= LOG_WINDOW_S:
             start, written = now, 0
         if written >= LOG_BURST:
             self._windows[event] = (start, written, suppressed + 1)

@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 #: Subject for a user's presence change (core NATS, not captured by any stream).
 PRESENCE_SUBJECT: Final = "fechatter.realtime.user.{user_id}.presence"
 #: Repeated NATS errors are logged at most this often, in seconds.
-ERROR_LOG_INTERVAL: Final = 30.0
+ERROR_LOG_INTERVAL_S: Final = 30.0
 #: How long shutdown waits for buffered publishes to flush, in seconds.
-CLOSE_TIMEOUT: Final = 2.0
+CLOSE_TIMEOUT_S: Final = 2.0
 
 
 def presence_payload(user_id: int, status: str, last_seen: str) -> bytes:
@@ -46,7 +46,7 @@ class NatsLink:
         self._metrics = metrics
         self._client: NatsClient | None = None
         self._task: asyncio.Task[None] | None = None
-        self._last_error_log = -ERROR_LOG_INTERVAL
+        self._last_error_log = -ERROR_LOG_INTERVAL_S
         self._warned_down = False
 
     @property
@@ -67,7 +67,7 @@ class NatsLink:
         client, self._client = self._client, None
         if client is not None and not client.is_closed:
             with contextlib.suppress(NatsError, OSError, TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
                     await client.flush()
             with contextlib.suppress(NatsError, OSError):
                 await client.close()
@@ -109,7 +109,7 @@ class NatsLink:
 
     async def _on_error(self, exc: Exception) -> None:
         now = time.monotonic()
-        if now - self._last_error_log >= ERROR_LOG_INTERVAL:
+        if now - self._last_error_log >= ERROR_LOG_INTERVAL_S:
             self._last_error_log = now
             log_event(log, "nats_error", logging.WARNING, error=exc)
 

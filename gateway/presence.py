@@ -69,15 +69,15 @@ class PresenceTracker:
     Parameters:
       redis(Redis): the shared client (pool).
       namespace(str): key namespace.
-      ttl(float): seconds a presence entry lives without refresh (``gateway.presence_ttl``).
+      ttl_s(float): seconds a presence entry lives without refresh (``gateway.presence_ttl``).
       announce(Announce): publishes a change (NATS, best effort).
     """
 
-    def __init__(self, redis: Redis, namespace: str, *, ttl: float, announce: Announce) -> None:
+    def __init__(self, redis: Redis, namespace: str, *, ttl_s: float, announce: Announce) -> None:
         self._redis = redis
         self._ns = namespace
-        self._ttl_ms = int(ttl * 1000)
-        self._refresh_every = ttl / 3
+        self._ttl_ms = int(ttl_s * 1000)
+        self._refresh_every = ttl_s / 3
         self._announce = announce
         # Unique per process start, so two gateways never share a zset member.
         self._instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"

@@ -35,11 +35,11 @@ log = logging.getLogger(__name__)
 _drops_log = QuietLog(log)
 
 #: Seconds between attempts to read missed entries while Redis is unreachable.
-CATCH_UP_RETRY: Final = 1.0
+CATCH_UP_RETRY_S: Final = 1.0
 #: Unsent bytes (in the transport) above which a client counts as behind.
 WRITE_HIGH_WATER: Final = 64 * 1024
 #: How often a stream that is behind checks whether its client caught up, in seconds.
-BEHIND_RETRY: Final = 0.05
+BEHIND_RETRY_S: Final = 0.05
 #: Keep-alive ticks in a row a client may stay behind before it is dropped: a peer that
 #: vanished without a FIN never reads again, and TCP alone would take ~15 minutes to notice.
 STALLED_TICKS: Final = 3
@@ -223,7 +223,7 @@ class EventStream:
             return
         if self._behind():
             self.flush_scheduled = True
-            self._loop.call_later(BEHIND_RETRY, self.flush)
+            self._loop.call_later(BEHIND_RETRY_S, self.flush)
             return
         batch, self.pending = self.pending, []
         self.pending_bytes = 0
@@ -359,7 +359,7 @@ class EventStream:
                     # ones) and try again; the buffer bound still applies meanwhile.
                     log_event(log, "catch_up_failed", logging.WARNING, user_id=self.user_id,
                               error=exc)
-                    await self._wait(CATCH_UP_RETRY)
+                    await self._wait(CATCH_UP_RETRY_S)
                     continue
                 self.needs_catch_up = False
                 self.release()

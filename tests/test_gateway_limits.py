@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from gateway.limits import LOG_BURST, LOG_WINDOW, ClientAddress, QuietLog, TokenBuckets
+from gateway.limits import LOG_BURST, LOG_WINDOW_S, ClientAddress, QuietLog, TokenBuckets
 from gateway.testing import UNREACHABLE_NATS, SigningKey, SseReader, new_message, publish_notification
 from settings import ConfigError, load_settings, parse_size, parse_size_or_percent, percent_of
 from tests.servers import RedisServer, async_wait_until, free_port
@@ -471,7 +471,7 @@ def test_the_quiet_log_writes_a_burst_then_counts(caplog: pytest.LogCaptureFixtu
         for _ in range(LOG_BURST + 5):
             quiet.event("request_refused", error="x")
         assert len(caplog.records) == LOG_BURST
-        clock.now += LOG_WINDOW
+        clock.now += LOG_WINDOW_S
         quiet.event("request_refused", error="x")
     assert len(caplog.records) == LOG_BURST + 1
     assert caplog.records[-1].__dict__["suppressed"] == 5
