@@ -22,16 +22,16 @@ from redis.exceptions import RedisError
 
 from bridge import BridgeError, DeadLetter, DeadLetterStore, ReplayOutcome
 from events import matches, validate_pattern
+from runtime import RET_CONFIG, RET_OK, RET_RUNTIME
 from settings import DurationError, Loaded, Settings, parse_duration, redact_url, redact_urls_in
 from workers import DeadLetterQueues, FailedJob, RequeueOutcome
 
 __all__ = ["RET_LEFT", "RET_OK", "RET_USAGE", "add_arguments", "run"]
 
-RET_OK: Final = 0
 #: Something selected stays a dead letter (rejected again, not replayable, not found, purge declined).
-RET_LEFT: Final = 1
-#: A filter that does not parse, or Redis unreachable.
-RET_USAGE: Final = 2
+RET_LEFT: Final = RET_RUNTIME
+#: A filter that does not parse, or Redis unreachable (the code of a command line with errors).
+RET_USAGE: Final = RET_CONFIG
 
 BRIDGE: Final = "bridge"
 DRAMATIQ: Final = "dramatiq"

@@ -12,9 +12,11 @@ __all__ = ["RET_CONFIG", "RET_OK", "RET_PORT_IN_USE", "RET_REFUSED", "RET_RUNTIM
 
 #: Stopped as asked (SIGTERM/SIGINT), or the command did what it was asked.
 RET_OK: Final = 0
-#: A crash, a worker process that died, or a command that failed (``publish``).
+#: A crash, a worker process that died, or a command that failed (``publish``; ``dlq``: something
+#: selected stays a dead letter).
 RET_RUNTIME: Final = 1
-#: The configuration or the command line has errors; ``doctor`` found an error; ``dev`` has no server.
+#: The configuration or the command line has errors; ``doctor`` found an error; ``dev`` has no server;
+#: ``dlq``: Redis did not answer.
 RET_CONFIG: Final = 2
 #: JetStream is not as the settings describe and may not be changed (``provision: verify``), the
 #: server refused it, or NATS/JetStream never answered (bridge, ``provision``).
