@@ -14,11 +14,16 @@ import contextlib
 import logging
 from typing import Any, Final
 
+from runtime.cancel_fix import give_redis_a_cancellable_wait_for
 from runtime.log import log_event
 
 __all__ = ["RECANCEL_INTERVAL_S", "stop_task"]
 
 log = logging.getLogger(__name__)
+
+# Every process that stops tasks with stop_task imports this module: make sure the cancellations
+# it sends are not lost inside redis-py on Python 3.11 (see runtime.cancel_fix).
+give_redis_a_cancellable_wait_for()
 
 #: Seconds between cancellations of a task that has not finished yet.
 RECANCEL_INTERVAL_S: Final = 0.1
