@@ -31,6 +31,7 @@ from typing import Any
 
 from events import matches
 from fechatter_notify.devstate import DevState, NoDevState, choose_server, find_state
+from gateway import read_frames
 from runtime import RET_CONFIG, RET_OK, RET_RUNTIME
 from settings import DurationError, Loaded, parse_duration, redact_url
 
@@ -501,14 +502,8 @@ class Watcher:
             if resp.status != 200:
                 raise UsageError(f"the gateway at {gateway_url} answered {resp.status} for user {self.user}'s "
                                  f"stream: {(await resp.text())[:200]}")
-            entry: str | None = None
-            async for raw in resp.content:
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith("id:"):
-                    entry = line[3:].strip()
-                elif line.startswith("data:"):
-                    self._frame(json.loads(line[5:]), entry)
-                    entry = None
+            async for entry, frame in read_frames(resp.content):
+                self._frame(frame, entry)
 
     def _frame(self, frame: dict[str, Any], entry: str | None) -> None:
         if frame.get("type") == "connection_confirmed":

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from gateway.app import HANDLER_CANCELLATION, build_app, start_server
     from gateway.auth import AuthError, Principal, TokenVerifier
     from gateway.diagnose import diagnose_streams
+    from gateway.frames import read_frames
     from gateway.main import run
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "TokenVerifier",
     # Operator commands
     "diagnose_streams",
+    # Clients of a stream (publish --watch, tests)
+    "read_frames",
 ]
 
 _HOME: dict[str, str] = {
@@ -38,6 +41,7 @@ _HOME: dict[str, str] = {
     "Principal": "auth",
     "TokenVerifier": "auth",
     "diagnose_streams": "diagnose",
+    "read_frames": "frames",
     "run": "main",
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, NamedTuple
 
 #: The keep-alive: an SSE comment, which EventSource ignores (proxies still see traffic).
@@ -84,3 +85,22 @@ def json_frame(payload: dict[str, Any]) -> bytes:
 def retry_line(milliseconds: int = RETRY_MS) -> bytes:
     """The ``retry:`` field; it only affects streams the client orphaned (the live one closes itself on error)."""
     return b"retry: %d\n\n" % milliseconds
+
+
+async def read_frames(lines: AsyncIterable[bytes]) -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
+    """A client's view of a stream: each frame as ``(its id: line or None, its JSON data)``.
+
+    For the tools that read a stream the way a browser does (``publish --watch``, the tests):
+    ``data:`` lines gather until a blank line ends the frame; comments and ``retry:`` are skipped.
+    """
+    data: list[str] = []
+    entry: str | None = None
+    async for raw in lines:
+        line = raw.decode().rstrip("\r\n")
+        if line.startswith("data:"):
+            data.append(line[5:].lstrip())
+        elif line.startswith("id:"):
+            entry = line[3:].strip()
+        elif not line and data:
+            yield entry, json.loads("\n".join(data))
+            data, entry = [], None

@@ -17,6 +17,7 @@ import nats
 import pytest
 
 from events.inbox import inbox_key
+from gateway import read_frames
 from tests.pipeline import Pipeline, shutdown, start_pipeline
 from tests.servers import NatsServer, RedisServer, async_wait_until
 
@@ -67,19 +68,11 @@ class Stream:
 
 
 async def _read(resp: aiohttp.ClientResponse, stream: Stream) -> None:
-    data: list[str] = []
-    event_id: str | None = None
-    async for raw in resp.content:
-        line = raw.decode().rstrip("\r\n")
-        if line.startswith("data:"):
-            data.append(line[5:].lstrip())
-        elif line.startswith("id:"):
-            event_id = line[3:].strip()
+    async for event_id, frame in read_frames(resp.content):
+        if event_id is not None:
             stream.ids.append(event_id)
-        elif line == "" and data:
-            stream.frame_ids.append(event_id)
-            stream.frames.append(json.loads("\n".join(data)))
-            data, event_id = [], None
+        stream.frame_ids.append(event_id)
+        stream.frames.append(frame)
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ import nats
 import pytest
 
 from events.inbox import inbox_key
+from gateway import read_frames
 from gateway.testing import SigningKey
 from settings.model import Health, Metrics
 from tests.conftest import IN_CI
@@ -216,18 +217,9 @@ class Client:
             await asyncio.sleep(0.2)  # a browser's EventSource retry delay, not a wait for a condition
 
     async def _read(self, resp: aiohttp.ClientResponse) -> None:
-        data: list[str] = []
-        event_id: str | None = None
-        async for raw in resp.content:
-            line = raw.decode().rstrip("\r\n")
-            if line.startswith("data:"):
-                data.append(line[5:].lstrip())
-            elif line.startswith("id:"):
-                event_id = line[3:].strip()
-            elif line == "" and data:
-                self.frames.append(json.loads("\n".join(data)))
-                self.last_id = event_id or self.last_id
-                data, event_id = [], None
+        async for event_id, frame in read_frames(resp.content):
+            self.frames.append(frame)
+            self.last_id = event_id or self.last_id
 
 
 @pytest.fixture
