@@ -34,6 +34,16 @@ def _unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # The chaos suite (tests/chaos/) runs at a size that keeps CI within its budget; these run it
+    # bigger, or with another fault schedule, by hand.
+    group = parser.getgroup("chaos", "chaos scenarios (tests/chaos/)")
+    group.addoption("--events", type=int, default=None, metavar="N",
+                    help="events per chaos scenario (default: each scenario's CI size)")
+    group.addoption("--chaos-seed", type=int, default=None, metavar="SEED",
+                    help="seed of the fault schedules and traffic (default: fixed per scenario)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Servers orphaned by an earlier session that was SIGKILLed (atexit never ran).
     reap_orphans()
