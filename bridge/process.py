@@ -108,6 +108,9 @@ class JetStreamProcessor:
         the nak delay floor never shrinks below it."""
         self._nak_floor = max(self._nak_floor, expiry)
 
+    async def release(self) -> None:
+        """The pull loop is stopping: settle or nak what this processor still holds."""
+
     async def process(self, msgs: list[Msg]) -> None:
         """Enqueue and settle ``msgs``; never raises (failures nak and open the circuit)."""
         self._fetched.inc(len(msgs))

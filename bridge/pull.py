@@ -136,6 +136,8 @@ class PullConsumer:
             await asyncio.wait_for(self._idle.wait(), within)
         except TimeoutError:
             log_event(log, "stop_timeout", logging.WARNING, consumer=self.name, unsettled=self.state.in_flight)
+        # Hook (bridge/holding.py): events held through a Redis outage are nak'd now, while NATS is up.
+        await self._processor.release()
         await asyncio.gather(*(stop_task(task) for task in self._tasks))
         log_event(log, "pull_loop_stopped", stream=self.consumer.stream, consumer=self.name,
                   unsettled=self.state.in_flight)
