@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from runtime.backoff import backoff_delay
     from runtime.exit_codes import RET_CONFIG, RET_OK, RET_PORT_IN_USE, RET_REFUSED, RET_RUNTIME
     from runtime.findings import Findings
+    from runtime.fleet import ProcessRecord, ProcessView, Registration, Snapshot, advertised_url, collect_snapshot
     from runtime.log import LogfmtFormatter, dump_tasks_on_sigusr2, log_event, setup_logging
     from runtime.lua import LuaScript
     from runtime.nats_options import connect_options, server_address
@@ -28,6 +29,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Findings",
+    # The fleet: self-registration and the snapshot `top` and /ops show
+    "ProcessRecord",
+    "ProcessView",
+    "Registration",
+    "Snapshot",
+    "advertised_url",
+    "collect_snapshot",
     "lazy_face",
     "LogfmtFormatter",
     "LuaScript",
@@ -57,6 +65,12 @@ __all__ = [
 _HOME: dict[str, str] = {
     "backoff_delay": "backoff",
     "Findings": "findings",
+    "ProcessRecord": "fleet",
+    "ProcessView": "fleet",
+    "Registration": "fleet",
+    "Snapshot": "fleet",
+    "advertised_url": "fleet",
+    "collect_snapshot": "fleet",
     "LogfmtFormatter": "log",
     "LuaScript": "lua",
     "dump_tasks_on_sigusr2": "log",

@@ -1,0 +1,172 @@
+"""The fleet: self-registration in Redis (runtime.fleet.registration) and the snapshot
+(runtime.fleet.snapshot) against a real redis-server and real metrics endpoints.
+
+The processes' own registration (bridge, worker supervisor, gateway as real processes) is tested
+in tests/test_top.py; here the component, including a registering process killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from prometheus_client import generate_latest
+
+from bridge.metrics import BridgeMetrics
+from runtime import Registration, collect_snapshot
+from runtime.fleet import index_key, read_registrations, record_key
+from tests.servers import RedisServer, async_wait_until, wait_until
+from workers.metrics import WorkerMetrics
+
+NS = "fleet-test"
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    c = aioredis.Redis.from_url(redis_server.url)
+    yield c
+    await c.aclose()
+
+
+async def test_registration_appears_refreshes_and_leaves_on_clean_stop(client: aioredis.Redis) -> None:
+    reg = Registration("bridge", NS, metrics_url="http://127.0.0.1:1/metrics", details={"queues": ["a"]},
+                       ttl_s=0.6, refresh_s=0.1)
+    await reg.start(client)
+    try:
+        [record] = await read_registrations(client, NS)
+        assert (record.id, record.role, record.pid, record.details) == (reg.id, "bridge", reg.record().pid,
+                                                                        {"queues": ["a"]})
+        assert 0 < await client.pttl(record_key(NS, reg.id)) <= 600
+        # Refreshed: still there twice its TTL after it was first written.
+        await async_wait_until(lambda: _alive_since(client, reg, 1.2), timeout=3, interval=0.05,
+                               message="record not refreshed past its TTL")
+        # The last warning of the process travels with the record.
+        import logging
+        logging.getLogger("some.part").warning("disk_almost_full")
+        reg.set_metrics_url("http://127.0.0.1:2/metrics")
+
+        async def warned() -> bool:
+            [r] = await read_registrations(client, NS)
+            return bool(r.last_warning) and r.last_warning["event"] == "disk_almost_full" \
+                and r.metrics_url == "http://127.0.0.1:2/metrics"
+        await async_wait_until(warned, timeout=3, message="warning / new URL not written")
+    finally:
+        await reg.stop(client)
+    assert await read_registrations(client, NS) == []
+    assert await client.exists(record_key(NS, reg.id)) == 0
+    assert await client.zcard(index_key(NS)) == 0
+
+
+async def _alive_since(client: aioredis.Redis, reg: Registration, age_s: float) -> bool:
+    if not await client.exists(record_key(NS, reg.id)):
+        raise AssertionError("the record expired while its process was alive")
+    return time.time() - reg.record().started_at > age_s
+
+
+_CHILD = """
+import sys, time, redis
+from runtime import Registration
+reg = Registration("worker", sys.argv[2], metrics_url="http://127.0.0.1:9/metrics", ttl_s=1.0, refresh_s=0.2)
+reg.start_thread(redis.Redis.from_url(sys.argv[1]))
+print(reg.id, flush=True)
+time.sleep(60)
+"""
+
+
+def test_registration_expires_after_kill_9(redis_server: RedisServer) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, redis_server.url, NS], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        process_id = proc.stdout.readline().decode().strip()
+        sync = redis_server.client()
+        assert json.loads(sync.get(record_key(NS, process_id)))["role"] == "worker"
+        # Alive past its TTL: it is refreshed by the thread.
+        wait_until(lambda: _age(sync, process_id) > 1.2,
+                   timeout=5, interval=0.05, message="registration not kept alive past its TTL")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+        killed_at = time.monotonic()
+        wait_until(lambda: not sync.exists(record_key(NS, process_id)), timeout=5, interval=0.05,
+                   message="record of a SIGKILLed process did not expire")
+        assert time.monotonic() - killed_at <= 1.5  # within its TTL (1 s) plus polling
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _age(sync: object, process_id: str) -> float:
+    record = json.loads(sync.get(record_key(NS, process_id)))  # type: ignore[attr-defined]
+    return time.time() - float(record["started_at"])
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, int(runner.addresses[0][1])
+
+
+async def test_snapshot_figures_rates_lag_queues_and_a_dead_process(client: aioredis.Redis) -> None:
+    bridge, worker = BridgeMetrics(), WorkerMetrics()
+
+    async def bridge_metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(bridge.registry))
+
+    async def worker_metrics(_: web.Request) -> web.Response:
+        return web.Response(body=worker.render())
+
+    app = web.Application()
+    app.router.add_get("/bridge", bridge_metrics)
+    app.router.add_get("/worker", worker_metrics)
+    runner, port = await _serve(app)
+    regs = [Registration("bridge", NS, metrics_url=f"http://127.0.0.1:{port}/bridge",
+                         details={"queues": ["realtime", "domain"]}),
+            Registration("worker", NS, metrics_url=f"http://127.0.0.1:{port}/worker"),
+            Registration("gateway", NS, metrics_url=f"http://127.0.0.1:{port}/nothing-here")]
+    try:
+        for reg in regs:
+            await reg.start(client)
+        bridge.fetched.labels("notification_processor").inc(10)
+        bridge.acked.labels("notification_processor").inc(7)
+        bridge.num_pending.labels("notification_processor").set(42)
+        bridge.num_ack_pending.labels("notification_processor").set(5)
+        worker.jobs.labels("new_message", "ok").inc(3)
+        worker.jobs.labels("new_message", "failed").inc(1)
+        for _ in range(4):
+            bridge.enqueue_latency.observe(0.003)
+        await client.rpush(f"{NS}:domain", "a", "b")
+        await client.zadd(f"{NS}:domain.XQ", {"x": 1})
+
+        first = await collect_snapshot(client, NS)
+        views = {v.record.role: v for v in first.processes}
+        assert views["bridge"].totals["fetched"] == 10 and views["bridge"].totals["acked"] == 7
+        assert views["bridge"].rates["fetched"] is None  # no previous snapshot: no rate yet
+        assert views["worker"].totals["jobs_done"] == 3 and views["worker"].totals["jobs_failed"] == 1
+        assert not views["gateway"].up and "404" in (views["gateway"].error or "")
+        latency = views["bridge"].latency["enqueue"]
+        assert latency["count"] == 4 and 0.002 <= (latency["p50"] or 0) <= 0.005
+
+        bridge.fetched.labels("notification_processor").inc(30)
+        second = await collect_snapshot(client, NS, previous=first)
+        data = json.loads(json.dumps(second.as_dict()))  # JSON-ready
+        assert second.interval_s is not None and second.interval_s > 0
+        assert data["rates"]["fetched"] == pytest.approx(30 / second.interval_s)
+        assert data["lag"] == {"notification_processor": {"pending": 42, "ack_pending": 5}}
+        assert data["queues"]["domain"] == {"ready": 2, "delayed": 0, "dead": 1}
+        assert data["queues"]["realtime"] == {"ready": 0, "delayed": 0, "dead": 0}
+        # Latency over the interval: nothing new was observed.
+        assert next(p for p in data["processes"] if p["role"] == "bridge")["latency"]["enqueue"]["count"] == 0
+        assert {p["role"] for p in data["processes"]} == {"bridge", "worker", "gateway"}
+    finally:
+        for reg in regs:
+            await reg.stop(client)
+        await runner.cleanup()
