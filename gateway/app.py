@@ -28,6 +28,7 @@ from gateway.health import healthz, metrics, readyz
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.natslink import NatsLink
+from gateway.ops import add_ops
 from gateway.presence import PresenceTracker
 from gateway.presence_api import online_users, presence_info, presence_update
 from gateway.registry import StreamRegistry
@@ -82,6 +83,7 @@ def build_app(settings: Settings, *, verifier: TokenVerifier | None = None) -> w
     router.add_route("GET", "/healthz", healthz)
     router.add_route("GET", "/readyz", readyz)
     router.add_route("GET", "/metrics", metrics)
+    add_ops(app)  # /ops, /ops/data, /ops/static/: the operator's page (404 unless gateway.ops_token)
     return app
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from settings.durations import parse_duration
 from settings.sizes import parse_size, parse_size_or_percent
@@ -308,6 +308,42 @@ class Gateway(Section):
     #: ``retry:``), so their clients move to the other gateways without a thundering herd.
     #: Keep it below the platform's kill grace period (Kubernetes and Heroku: 30 s).
     drain_window: Seconds = 10.0
+    #: The operator token of the ops page (``/ops``, ``/ops/data``; README "Ops page"). Unset or
+    #: empty: the page is off (404). At least 32 characters of ``A-Z a-z 0-9 . _ ~ -`` (pasted into
+    #: a URL as is): ``openssl rand -hex 32``.
+    ops_token: SecretStr | None = None
+
+    @field_validator("ops_token")
+    @classmethod
+    def _empty_ops_token_is_off(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty NOTIFY__GATEWAY__OPS_TOKEN= turns the page off rather than failing the start.
+        return value if value is not None and value.get_secret_value().strip() else None
+
+    @model_validator(mode="after")
+    def _strong_ops_token(self) -> Gateway:
+        # Checked here, not in a field validator: a field's error carries its raw input, which
+        # `config check` prints as the problem's value, and this one is a secret.
+        if self.ops_token is not None:
+            problem = ops_token_problem(self.ops_token.get_secret_value())
+            if problem:
+                raise ValueError(f"ops_token {problem} (the value is not shown: it is a secret)")
+        return self
+
+
+#: The shortest operator token accepted (``openssl rand -hex 32`` gives 64 characters).
+OPS_TOKEN_MIN_LENGTH = 32
+_OPS_TOKEN_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~-")
+
+
+def ops_token_problem(token: str) -> str | None:
+    """What is wrong with ``token`` as ``gateway.ops_token`` (None: nothing); never quotes it."""
+    if len(token) < OPS_TOKEN_MIN_LENGTH:
+        return (f"is {len(token)} characters long, at least {OPS_TOKEN_MIN_LENGTH} are needed; "
+                "generate one with `openssl rand -hex 32`")
+    if not set(token) <= _OPS_TOKEN_ALPHABET:
+        return ("may only hold A-Z a-z 0-9 . _ ~ - (it is pasted into a URL as is); "
+                "generate one with `openssl rand -hex 32`")
+    return None
 
 
 class Health(Section):
