@@ -7,6 +7,7 @@ requests are sent: nothing is created, changed, fetched or acked.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Final
 
 import nats
@@ -14,7 +15,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from redis.asyncio import Redis
 
-from bridge.errors import JetStreamError, JetStreamRefused
+from bridge.errors import JetStreamError, JetStreamRefused, JetStreamTimeout, JetStreamUnavailable
 from bridge.jsapi import JetStreamApi
 from bridge.provision import consumer_config, diff_consumer, diff_stream, stream_config
 from bridge.status import ERR_CONSUMER_NOT_FOUND, ERR_STREAM_NOT_FOUND
@@ -36,6 +37,9 @@ __all__ = ["diagnose_dead_letters", "diagnose_nats"]
 TIMEOUT_S: Final = 5.0
 #: nats-server 2.10 brought consumers with more than one filter subject.
 MULTI_FILTER_VERSION: Final = (2, 10)
+#: The status a clustered JetStream answers while the asset (or the meta layer) has no leader:
+#: 503 "JetStream system temporarily unavailable" (err_code 10008), or "cluster not available".
+CODE_UNAVAILABLE: Final = 503
 
 
 async def diagnose_nats(settings: Settings) -> list[Problem]:
@@ -69,18 +73,42 @@ async def _check_nats(settings: Settings, report: Findings) -> None:
     try:
         await _check_server(nc, settings, report, origin)
         api = JetStreamApi(nc, timeout=TIMEOUT_S)
-        if not await _check_jetstream(api, report, origin):
+        cluster = _cluster_name(nc)
+        # INFO and every stream and durable at once: on a cluster whose leaders are gone each request
+        # waits its whole timeout, and doctor should take one timeout then, not one per request.
+        assets = Findings()
+        jetstream_up, failure = await asyncio.gather(_check_jetstream(api, report, origin, cluster),
+                                                     _check_assets(api, settings, assets, origin, cluster))
+        # A lone server without JetStream: each asset would only repeat that. A cluster without a meta
+        # leader may still have streams with leaders: each one is named.
+        if not jetstream_up and cluster is None:
             return
-        for index, stream in enumerate(settings.jetstream.streams):
-            await _check_stream(api, settings, index, stream, report, origin)
-        for index, consumer in enumerate(settings.jetstream.consumers):
-            await _check_consumer(api, settings, index, consumer, report, origin)
-        await _check_coverage(api, settings, report, origin)
+        report.extend(assets)
+        if failure is not None:
+            raise failure
+        if jetstream_up:
+            await _check_coverage(api, settings, report, origin)
     except JetStreamError as exc:
         report.add("error", "jetstream_request_failed", "jetstream", f"{type(exc).__name__}: {exc}", origin=origin,
                    fix="check the server's log; run doctor again")
     finally:
         await nc.close()
+
+
+async def _check_assets(api: JetStreamApi, settings: Settings, report: Findings, origin: str,
+                        cluster: str | None) -> BaseException | None:
+    """Every stream and durable at once, reported in settings order up to the first that failed (returned)."""
+    js = settings.jetstream
+    parts = [Findings() for _ in [*js.streams, *js.consumers]]
+    checks = [_check_stream(api, settings, i, stream, parts[i], origin, cluster) for i, stream in enumerate(js.streams)]
+    checks += [_check_consumer(api, settings, i, consumer, parts[len(js.streams) + i], origin, cluster)
+               for i, consumer in enumerate(js.consumers)]
+    outcomes = await asyncio.gather(*checks, return_exceptions=True)
+    for part, outcome in zip(parts, outcomes, strict=True):
+        report.extend(part)
+        if isinstance(outcome, BaseException):
+            return outcome
+    return None
 
 
 async def _check_server(nc: NATS, settings: Settings, report: Findings, origin: str) -> None:
@@ -110,10 +138,29 @@ def _version(version: Any) -> str:
     return f"{version.major}.{version.minor}.{version.patch}"
 
 
-async def _check_jetstream(api: JetStreamApi, report: Findings, origin: str) -> bool:
+def _cluster_name(nc: NATS) -> str | None:
+    """The cluster the connected server belongs to (its INFO names it), None for a lone server."""
+    info = getattr(nc, "_server_info", {}) or {}
+    name = info.get("cluster")
+    return str(name) if name else None
+
+
+def _unavailable(exc: JetStreamError) -> bool:
+    """No answer, or 503: what a clustered JetStream says while the asset has no leader."""
+    return isinstance(exc, JetStreamUnavailable | JetStreamTimeout) or exc.code == CODE_UNAVAILABLE
+
+
+async def _check_jetstream(api: JetStreamApi, report: Findings, origin: str, cluster: str | None) -> bool:
     try:
         account = await api.request("INFO")
     except JetStreamError as exc:
+        if cluster is not None and _unavailable(exc):
+            report.add("error", "jetstream_unavailable", "jetstream",
+                       f"cluster {cluster}: the JetStream API does not answer ({exc}): the cluster has no meta "
+                       "leader (fewer than a majority of its servers up, or their routes cut); streams and "
+                       "durables cannot be created or changed", origin=origin,
+                       fix="start the cluster's missing servers, or check the routes between them")
+            return False
         report.add("error", "jetstream_unavailable", "jetstream",
                    f"the JetStream API does not answer ({exc}): every pull and API call gets 'no responders'",
                    origin=origin, fix="run nats-server with JetStream (-js) and enable it for this account")
@@ -125,39 +172,52 @@ async def _check_jetstream(api: JetStreamApi, report: Findings, origin: str) -> 
 
 
 async def _check_stream(api: JetStreamApi, settings: Settings, index: int, stream: Stream, report: Findings,
-                        origin: str) -> None:
+                        origin: str, cluster: str | None) -> None:
     path, what = f"jetstream.streams[{index}]", f"stream {stream.name}"
     try:
         info = await api.stream_info(stream.name)
-    except JetStreamRefused as exc:
-        if exc.err_code != ERR_STREAM_NOT_FOUND:
+    except JetStreamError as exc:
+        if isinstance(exc, JetStreamRefused) and exc.err_code == ERR_STREAM_NOT_FOUND:
+            _report_missing(report, settings, "stream_missing", path, what, origin)
+            return
+        if cluster is None or not _unavailable(exc):
             raise
-        _report_missing(report, settings, "stream_missing", path, what, origin)
+        _report_leaderless(report, "stream_leaderless", path, what, f"no answer ({exc})", origin)
         return
     _report_differences(report, settings, "stream_differs", path, what,
                         diff_stream(stream_config(stream), info["config"]), origin)
-    cluster = info.get("cluster") or {}
-    if cluster and not cluster.get("leader"):
-        report.add("error", "stream_leaderless", path,
-                   f"{what} has no leader: requests get 'no responders' until one is elected",
-                   origin=origin, fix="check the cluster's routes and the replicas' servers")
+    placement = info.get("cluster") or {}
+    if placement and not placement.get("leader"):
+        _report_leaderless(report, "stream_leaderless", path, what, "no leader", origin)
+    # A lone server's STREAM.INFO also has a "cluster" (its own name as leader), but no cluster name.
+    cluster = cluster or placement.get("name")
+    if cluster and int(info["config"].get("num_replicas") or 1) == 1:
+        report.add("warning", "stream_r1_on_cluster", f"{path}.replicas",
+                   f"{what} has 1 replica on cluster {cluster}: while its one "
+                   "server is down the stream has no leader, Fechatter's publishes fail and every pull gets "
+                   "'no responders'", origin=origin,
+                   fix=f"set {path}.replicas: 3 (provision auto updates the stream; the durables follow it)")
     state = info.get("state") or {}
     report.add("info", "stream", path, f"{what}: {state.get('messages', 0)} message(s), "
                f"sequences {state.get('first_seq', 0)}..{state.get('last_seq', 0)}", origin=origin)
 
 
 async def _check_consumer(api: JetStreamApi, settings: Settings, index: int, consumer: Consumer, report: Findings,
-                          origin: str) -> None:
+                          origin: str, cluster: str | None) -> None:
     path, what = f"jetstream.consumers[{index}]", f"consumer {consumer.stream}/{consumer.durable}"
     try:
         info = await api.consumer_info(consumer.stream, consumer.durable)
-    except JetStreamRefused as exc:
-        if exc.err_code not in (ERR_CONSUMER_NOT_FOUND, ERR_STREAM_NOT_FOUND):
+    except JetStreamError as exc:
+        if isinstance(exc, JetStreamRefused) and exc.err_code in (ERR_CONSUMER_NOT_FOUND, ERR_STREAM_NOT_FOUND):
+            _report_missing(report, settings, "consumer_missing", path, what, origin)
+            return
+        if cluster is None or not _unavailable(exc):
             raise
-        _report_missing(report, settings, "consumer_missing", path, what, origin)
+        _report_leaderless(report, "consumer_leaderless", path, what, f"no answer ({exc})", origin)
         return
     _report_differences(report, settings, "consumer_differs", path, what,
                         diff_consumer(consumer_config(consumer), info["config"]), origin)
+    _check_consumer_placement(info, report, path, what, origin, cluster, consumer.stream)
     pending, waiting = info.get("num_pending", 0), info.get("num_waiting", 0)
     report.add("info", "consumer", path,
                f"{what}: {pending} pending, {info.get('num_ack_pending', 0)} awaiting ack, "
@@ -166,6 +226,29 @@ async def _check_consumer(api: JetStreamApi, settings: Settings, index: int, con
         report.add("warning", "consumer_not_pulled", path,
                    f"{what} has {pending} message(s) waiting and nobody pulling", origin=origin,
                    fix="start a bridge (fechatter-notify bridge) or check its log")
+
+
+def _check_consumer_placement(info: dict[str, Any], report: Findings, path: str, what: str, origin: str,
+                              cluster: str | None, stream: str) -> None:
+    """A durable without a leader, or with one replica on a cluster (its peers: 1 + the replicas listed)."""
+    placement = info.get("cluster") or {}
+    if placement and not placement.get("leader"):
+        _report_leaderless(report, "consumer_leaderless", path, what, "no leader", origin)
+    cluster = cluster or placement.get("name")
+    if cluster and 1 + len(placement.get("replicas") or []) == 1:
+        report.add("warning", "consumer_r1_on_cluster", path,
+                   f"{what} has 1 replica on cluster {cluster}: while its one "
+                   "server is down the bridge's pulls get 'no responders'", origin=origin,
+                   fix=f"set stream {stream}'s replicas to 3: a durable the bridge creates follows its "
+                   "stream's replicas")
+
+
+def _report_leaderless(report: Findings, code: str, path: str, what: str, detail: str, origin: str) -> None:
+    """A stream or durable whose raft group elects no leader: pulls and publishes get 'no responders'."""
+    report.add("error", code, path,
+               f"{what} is leaderless or unavailable ({detail}): pulls and publishes get 'no responders' "
+               "until a majority of its replicas' servers is up again", origin=origin,
+               fix="start the replicas' missing servers, or check the cluster's routes; run doctor again")
 
 
 def _report_missing(report: Findings, settings: Settings, code: str, path: str, what: str, origin: str) -> None:

@@ -243,6 +243,22 @@ def backoff_cap_above_base(s: Settings, o: Origins) -> Iterator[Problem]:
                        fmt(n.reconnect_backoff_cap), "cap >= base")
 
 
+def streams_replicated_on_cluster(s: Settings, o: Origins) -> Iterator[Problem]:
+    """Several NATS servers are a cluster: an R1 stream there lives on one of them, and while that one is
+    down the stream has no leader (publishes fail, pulls get 'no responders'), the seed's production error."""
+    servers = len(s.nats.servers)
+    if servers < 2:
+        return
+    for i, st in enumerate(s.jetstream.streams):
+        if st.replicas == 1:
+            yield problem_at(o, ("jetstream", "streams", i, "replicas"), "stream_r1_on_cluster",
+                             f"stream {st.name!r} has 1 replica but nats.servers lists {servers} servers (a "
+                             "cluster): while the one server holding it is down the stream has no leader and "
+                             "every pull gets 'no responders'", st.replicas,
+                             "replicas: 3 (an odd count keeps a majority through one server's loss; the "
+                             "durables follow their stream)", level="warning")
+
+
 #: Which process type listens on each port setting (a Procfile runs them all on one host).
 PORT_OWNERS: tuple[tuple[Path, str], ...] = (
     (("health", "port"), "bridge"),
@@ -298,6 +314,7 @@ ALL_CHECKS: tuple[Check, ...] = (
     public_key_is_ed25519,
     backoff_cap_above_base,
     processes_do_not_share_ports,
+    streams_replicated_on_cluster,
 )
 
 
