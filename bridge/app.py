@@ -26,7 +26,7 @@ from bridge.advisories import MaxDeliveries
 from bridge.circuit import Circuit
 from bridge.connection import Connection
 from bridge.core import CoreSubscriber
-from bridge.enqueue import Enqueuer, connect_redis
+from bridge.enqueue import Enqueuer
 from bridge.errors import JetStreamError, RedisUnavailable
 from bridge.health import HttpEndpoints
 from bridge.jsapi import JetStreamApi
@@ -77,13 +77,7 @@ class Bridge:
         self.connection = Connection(settings.nats, self.metrics)
         self.factory = MessageFactory(broker)
         self._shutdown_timeout = shutdown_timeout
-        r = settings.redis
-        self.enqueuer = Enqueuer(
-            connect_redis(r.url.get_secret_value(), socket_timeout=r.socket_timeout,
-                          connect_timeout=r.socket_connect_timeout),
-            namespace=r.namespace, dedupe_window=r.dedupe_window,
-            dead_letter_stream=settings.dead_letters.stream, dead_letter_max_len=settings.dead_letters.max_len,
-        )
+        self.enqueuer = Enqueuer.for_settings(settings)
         self.circuit = Circuit(self.enqueuer.ping, self.metrics)
         self.http = HttpEndpoints(self.readiness, self.metrics.registry,
                                   health=(settings.health.host, settings.health.port),

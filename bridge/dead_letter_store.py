@@ -121,15 +121,15 @@ class DeadLetterStore:
 
     Parameters:
       settings(Settings): ``redis``, ``dead_letters``, ``queues``, ``events`` and ``realtime`` are used.
-      client(redis.asyncio.Redis | None): Default: a fail-fast client for ``redis.url``, closed by :meth:`close`.
+      client(redis.asyncio.Redis | None): Default: a fail-fast client for ``redis`` (URL or Sentinel),
+        closed by :meth:`close`.
     """
 
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         r = settings.redis
         self._settings = settings
         self._own_client = client is None
-        self._client = client or connect_redis(r.url.get_secret_value(), socket_timeout=r.socket_timeout,
-                                               connect_timeout=r.socket_connect_timeout)
+        self._client = client or connect_redis(r)
         self._enqueuer = Enqueuer(self._client, namespace=r.namespace, dedupe_window=r.dedupe_window,
                                   dead_letter_stream=settings.dead_letters.stream,
                                   dead_letter_max_len=settings.dead_letters.max_len)

@@ -8,6 +8,13 @@ stores dead letters in the same script, and PUBLISHes the wake-up count per queu
 as ONE msgpack argument: redis-py's per-argument packing was a quarter of a naive bridge's CPU
 (docs/nats-pitfalls.md#where-the-bridges-cpu-goes).
 
+With ``redis.min_replicas_acked`` > 0 a batch holding JetStream events (their dedupe markers set:
+they will be acked) is followed by ``WAIT n replica_ack_timeout`` in the same pipeline, so the
+batch's enqueue counts only once that many replicas hold it; fewer is a :class:`RedisUnavailable`
+like any failed enqueue (the script is idempotent: the retry writes nothing twice and WAITs again).
+A failover then cannot take back what the bridge acked. Core NATS batches have nothing to ack and
+skip the WAIT.
+
 redis-py exceptions stop here: everything Redis does wrong is a :class:`RedisUnavailable`.
 """
 
@@ -21,11 +28,13 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from bridge.errors import RedisUnavailable
 from events import messages_key, queue_key, wake_channel
-from runtime import LuaScript
+from runtime import LuaScript, async_client
+from settings import Redis as RedisSettings
+from settings import Settings
 
 __all__ = ["DEDUPE_PREFIX", "Batch", "Enqueuer", "connect_redis"]
 
@@ -40,21 +49,24 @@ _SCRIPT: Final = LuaScript("bridge", "enqueue.lua")
 _PACK = msgspec.msgpack.Encoder()
 
 
-def connect_redis(url: str, *, socket_timeout: float, connect_timeout: float) -> aioredis.Redis:
+def connect_redis(target: str | RedisSettings, *, socket_timeout: float | None = None,
+                  connect_timeout: float | None = None) -> aioredis.Redis:
     """A redis.asyncio client that fails fast (no hidden retries: the circuit breaker decides).
 
     Parameters:
-      url(str): ``redis://`` URL.
-      socket_timeout(float): Per-command timeout, in seconds.
-      connect_timeout(float): Connect timeout, in seconds.
+      target(str | settings.Redis): A ``redis://`` URL, or the ``redis`` settings (one server or
+        Sentinel, see :mod:`runtime.redis_client`).
+      socket_timeout(float | None): Per-command timeout, in seconds (default: the settings').
+      connect_timeout(float | None): Connect timeout, in seconds (default: the settings').
     """
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
+    options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "health_check_interval": 0}
+    if socket_timeout is not None:
+        options["socket_timeout"] = socket_timeout
+    if connect_timeout is not None:
+        options["socket_connect_timeout"] = connect_timeout
+    if isinstance(target, str):
+        return aioredis.Redis.from_url(target, **options)
+    return async_client(target, **options)
 
 
 class Batch:
@@ -64,10 +76,12 @@ class Batch:
       namespace(str): dramatiq namespace (``redis.namespace``).
     """
 
-    __slots__ = ("_queue_index", "entries", "extra", "namespace", "queues")
+    __slots__ = ("_queue_index", "durable", "entries", "extra", "namespace", "queues")
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
+        #: Whether an entry has a dedupe marker (a JetStream event, acked after the enqueue).
+        self.durable = False
         self._queue_index: dict[str, int] = {}
         self.queues: list[tuple[str, str, str]] = []
         self.entries: list[tuple[Any, ...]] = []
@@ -89,10 +103,12 @@ class Batch:
     def add_job(self, dedupe_key: str, queue_index: int, message_id: str, message: bytes) -> None:
         """Add one dramatiq message (``message`` is its JSON encoding, UTF-8)."""
         # A msgpack str, not bin: Redis' cmsgpack cannot read bin. JSON from msgspec is valid UTF-8.
+        self.durable = self.durable or bool(dedupe_key)
         self.entries.append(("J", dedupe_key, queue_index, message_id, message.decode()))
 
     def add_dead_letter(self, dedupe_key: str, fields: list[str | bytes]) -> None:
         """Add one dead letter: alternating field names and values for the Redis stream."""
+        self.durable = self.durable or bool(dedupe_key)
         self.entries.append(("D", dedupe_key, _FIXED_ARGS + len(self.extra) + 1, len(fields)))
         self.extra.extend(fields)
 
@@ -110,6 +126,8 @@ class Enqueuer:
       dedupe_window(float): Marker lifetime, in seconds.
       dead_letter_stream(str): Stream name under the namespace.
       dead_letter_max_len(int): Exact cap of the dead-letter stream.
+      min_replicas_acked(int): Replicas that must hold a durable batch (``WAIT``); 0: none.
+      replica_ack_timeout(float): ``WAIT``'s bound, in seconds.
     """
 
     def __init__(
@@ -120,12 +138,25 @@ class Enqueuer:
         dedupe_window: float,
         dead_letter_stream: str,
         dead_letter_max_len: int,
+        min_replicas_acked: int = 0,
+        replica_ack_timeout: float = 1.0,
     ) -> None:
         self._client = client
         self.namespace = namespace
         self._ttl = max(1, round(dedupe_window))
         self._dl_key = f"{namespace}:{dead_letter_stream}"
         self._dl_max = dead_letter_max_len
+        self.min_replicas_acked = min_replicas_acked
+        # WAIT's 0 means "forever": never send it.
+        self._wait_ms = max(1, round(replica_ack_timeout * 1000))
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Enqueuer:
+        """The bridge's enqueuer: a fail-fast client for ``settings.redis`` (one server or Sentinel)."""
+        r = settings.redis
+        return cls(connect_redis(r), namespace=r.namespace, dedupe_window=r.dedupe_window,
+                   dead_letter_stream=settings.dead_letters.stream, dead_letter_max_len=settings.dead_letters.max_len,
+                   min_replicas_acked=r.min_replicas_acked, replica_ack_timeout=r.replica_ack_timeout)
 
     @property
     def dead_letter_key(self) -> str:
@@ -150,7 +181,11 @@ class Enqueuer:
             return b""
         try:
             args = [self._ttl, self._dl_key, self._dl_max, batch.pack(), *batch.extra]
-            answer = await _SCRIPT.acall(self._client, [], args)
+            if self.min_replicas_acked and batch.durable:
+                answer, acked = await self._run_and_wait(args)
+                self._check_replicas(acked)
+            else:
+                answer = await _SCRIPT.acall(self._client, [], args)
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from None
         flags = answer if isinstance(answer, bytes) else str(answer).encode()
@@ -158,15 +193,45 @@ class Enqueuer:
             raise RedisUnavailable(f"script answered {len(flags)} flags for {len(batch.entries)} entries")
         return flags
 
+    async def _run_and_wait(self, args: list[Any]) -> tuple[Any, int]:
+        """The script and ``WAIT`` in one pipeline (one round trip); on ``NOSCRIPT`` load and run both again."""
+        for attempt in (1, 2):
+            pipe = self._client.pipeline(transaction=False)
+            _SCRIPT.queue(pipe, [], args)
+            pipe.execute_command("WAIT", self.min_replicas_acked, self._wait_ms)
+            try:
+                answer, acked = await pipe.execute()
+                return answer, int(acked)
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await self._client.script_load(_SCRIPT.source)
+        raise AssertionError("unreachable")
+
+    def _check_replicas(self, acked: int) -> None:
+        if acked < self.min_replicas_acked:
+            raise RedisUnavailable(f"WAIT: {acked} of {self.min_replicas_acked} replica(s) acknowledged "
+                                   f"within {self._wait_ms} ms (redis.min_replicas_acked)")
+
     async def ping(self) -> float:
         """Round-trip Redis once; return the latency in seconds.
 
+        With ``min_replicas_acked``, ``WAIT`` rides along: a primary without enough replicas in
+        step is not yet one the bridge can enqueue on (the circuit stays open, readiness says why).
+
         Raises:
-          RedisUnavailable: no answer.
+          RedisUnavailable: no answer, or too few replicas.
         """
         began = time.perf_counter()
         try:
-            await self._client.ping()
+            if self.min_replicas_acked:
+                pipe = self._client.pipeline(transaction=False)
+                pipe.ping()
+                pipe.execute_command("WAIT", self.min_replicas_acked, self._wait_ms)
+                _, acked = await pipe.execute()
+                self._check_replicas(int(acked))
+            else:
+                await self._client.ping()
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from None
         return time.perf_counter() - began

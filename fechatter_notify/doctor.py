@@ -12,8 +12,11 @@ the same options as the processes and reports, in ``config check``'s one-line fo
   that store realtime subjects (every typing event written to disk); domain subjects Fechatter
   publishes that none of the bridge's streams stores (those events reach nobody);
   durables with messages waiting and nobody pulling;
-- Redis: reachable and new enough, jobs waiting and dead, live workers, idle workers listening
-  for wake-ups, users connected to gateways, and the bridge's dead letters with the newest reason.
+- Redis: reachable and new enough; the primary, its replicas and their lag, the sentinels that
+  agree on the primary, persistence (none: jobs die with a restart), an eviction policy that could
+  drop jobs, fewer replicas than ``redis.min_replicas_acked``; jobs waiting and dead, live workers,
+  idle workers listening for wake-ups, users connected to gateways, and the bridge's dead letters
+  with the newest reason.
 
 Nothing is created, changed, fetched or acked: only INFO-style requests are sent. Exit code 0
 when no error was found (warnings may remain), 2 otherwise.
@@ -26,14 +29,15 @@ import asyncio
 import json
 from typing import Any, Final
 
-import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from bridge import diagnose_dead_letters, diagnose_nats
 from gateway import diagnose_streams
-from runtime import RET_CONFIG, RET_OK
-from settings import Loaded, Problem, Settings, redact_url
-from workers import diagnose_queues, diagnose_redis_server
+from runtime import RET_CONFIG, RET_OK, async_client, describe_redis
+from settings import Loaded, Problem, Settings
+from workers import diagnose_queues, diagnose_redis_server, diagnose_redis_topology
 
 __all__ = ["RET_OK", "RET_PROBLEMS", "diagnose", "run"]
 
@@ -53,18 +57,21 @@ async def diagnose(settings: Settings) -> list[Problem]:
 
 
 async def _diagnose_redis(settings: Settings) -> list[Problem]:
-    url = settings.redis.url.get_secret_value()
-    origin = redact_url(url)
-    client = aioredis.Redis.from_url(url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+    # The same client the processes build: one server by URL, or the primary the sentinels name.
+    origin = describe_redis(settings.redis)
+    client = async_client(settings.redis, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
+                          retry=Retry(NoBackoff(), 0))
     findings: list[Problem] = []
     try:
         findings += await diagnose_redis_server(client, origin)
+        findings += await diagnose_redis_topology(client, settings, origin)
         findings += await diagnose_queues(client, settings, origin)
         findings += await diagnose_streams(client, settings, origin)
         findings += await diagnose_dead_letters(client, settings, origin)
     except (RedisError, OSError) as exc:
         findings.append(Problem("error", "redis_unreachable", "redis.url", f"{type(exc).__name__}: {exc}",
-                                origin=origin, fix="start redis-server there, or correct redis.url"))
+                                origin=origin, fix="start redis-server there (or the sentinels), or correct redis.url "
+                                "(redis.sentinels)"))
     finally:
         await client.aclose()
     return findings

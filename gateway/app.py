@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Final
 
 from aiohttp import web
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -33,6 +33,7 @@ from gateway.presence import PresenceTracker
 from gateway.presence_api import online_users, presence_info, presence_update
 from gateway.registry import StreamRegistry
 from gateway.session import create_session, delete_session
+from runtime import async_pool
 from settings import Settings
 
 #: aiohttp cancels a handler when its client disconnects. Set explicitly, the same for tests
@@ -117,8 +118,9 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
 
 async def _redis_pool(app: web.Application) -> AsyncIterator[None]:
     config = app[state.SETTINGS].redis
-    pool = BlockingConnectionPool.from_url(
-        config.url.get_secret_value(),
+    pool = async_pool(
+        config,  # one server, or the primary Sentinel names (runtime.redis_client)
+        blocking=True,
         max_connections=REDIS_POOL_SIZE,
         timeout=config.socket_timeout,
         socket_timeout=config.socket_timeout,
@@ -142,7 +144,7 @@ async def _hub(app: web.Application) -> AsyncIterator[None]:
     settings = app[state.SETTINGS]
     metrics = app[state.METRICS]
     hub = Hub(
-        settings.redis.url.get_secret_value(),
+        settings.redis,
         settings.redis.namespace,
         connect_timeout=settings.redis.socket_connect_timeout,
         on_reconnect=metrics.pubsub_reconnects.inc,

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError
@@ -29,7 +29,8 @@ from redis.exceptions import RedisError
 from events import live_channel
 from gateway.frames import StreamId, data_frame, parse_stream_id
 from gateway.resp import Reply, RespError, RespProtocolError, RespReader
-from runtime import backoff_delay, log_event, stop_task
+from runtime import async_pool, backoff_delay, log_event, stop_task
+from settings import Redis as RedisSettings
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,10 @@ class Hub:
     """Subscribes per connected user on one Redis connection and fans out in memory.
 
     Parameters:
-      redis_url(str): the Redis URL (credentials allowed).
+      redis(str | settings.Redis): the Redis URL (credentials allowed), or the ``redis`` settings
+        (one server or Sentinel: runtime.redis_client). Under Sentinel each (re)connect asks the
+        sentinels for the current primary, so after a failover the hub subscribes there and every
+        stream resyncs from its inbox.
       namespace(str): the key namespace of events/inbox.py.
       connect_timeout(float): seconds allowed to open the connection.
       ping_interval(float): idle seconds before a health PING.
@@ -112,7 +116,7 @@ class Hub:
 
     def __init__(
         self,
-        redis_url: str,
+        redis: str | RedisSettings,
         namespace: str,
         *,
         connect_timeout: float = 5.0,
@@ -122,12 +126,10 @@ class Hub:
         # RESP2 on purpose: pub/sub messages are then ordinary replies that the read loop gets
         # from read_response(); under RESP3 (redis-py 8's default) they are push frames routed
         # to a push handler instead.
-        self._pool = ConnectionPool.from_url(
-            redis_url,
-            protocol=2,
-            socket_connect_timeout=connect_timeout,
-            socket_timeout=connect_timeout,
-        )
+        options: dict[str, Any] = {"protocol": 2, "socket_connect_timeout": connect_timeout,
+                                   "socket_timeout": connect_timeout}
+        self._pool = (ConnectionPool.from_url(redis, **options) if isinstance(redis, str)
+                      else async_pool(redis, **options))
         self._namespace = namespace
         self._ping_interval = ping_interval
         self._on_reconnect = on_reconnect

@@ -23,6 +23,14 @@ if TYPE_CHECKING:
     from runtime.lua import LuaScript
     from runtime.nats_options import connect_options, server_address
     from runtime.ports import PortInUse, address_in_use, report_port_in_use
+    from runtime.redis_client import (
+        async_client,
+        async_pool,
+        async_sentinels,
+        describe_redis,
+        sync_client,
+        sync_pool,
+    )
     from runtime.reloading import OffLoopReload, config_path, reload_settings, reload_settings_until
     from runtime.sentry import init_sentry
     from runtime.tasks import stop_task
@@ -47,9 +55,13 @@ __all__ = [
     "RET_REFUSED",
     "RET_RUNTIME",
     "address_in_use",
+    "async_client",
+    "async_pool",
+    "async_sentinels",
     "backoff_delay",
     "config_path",
     "connect_options",
+    "describe_redis",
     "dump_tasks_on_sigusr2",
     "init_sentry",
     "log_event",
@@ -59,6 +71,8 @@ __all__ = [
     "server_address",
     "setup_logging",
     "stop_task",
+    "sync_client",
+    "sync_pool",
 ]
 
 # Each public name and the module that defines it.
@@ -91,6 +105,12 @@ _HOME: dict[str, str] = {
     "reload_settings": "reloading",
     "reload_settings_until": "reloading",
     "init_sentry": "sentry",
+    "async_client": "redis_client",
+    "async_pool": "redis_client",
+    "async_sentinels": "redis_client",
+    "describe_redis": "redis_client",
+    "sync_client": "redis_client",
+    "sync_pool": "redis_client",
     "stop_task": "tasks",
 }
 

@@ -15,12 +15,15 @@ from settings.model import (
     Limits,
     NatsConnection,
     Realtime,
+    Redis,
+    RedisTLS,
     Sentry,
     Settings,
     Stream,
 )
 from settings.problems import ConfigError, Path, Problem, dotted
 from settings.redact import redact_url, redact_urls_in, redacted
+from settings.redis_target import SentinelTarget, is_sentinel_url, parse_sentinel_url, sentinel_target
 from settings.sizes import parse_size, parse_size_or_percent, percent_of
 from settings.sources import ConfigFileError, Origins
 from settings.subjects import subject_within
@@ -42,6 +45,8 @@ __all__ = [
     "Limits",
     "NatsConnection",
     "Realtime",
+    "Redis",
+    "RedisTLS",
     "Sentry",
     "Settings",
     "Stream",
@@ -64,4 +69,9 @@ __all__ = [
     "redact_urls_in",
     "redacted",
     "subject_within",
+    # Which Redis: one server or a Sentinel-managed primary
+    "SentinelTarget",
+    "is_sentinel_url",
+    "parse_sentinel_url",
+    "sentinel_target",
 ]

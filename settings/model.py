@@ -152,10 +152,43 @@ class Realtime(Section):
     pending_msgs_limit: int = Field(default=65536, ge=1)
 
 
+class RedisTLS(Section):
+    """TLS towards the Sentinel-managed Redis and its sentinels (with ``redis.url``, use ``rediss://``)."""
+
+    enabled: bool = False
+    #: PEM files: the CA that signed the servers' certificates, and a client certificate and key.
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
 class Redis(Section):
-    """The Redis that holds dramatiq's queues, dedupe markers, membership and inboxes."""
+    """The Redis that holds dramatiq's queues, dedupe markers, membership and inboxes.
+
+    One server by ``url``, or a Sentinel-managed primary by ``sentinels`` + ``master_name`` (also
+    written as a ``redis+sentinel://`` URL): every process then asks the sentinels for the primary
+    and follows a failover without a restart. The ``username``..``tls`` keys apply to Sentinel mode
+    only; with a plain ``url`` the URL carries them (settings.redis_target).
+    """
 
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    #: Sentinels as ``host:port`` (port 26379 when left out); the alternative to ``url``.
+    sentinels: list[str] = Field(default_factory=list)
+    #: The name the sentinels monitor the primary under (their ``sentinel monitor <name> ...``).
+    master_name: str | None = None
+    #: Database number and credentials of the primary (Sentinel mode).
+    db: int = Field(default=0, ge=0)
+    username: str | None = None
+    password: SecretStr | None = None
+    #: Credentials of the sentinels themselves (their ``requirepass``/ACL), when they differ.
+    sentinel_username: str | None = None
+    sentinel_password: SecretStr | None = None
+    tls: RedisTLS = Field(default_factory=RedisTLS)
+    #: Replicas that must hold a batch's enqueue (the bridge) or a job's inbox writes (the workers)
+    #: before the JetStream message or the job is acked: Redis ``WAIT``. 0 acks on the primary's word.
+    min_replicas_acked: int = Field(default=0, ge=0)
+    #: How long ``WAIT`` may take; fewer replicas by then fails the batch or job like a Redis error.
+    replica_ack_timeout: PositiveSeconds = 1.0
     namespace: str = "fechatter-notify"
     socket_timeout: PositiveSeconds = 5.0
     socket_connect_timeout: PositiveSeconds = 5.0

@@ -22,12 +22,21 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return MASK
+    query = _redact_query(parts.query)
     if not parts.netloc or "@" not in parts.netloc:
-        return url
+        return url if query == parts.query else urlunsplit(parts._replace(query=query))
     userinfo, host = parts.netloc.rsplit("@", 1)
     user = userinfo.split(":", 1)[0]
     masked = f"{user}:{MASK}" if ":" in userinfo and user else MASK
-    return urlunsplit((parts.scheme, f"{masked}@{host}", parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, f"{masked}@{host}", parts.path, query, parts.fragment))
+
+
+def _redact_query(query: str) -> str:
+    """Mask secret-named options (a ``redis+sentinel://`` URL's ``sentinel_password=``)."""
+    if not query:
+        return query
+    pairs = [pair.partition("=") for pair in query.split("&")]
+    return "&".join(f"{k}{eq}{MASK if eq and _SECRET_KEY.search(k) else v}" for k, eq, v in pairs)
 
 
 _USERINFO_IN_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/@\s,]*)@")

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from settings.model import Settings
 from settings.problems import Path, Problem, problem_at
 from settings.redact import redact_url, redact_urls_in
+from settings.redis_checks import REDIS_CHECKS
+from settings.redis_target import is_sentinel_url, parse_sentinel_url
 from settings.sources import Origins
 
 __all__ = ["URL_CHECKS"]
@@ -58,6 +60,13 @@ def redis_url_is_valid(s: Settings, o: Origins) -> Iterator[Problem]:
 
     url = s.redis.url.get_secret_value()
     fix = "redis://[:password@]host:6379/0 (rediss:// for TLS, unix:///path/to/redis.sock)"
+    if is_sentinel_url(url):
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            yield _bad(o, ("redis", "url"), "bad_redis_url", url, str(exc),
+                       "redis+sentinel://[user:password@]host:26379[,host2:26379]/master_name[/db]")
+        return
     try:
         parsed = parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
@@ -102,4 +111,4 @@ def sentry_dsn_is_valid(s: Settings, o: Origins) -> Iterator[Problem]:
                    "https://<public key>@<host>/<project id>, as the project's Client Keys page shows")
 
 
-URL_CHECKS = (nats_servers_are_urls, redis_url_is_valid, database_url_is_valid, sentry_dsn_is_valid)
+URL_CHECKS = (nats_servers_are_urls, redis_url_is_valid, *REDIS_CHECKS, database_url_is_valid, sentry_dsn_is_valid)

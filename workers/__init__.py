@@ -29,7 +29,7 @@ if TYPE_CHECKING:
         requeue_failed_jobs,
     )
     from workers.delivery import Delivered, Delivery, notification_key
-    from workers.diagnose import diagnose_queues, diagnose_redis_server
+    from workers.diagnose import diagnose_queues, diagnose_redis_server, diagnose_redis_topology
     from workers.failure_reasons import FailureReasons
     from workers.main import run
     from workers.metrics import WorkerMetrics
@@ -54,6 +54,7 @@ __all__ = [
     # Operator commands
     "diagnose_queues",
     "diagnose_redis_server",
+    "diagnose_redis_topology",
     # dramatiq's dead-letter queues (fechatter-notify dlq)
     "DeadLetterQueues",
     "FailedJob",
@@ -74,6 +75,7 @@ _HOME: dict[str, str] = {
     "notification_key": "delivery",
     "diagnose_queues": "diagnose",
     "diagnose_redis_server": "diagnose",
+    "diagnose_redis_topology": "diagnose",
     "run": "main",
     "WorkerMetrics": "metrics",
     "notification_for": "notifications",

@@ -30,7 +30,7 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
 
-from runtime import LuaScript
+from runtime import LuaScript, sync_client
 from workers.connections import ThreadConnections
 from workers.expiry import Expiry
 from workers.failures import retry_when
@@ -245,16 +245,14 @@ def build_broker(
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    """A pooled client for ``redis.url`` with the configured timeouts.
+    """A pooled client for ``redis`` (one server by URL, or the primary Sentinel names) with the
+    configured timeouts.
 
     (``RedisBroker(url=...)`` would silently drop the timeouts: redis-py ignores connection
-    keywords when it is handed a pool.) Idle connections are PINGed before reuse after
-    :data:`HEALTH_CHECK_INTERVAL_S`, which also lets the wake listener notice a dead peer.
+    keywords when it is handed a pool; and dramatiq has no Sentinel URL: it takes this ``client``.)
+    Idle connections are PINGed before reuse after :data:`HEALTH_CHECK_INTERVAL_S`, which also lets
+    the wake listener notice a dead peer. Under Sentinel every new connection asks for the current
+    primary (runtime.redis_client), so after a failover the broker's dispatch connections, the
+    wake listener and the delivery connections reconnect to the new one.
     """
-    pool = redis.ConnectionPool.from_url(
-        settings.redis.url.get_secret_value(),
-        socket_timeout=settings.redis.socket_timeout,
-        socket_connect_timeout=settings.redis.socket_connect_timeout,
-        health_check_interval=HEALTH_CHECK_INTERVAL_S,
-    )
-    return redis.Redis(connection_pool=pool)
+    return sync_client(settings.redis, health_check_interval=HEALTH_CHECK_INTERVAL_S)

@@ -14,6 +14,13 @@ Which marker a notification uses (its *dedupe key*) is what makes copies collaps
 ``events.dedupe_key(job)`` (``"{chat_id}:{message_id}"``) for a new message, whichever dialect
 carried it; otherwise the job's own identity (:func:`job_identity`), which is the same for every
 redelivery and retry of one event.
+
+With ``redis.min_replicas_acked`` > 0 the pipeline that writes the inboxes ends with
+``WAIT n replica_ack_timeout`` (no extra round trip): :meth:`Delivery.deliver` returns only once
+that many replicas hold the writes, so the job is acked only then, and a failover cannot take back
+a notification whose job is gone. Fewer replicas raise :class:`ReplicasBehind`, a transient
+failure (workers.failures): dramatiq retries the job, and the markers make the retry write
+nothing twice.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final, NamedTuple
 
 import msgspec
+import redis
 
 from events import INBOX_FIELD, Job, actor_name_for, dedupe_key, delivered_key, inbox_key, live_channel, members_key
 from settings import Delivery as DeliverySettings
@@ -31,13 +39,21 @@ from workers.metrics import WorkerMetrics
 from workers.notifications import BROADCAST_TYPE, TYPES, encode
 from workers.scripts import LuaScript, ScriptCall, run_pipeline, template
 
-__all__ = ["CHUNK", "Delivered", "Delivery", "job_identity", "notification_key"]
+__all__ = ["CHUNK", "Delivered", "Delivery", "ReplicasBehind", "job_identity", "notification_key"]
 
 #: Users per script call: bounds how long one call holds Redis (a few us per user).
 CHUNK: Final = 500
 
 _DELIVER = LuaScript("deliver.lua")
 _PACK = msgspec.msgpack.Encoder()
+
+
+class ReplicasBehind(redis.ConnectionError):
+    """Fewer replicas than ``redis.min_replicas_acked`` acknowledged a job's inbox writes in time.
+
+    A ``redis.ConnectionError``: to dramatiq's retry policy it is the same as a Redis that did not
+    answer (workers.failures), which is what it means for the job.
+    """
 
 
 class Delivered(NamedTuple):
@@ -78,11 +94,17 @@ class Delivery:
       namespace(str): Key namespace (``redis.namespace``).
       settings(DeliverySettings): Inbox length and age limits.
       metrics(WorkerMetrics): ``notifications`` and ``duplicates`` are counted by type.
+      min_replicas_acked(int): Replicas that must hold the inbox writes before :meth:`deliver`
+        returns (``WAIT``); 0: the primary's answer is enough.
+      replica_ack_timeout(float): ``WAIT``'s bound, in seconds.
     """
 
     def __init__(self, conns: ThreadConnections, namespace: str, settings: DeliverySettings,
-                 metrics: WorkerMetrics) -> None:
+                 metrics: WorkerMetrics, *, min_replicas_acked: int = 0, replica_ack_timeout: float = 1.0) -> None:
         self._conns = conns
+        self._replicas = min_replicas_acked
+        # WAIT's 0 means "forever": never send it.
+        self._wait_ms = max(1, round(replica_ack_timeout * 1000))
         self._ns = namespace
         self._max_len = settings.inbox_max_len
         self._max_age_ms = int(settings.inbox_max_age * 1000)
@@ -130,6 +152,7 @@ class Delivery:
         Raises:
           redis.RedisError: Redis failed; some chunks may be written. Running the same call
             again completes the rest without duplicating (markers).
+          ReplicasBehind: everything was written, but too few replicas acknowledged it in time.
         """
         skipped = sorted(set(skip))
         explicit = sorted(set(users).difference(skipped))
@@ -150,7 +173,10 @@ class Delivery:
                 calls.append(_call([*head, "", CHUNK, mark_skipped, chunk, skip_ids, live_only]))
         if not calls and not also:
             return Delivered({}, [], [])
-        replies = run_pipeline(self._conns, [*also, *calls])[len(also):]
+        if self._replicas and calls and not live_only:
+            replies = self._run_and_wait([*also, *calls])[len(also):]
+        else:
+            replies = run_pipeline(self._conns, [*also, *calls])[len(also):]
         if chat is not None:
             status = _text(replies[0][0])
             if status == "unknown":
@@ -160,6 +186,17 @@ class Delivery:
                 return self.deliver(notification, key=key, ttl_s=ttl_s, users=members.union(explicit),
                                     skip=skipped, mark_skipped=mark_skipped, live_only=live_only)
         return self._count(notification, replies)
+
+    def _run_and_wait(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """The script calls and ``WAIT`` in one pipeline; the script replies, once enough replicas hold them."""
+        wait = ("WAIT", self._replicas, self._wait_ms)
+        replies = LuaScript.call_all(lambda commands: self._conns.pipeline([*commands, wait]), self._conns.call,
+                                     calls)
+        acked = int(replies[-1])
+        if acked < self._replicas:
+            raise ReplicasBehind(f"WAIT: {acked} of {self._replicas} replica(s) acknowledged the inbox writes "
+                                 f"within {self._wait_ms} ms (redis.min_replicas_acked)")
+        return replies[:-1]
 
     def _count(self, notification: dict[str, Any], replies: list[Any]) -> Delivered:
         entries: dict[int, str] = {}
@@ -178,6 +215,7 @@ class Delivery:
         kind = kind if kind in TYPES else BROADCAST_TYPE
         if entries or announced:
             self._metrics.notifications.labels(kind).inc(len(entries) + len(announced))
+            self._metrics.delivered()  # enqueue-to-delivery latency, once per job
         if duplicates:
             self._metrics.duplicates.labels(kind).inc(len(duplicates))
         return Delivered(entries, sorted(duplicates), sorted(announced))
