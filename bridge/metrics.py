@@ -75,3 +75,10 @@ class BridgeMetrics:
         self.pull_requests = Counter(f"{PREFIX}_pull_requests", "MSG.NEXT requests sent", ["consumer"], registry=r)
         self.advisories = Counter(f"{PREFIX}_max_deliveries_advisories", "Max-deliveries advisories received",
                                   ["consumer"], registry=r)
+        # The NATS circuit of each durable (bridge/nats_circuit.py).
+        self.nats_circuit_state = Gauge(f"{PREFIX}_nats_circuit_state",
+                                        "NATS circuit of a durable: 0 closed, 1 half-open (one trial pull out), "
+                                        "2 open (not pulling)", ["consumer"], registry=r)
+        self.nats_circuit_opened = Counter(f"{PREFIX}_nats_circuit_opened",
+                                           "Times a durable's NATS circuit opened, by the failure that opened it",
+                                           ["consumer", "reason"], registry=r)

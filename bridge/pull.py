@@ -12,11 +12,16 @@ next (and clamps the heartbeat to expires/2 on every request).
   while an enqueue is slow; fetching runs ahead of enqueueing up to ``max_in_flight``.
 * Statuses go through :func:`bridge.status.classify`.
 * Watchdog: with a request outstanding, 2 x heartbeat without any message or status is a
-  *missed idle heartbeat*: logged once with its likely cause, counted, the consumer checked
-  (re-created if gone) and a fresh pull issued. Never fatal; ``max_missed_heartbeats`` misses in
-  a row make the bridge not ready.
-* Disconnect pauses the loop and the watchdog; reconnect forgets outstanding requests (they do
-  not survive a server restart) and pulls at once.
+  *missed idle heartbeat*: counted, logged for the first miss of a row with its likely cause, the
+  consumer checked (re-created if gone) and a fresh pull issued. Never fatal.
+* Every failure (a miss, a 503 or other 5xx, consumer deleted, a failed consumer check, an API
+  timeout, a check slower than a heartbeat) and every healthy pull goes through the durable's
+  NATS circuit (:mod:`bridge.nats_circuit`): ``max_missed_heartbeats`` failures in a row open it,
+  and then only its probes check the consumer and pull, at growing intervals, until the first
+  healthy pull closes it. Each state change is logged once and set on the gauge.
+* Disconnect pauses the loop and the watchdog (failures of the old connection are not counted);
+  reconnect forgets outstanding requests (they do not survive a server restart) and pulls at
+  once, or, with the circuit open, probes at once.
 """
 
 from __future__ import annotations
@@ -34,11 +39,12 @@ from nats.aio.subscription import Subscription
 
 from bridge.errors import BridgeError, JetStreamError
 from bridge.metrics import BridgeMetrics
+from bridge.nats_circuit import CircuitState, NatsCircuit, Transition, probe_cap
 from bridge.process import JetStreamProcessor
 from bridge.provision import Provisioner
 from bridge.pull_request import NS, PullState, next_pull
 from bridge.status import Action, classify
-from runtime import backoff_delay, log_event, stop_task
+from runtime import log_event, stop_task
 from settings import Consumer
 
 __all__ = ["PullConsumer"]
@@ -47,9 +53,8 @@ log = logging.getLogger("bridge.pull")
 
 #: Largest batch handed to one enqueue script call (bounds Redis' time inside the script).
 MAX_SCRIPT_BATCH: Final = 1000
-#: Recovery backoff (503, consumer deleted, bad request), in seconds.
-RECOVERY_BASE_S: Final = 0.25
-RECOVERY_CAP_S: Final = 10.0
+#: Failed probes logged individually: the first ones, then one in this many (the rest are counted).
+_PROBE_LOG_EVERY: Final = 50
 _STATUS: Final = "Status"
 _DESCRIPTION: Final = "Description"
 _PENDING_MSGS: Final = "Nats-Pending-Messages"
@@ -64,7 +69,8 @@ class PullConsumer:
       processor(JetStreamProcessor): Enqueues and settles fetched batches.
       provisioner(Provisioner): Verifies / re-creates the consumer.
       metrics(BridgeMetrics): Collectors.
-      max_missed_heartbeats(int): Misses in a row before :meth:`problems` reports not ready.
+      max_missed_heartbeats(int): Misses in a row before :meth:`problems` reports not ready, and
+        failures in a row that open the NATS circuit.
     """
 
     def __init__(
@@ -95,9 +101,16 @@ class PullConsumer:
         self._tasks: list[asyncio.Task[None]] = []
         self._recovery: asyncio.Task[None] | None = None
         self._kicks: set[asyncio.Task[None]] = set()
-        self._recovery_attempt = 0
         self._stopping = False
-        self._circuit_open = False
+        #: The Redis circuit (bridge/circuit.py) is open: no pulls, nothing is wrong with NATS.
+        self._redis_open = False
+        #: Bumped on every disconnect: a failure of a request sent on an older connection is the
+        #: connection's (already handled by the reconnect), not the durable's.
+        self._epoch = 0
+        self.circuit = NatsCircuit(max_missed_heartbeats, probe_cap(consumer.pull_expiry), consumer.idle_heartbeat)
+        self._circuit_metrics = (metrics.nats_circuit_state.labels(self.name), metrics.nats_circuit_opened)
+        self._circuit_metrics[0].set(CircuitState.CLOSED)
+        self._probe_failures_logged: tuple[int, str] = (0, "")
         self._pulling = False
         #: Heartbeat of the last request sent, in seconds (what the watchdog waits 2x for).
         self.heartbeat = 0.0
@@ -156,6 +169,7 @@ class PullConsumer:
         state.batch, state.expires = consumer.batch, consumer.pull_expiry
         state.heartbeat, state.max_in_flight = consumer.idle_heartbeat, consumer.max_in_flight
         self._max_missed = max_missed_heartbeats
+        self.circuit.configure(max_missed_heartbeats, probe_cap(consumer.pull_expiry), consumer.idle_heartbeat)
         self._processor.pull_expiry_changed(consumer.pull_expiry)
         log_event(log, "pull_retuned", stream=self.consumer.stream, consumer=self.name, batch=state.batch,
                   expires_s=state.expires, heartbeat_s=state.heartbeat, max_in_flight=state.max_in_flight,
@@ -167,24 +181,35 @@ class PullConsumer:
     def on_disconnected(self) -> None:
         """Pause pulling and the watchdog."""
         self.state.connected = False
+        self._epoch += 1
 
     def on_reconnected(self) -> None:
-        """Outstanding requests died with the old connection: forget them and pull at once."""
+        """Outstanding requests died with the old connection: forget them and pull at once (with
+        the NATS circuit open: probe at once, a new connection being the best reason to)."""
         self.state.connected = True
         self.state.pending = 0
         self.last_activity = time.monotonic()
+        if self.circuit.state is not CircuitState.CLOSED:
+            log_event(log, "nats_circuit_probing", stream=self.consumer.stream, consumer=self.name,
+                      reason="reconnected")
+            self._restart_recovery("reconnected")
+            return
         log_event(log, "pull_reissued", stream=self.consumer.stream, consumer=self.name, reason="reconnected")
+        if self._recovery is not None:  # a wait or a check on the old connection: check again now
+            self._restart_recovery("reconnected")
+            return
         self._kick()
 
     def set_circuit_open(self, is_open: bool) -> None:
         """Stop pulling while Redis is down; resume when it answers."""
-        self._circuit_open = is_open
+        self._redis_open = is_open
         self._update_paused()
         if not is_open:
             self._kick()
 
     def _update_paused(self) -> None:
-        self.state.paused = self._stopping or self._circuit_open or self._recovery is not None
+        self.state.paused = (self._stopping or self._redis_open or self._recovery is not None
+                             or self.circuit.is_open)
 
     def _kick(self) -> None:
         if not self._stopping:
@@ -230,8 +255,8 @@ class PullConsumer:
         state = self.state
         state.pending = state.pending - 1 if state.pending > 0 else 0
         state.in_flight += 1
-        self.missed_in_a_row = 0
-        self._recovery_attempt = 0
+        if self.missed_in_a_row or self.circuit.failures_in_a_row:
+            self._healthy("message")
         self._buffer.append(msg)
         self._idle.clear()
         self._wake.set()
@@ -246,15 +271,17 @@ class PullConsumer:
         self.statuses_seen[code] = self.statuses_seen.get(code, 0) + 1
         verdict = classify(code, 0, headers.get(_DESCRIPTION, ""))
         if verdict.action is Action.ACTIVITY:
-            self.missed_in_a_row = 0
-            self._recovery_attempt = 0
+            self._healthy(verdict.reason)
             return
         self._metrics.statuses.labels(self.name, verdict.reason).inc()
         if verdict.action is Action.PULL_ENDED:
             left = headers.get(_PENDING_MSGS)
             if left is not None:
                 self.state.pending = max(0, self.state.pending - int(left))
-            if verdict.reason == "request_limit":
+            if verdict.reason != "request_limit":
+                # The request lived its whole life on a consumer that answered: a healthy pull.
+                self._healthy(verdict.reason)
+            else:
                 log_event(log, "pull_limited", logging.WARNING, stream=self.consumer.stream, consumer=self.name,
                           status=code, description=headers.get(_DESCRIPTION, ""))
             await self._pull()
@@ -263,11 +290,13 @@ class PullConsumer:
             log_event(log, "pull_reissued", stream=self.consumer.stream, consumer=self.name, reason=verdict.reason)
             await self._pull()
         else:
+            detail = f"{code} {headers.get(_DESCRIPTION, '')}".strip()
             if verdict.terminal:
-                self.failure = f"{verdict.reason}: {code} {headers.get(_DESCRIPTION, '')}".strip()
+                self.failure = f"{verdict.reason}: {detail}"
                 log_event(log, "pull_failed", logging.ERROR, stream=self.consumer.stream, consumer=self.name,
                           status=code, reason=self.failure)
-            self._recover(verdict.reason, immediate=False)
+            self.state.pending = 0
+            self._fail(verdict.reason, detail, immediate=False)
 
     # -- processing -----------------------------------------------------------------------
 
@@ -290,7 +319,7 @@ class PullConsumer:
                 await self._pull()
             self._idle.set()
 
-    # -- watchdog and recovery -----------------------------------------------------------
+    # -- watchdog, recovery and the NATS circuit ------------------------------------------
 
     async def _watchdog(self) -> None:
         loop = asyncio.get_running_loop()
@@ -309,71 +338,166 @@ class PullConsumer:
             self._metrics.missed_heartbeats.labels(self.name).inc()
             cause = (f"event loop blocked for {loop_lag:.2f}s" if loop_lag > self.heartbeat
                      else "pull request lost: connection stale, consumer deleted or leaderless")
-            log_event(log, "missed_idle_heartbeat", logging.WARNING, stream=self.consumer.stream, consumer=self.name,
-                      silent_s=round(silent, 3), heartbeat_s=self.heartbeat, misses_in_a_row=self.missed_in_a_row,
-                      likely_cause=cause)
+            if self.missed_in_a_row == 1 and self.circuit.state is CircuitState.CLOSED:
+                # One line per run of misses: the next ones are counted (metric, readiness) and,
+                # if they open the circuit, named by its line; a dead path must not log a storm.
+                log_event(log, "missed_idle_heartbeat", logging.WARNING, stream=self.consumer.stream,
+                          consumer=self.name, silent_s=round(silent, 3), heartbeat_s=self.heartbeat,
+                          likely_cause=cause)
             self.state.pending = 0
-            self._recover("missed_heartbeat", immediate=True)
+            self._fail("missed_heartbeat", f"silent for {silent:.1f}s: {cause}", immediate=True)
 
-    def _recover(self, reason: str, *, immediate: bool) -> None:
+    def _healthy(self, what: str) -> None:
+        """A healthy pull (message, heartbeat, a request that ended normally): reset the counts."""
+        self.missed_in_a_row = 0
+        change = self.circuit.success()
+        if change is not None:
+            self._announce(change)
+            self._update_paused()
+
+    def _fail(self, reason: str, detail: str, *, immediate: bool) -> None:
+        """A pull failed: count it, then check the consumer and pull again (at once for a miss
+        while the circuit is closed, as ADR-37 says; otherwise after the circuit's delay)."""
+        if self._stopping or not self.state.connected:
+            return  # the reconnect forgets outstanding requests and pulls again
+        if self._recovery is not None:
+            return  # the same fault seen by another request (each waiting pull hears "consumer deleted")
+        was_closed = self._count_failure(reason, detail)
+        self._start_recovery(reason, immediate=immediate and was_closed)
+
+    def _count_failure(self, reason: str, detail: str) -> bool:
+        """Feed a failure to the circuit; True when it was closed before (the caller logs it then)."""
+        was_closed = self.circuit.state is CircuitState.CLOSED
+        change = self.circuit.failure(reason, detail)
+        if change is not None:
+            self._announce(change)
+        elif not was_closed:
+            self._log_probe_failure(reason, detail)
+        self._update_paused()
+        return was_closed
+
+    def _announce(self, change: Transition) -> None:
+        """Gauge every change; log opening and closing once each (and failed probes sparingly)."""
+        circuit = self.circuit
+        self._circuit_metrics[0].set(change.new)
+        if change.new is CircuitState.OPEN and change.old is CircuitState.CLOSED:
+            self._circuit_metrics[1].labels(self.name, change.reason).inc()
+            self._probe_failures_logged = (0, change.reason)
+            log_event(log, "nats_circuit_opened", logging.WARNING, stream=self.consumer.stream, consumer=self.name,
+                      reason=change.reason, failures_in_a_row=circuit.failures_in_a_row, error=circuit.detail,
+                      probe_cap_s=circuit.probe_cap)
+        elif change.new is CircuitState.OPEN:  # the half-open trial pull failed
+            self._log_probe_failure(circuit.last_failure, circuit.detail)
+        elif change.new is CircuitState.CLOSED:
+            log_event(log, "nats_circuit_closed", stream=self.consumer.stream, consumer=self.name,
+                      opened_by=circuit.reason, open_s=round(time.monotonic() - circuit.opened_at, 3),
+                      probes=circuit.probes)
+
+    def _log_probe_failure(self, reason: str, detail: str) -> None:
+        # While open, a failure is logged when its reason changes and then once every
+        # _PROBE_LOG_EVERY: an outage of an hour is a handful of lines, its count is in the metrics.
+        count, last = self._probe_failures_logged
+        count += 1
+        if reason != last or count % _PROBE_LOG_EVERY == 0:
+            log_event(log, "nats_circuit_probe_failed", logging.WARNING, stream=self.consumer.stream,
+                      consumer=self.name, reason=reason, error=detail, probes=self.circuit.probes,
+                      failures_in_a_row=self.circuit.failures_in_a_row)
+            last = reason
+        self._probe_failures_logged = (count, last)
+
+    def _start_recovery(self, reason: str, *, immediate: bool) -> None:
         if self._recovery is not None or self._stopping:
             return
         self._recovery = asyncio.get_running_loop().create_task(self._recover_loop(reason, immediate),
                                                                name=f"recover-{self.name}")
         self._update_paused()
 
+    def _restart_recovery(self, reason: str) -> None:
+        """Check the consumer now, dropping a wait or a check on the old connection."""
+        old, self._recovery = self._recovery, None
+        if old is not None:
+            old.cancel()
+        self._start_recovery(reason, immediate=True)
+
     async def _recover_loop(self, reason: str, immediate: bool) -> None:
-        attempt = self._recovery_attempt
-        cap = max(RECOVERY_CAP_S, self.state.expires)
+        me = asyncio.current_task()
+        circuit = self.circuit
         try:
             while True:
                 if not immediate:
-                    await asyncio.sleep(backoff_delay(attempt, RECOVERY_BASE_S, cap))
+                    await asyncio.sleep(circuit.delay())
                 immediate = False
-                attempt += 1
                 if not self.state.connected:
-                    continue
-                try:
-                    await self._provisioner.recover_consumer(self.consumer)
-                except JetStreamError as exc:
-                    verdict = classify(exc.code, exc.err_code, exc.description)
-                    self._metrics.recoveries.labels(self.name, "failed").inc()
-                    log_event(log, "consumer_check_failed", logging.WARNING, stream=self.consumer.stream,
-                              consumer=self.name, reason=reason, error=str(exc), verdict=verdict.reason,
-                              attempt=attempt)
-                    continue
-                except BridgeError as exc:  # stream missing in verify mode, config mismatch
-                    self._metrics.recoveries.labels(self.name, "refused").inc()
-                    self.failure = str(exc)
-                    log_event(log, "consumer_check_failed", logging.ERROR, stream=self.consumer.stream,
-                              consumer=self.name, reason=reason, error=str(exc), attempt=attempt)
-                    continue
-                self._metrics.recoveries.labels(self.name, "ok").inc()
-                log_event(log, "consumer_checked", stream=self.consumer.stream, consumer=self.name, reason=reason,
-                          attempt=attempt)
-                break
+                    return  # on_reconnected pulls (or probes) at once
+                if await self._check_consumer(reason):
+                    break
         finally:
-            self._recovery = None
-            self._recovery_attempt = attempt
-            self._update_paused()
-        self.failure = None
+            if self._recovery is me:
+                self._recovery = None
+                self._update_paused()
         self.state.pending = 0
         self.last_activity = time.monotonic()
         await self._pull()
+
+    async def _check_consumer(self, reason: str) -> bool:
+        """One consumer check (re-creating it if gone); True when it answered. Failures are counted."""
+        circuit = self.circuit
+        epoch = self._epoch
+        circuit.probe_started()
+        began = time.monotonic()
+        try:
+            await self._provisioner.recover_consumer(self.consumer)
+        except JetStreamError as exc:
+            self._metrics.recoveries.labels(self.name, "failed").inc()
+            verdict = classify(exc.code, exc.err_code, exc.description)
+            self._check_failed(reason, verdict.reason, str(exc), epoch, logging.WARNING)
+            return False
+        except BridgeError as exc:  # stream missing in verify mode, config mismatch
+            self._metrics.recoveries.labels(self.name, "refused").inc()
+            self.failure = str(exc)
+            self._check_failed(reason, _snake(type(exc).__name__), str(exc), epoch, logging.ERROR)
+            return False
+        round_trip = time.monotonic() - began
+        self._metrics.recoveries.labels(self.name, "ok").inc()
+        self.failure = None
+        if circuit.state is CircuitState.CLOSED:
+            log_event(log, "consumer_checked", stream=self.consumer.stream, consumer=self.name, reason=reason,
+                      round_trip_ms=round(round_trip * 1000, 1))
+        if circuit.slow(round_trip) and epoch == self._epoch:
+            self._count_failure("slow_round_trip", f"consumer check took {round_trip:.2f}s")
+        change = circuit.checked()  # open -> half-open: the trial pull goes out
+        if change is not None:
+            self._announce(change)
+        return True
+
+    def _check_failed(self, reason: str, verdict: str, error: str, epoch: int, level: int) -> None:
+        if epoch != self._epoch:
+            return  # sent on a connection that died since: the reconnect's business, not the durable's
+        if self._count_failure(verdict, error):
+            log_event(log, "consumer_check_failed", level, stream=self.consumer.stream, consumer=self.name,
+                      reason=reason, error=error, verdict=verdict, failures_in_a_row=self.circuit.failures_in_a_row)
 
     # -- readiness -----------------------------------------------------------------------
 
     def problems(self) -> list[str]:
         """Why this consumer is not ready (empty when it is)."""
         problems: list[str] = []
-        if self.failure:
+        circuit_problem = self.circuit.problem()
+        if circuit_problem:
+            problems.append(circuit_problem)
+        if self.failure and self.failure not in (circuit_problem or ""):
             problems.append(self.failure)
         if self.missed_in_a_row >= self._max_missed:
             problems.append(f"missed {self.missed_in_a_row} idle heartbeats in a row")
-        if self._recovery is not None:
+        if self._recovery is not None and circuit_problem is None:
             problems.append("recovering the consumer")
         recent = max(self.last_activity, self.last_pull)
         horizon = 2 * self.state.expires + 2 * self.state.heartbeat
-        if not self._circuit_open and time.monotonic() - recent > horizon:
+        if not self._redis_open and circuit_problem is None and time.monotonic() - recent > horizon:
             problems.append(f"no pull, message or heartbeat for {time.monotonic() - recent:.1f}s")
         return problems
+
+
+def _snake(name: str) -> str:
+    """``StreamMissing`` -> ``stream_missing`` (a refusal's metric label)."""
+    return "".join(f"_{ch.lower()}" if ch.isupper() else ch for ch in name).lstrip("_")
