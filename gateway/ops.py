@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from gateway import state
 from gateway.limits import QuietLog
@@ -32,7 +33,7 @@ from gateway.ops_auth import (
     served_over_https,
     session_cookie_header,
 )
-from gateway.ops_data import SnapshotSource, snapshot_source
+from gateway.ops_data import FleetSource
 from runtime import log_event
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class Ops:
     """The page's files, the token check and the latest snapshot (shared by every poll)."""
 
     auth: OperatorAuth
-    source: SnapshotSource
+    source: FleetSource
     assets: Assets = field(default_factory=Assets)
     quiet: QuietLog = field(default_factory=lambda: QuietLog(log))
     latest: dict[str, Any] | None = None
@@ -75,11 +76,12 @@ def add_ops(app: web.Application) -> None:
     """Register the ops routes on ``app`` (gateway/app.py); the page is on when a token is set."""
     settings = app[state.SETTINGS]
     token = settings.gateway.ops_token
-    app[OPS] = None if token is None else Ops(OperatorAuth(token.get_secret_value()), snapshot_source(app))
+    app[OPS] = None if token is None else Ops(OperatorAuth(token.get_secret_value()), FleetSource(app))
     app.router.add_route("GET", PREFIX, ops_page)
     app.router.add_route("GET", f"{PREFIX}/data", ops_data)
     app.router.add_route("GET", PREFIX + "/static/{name:.+}", ops_asset)
     app.on_response_prepare.append(_no_cors)
+    app.on_cleanup.append(_close)
 
 
 async def ops_page(request: web.Request) -> web.StreamResponse:
@@ -101,6 +103,11 @@ async def ops_data(request: web.Request) -> web.Response:
     except TimeoutError:
         ops.quiet.event("ops_snapshot_failed", error="timeout", seconds=COLLECT_TIMEOUT_S)
         return _json({"error": "snapshot_timeout", "reason": "collecting the snapshot took too long"}, 503)
+    except (RedisError, OSError) as exc:
+        # Where the processes are registered is unreachable; the page says so and keeps polling.
+        ops.quiet.event("ops_snapshot_failed", error=type(exc).__name__)
+        return _json({"error": "redis_unavailable", "reason": f"{type(exc).__name__}: the fleet's Redis "
+                      "did not answer"}, 503)
     return _json(snapshot, 200)
 
 
@@ -156,6 +163,12 @@ def _json(body: dict[str, Any], status: int) -> web.Response:
     response = web.json_response(body, status=status)
     response.headers.update({**SECURITY_HEADERS, "Cache-Control": NO_STORE})
     return response
+
+
+async def _close(app: web.Application) -> None:
+    ops = app[OPS]
+    if ops is not None:
+        await ops.source.close()
 
 
 async def _no_cors(request: web.Request, response: web.StreamResponse) -> None:

@@ -8,26 +8,31 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import secrets
+import socket
 import tomllib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import Any, Final
 
 import aiohttp
 import nats
 import pytest
 
+from fechatter_notify.embedded import free_port
 from gateway.ops_assets import CSP, STATIC, UPLOT_VERSION
 from gateway.ops_auth import COOKIE_NAME, SESSION_S, OperatorAuth
 from gateway.ops_data import CHARTS
-from gateway.testing import RunningGateway, SigningKey, gateway_settings, running_gateway
+from gateway.testing import RunningGateway, SigningKey, gateway_settings, new_message, running_gateway
+from runtime import Registration
 from settings import ConfigError, load_settings
 from tests.browser.driver import CdpError, Chromium, Page
 from tests.pipeline import Pipeline, shutdown, start_pipeline
-from tests.servers import NatsServer, RedisServer
+from tests.servers import NatsServer, RedisServer, async_wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = secrets.token_hex(32)
@@ -174,6 +179,13 @@ async def test_the_page_files_have_their_types_hashes_and_cache_headers(gw: Runn
             assert response.status == 404, missing
 
 
+async def ops_data(gw: RunningGateway) -> dict[str, Any]:
+    async with gw.session.get(gw.url + "/ops/data", headers=bearer()) as response:
+        assert response.status == 200, await response.text()
+        data: dict[str, Any] = await response.json()
+        return data
+
+
 async def test_the_data_has_every_chart_in_order_and_is_never_cached(gw: RunningGateway) -> None:
     async with gw.session.get(gw.url + "/ops/data", headers={**bearer(), "Origin": "https://app.example"}) as response:
         assert response.status == 200
@@ -181,15 +193,49 @@ async def test_the_data_has_every_chart_in_order_and_is_never_cached(gw: Running
         assert response.headers["Cache-Control"] == "no-store"
         assert "Access-Control-Allow-Origin" not in response.headers  # a listed origin may not read it
         data = await response.json()
-    assert set(data) >= {"at", "source", "charts", "processes", "snapshot"}
+    assert set(data) >= {"at", "interval_s", "source", "charts", "processes", "snapshot"}
     assert isinstance(data["at"], float)
     assert [chart["id"] for chart in data["charts"]] == [chart[0] for chart in CHARTS]
-    for chart in data["charts"]:
-        assert set(chart) >= {"id", "title", "unit", "series"}
-        assert all(isinstance(label, str) and (value is None or isinstance(value, float))
-                   for label, value in chart["series"].items())
-    for process in data["processes"]:
-        assert set(process) >= {"role", "name", "up", "state", "warning"}
+    assert data["source"] == f"fleet {gw.namespace}"
+
+
+async def test_the_data_shows_the_registered_processes_and_their_rates(gw: RunningGateway) -> None:
+    # Given this gateway registered (as each process registers itself) and a process that is gone
+    alive = Registration("gateway", gw.namespace, metrics_url=gw.url + "/metrics", ttl_s=30)
+    gone = Registration("bridge", gw.namespace, metrics_url=f"http://127.0.0.1:{free_port()}/metrics", ttl_s=30)
+    await alive.start(gw.redis)
+    await gone.start(gw.redis)
+    try:
+        _, reader = await gw.stream(9)
+        first = await ops_data(gw)
+        # When frames flow and the page polls again (a second apart: the rates need two snapshots)
+        await gw.publish(9, new_message(1))
+        await reader.next_json()
+
+        async def rated() -> dict[str, Any] | None:
+            data = await ops_data(gw)
+            return data if data["interval_s"] and chart(data, "rates").get("frames_sent") else None
+
+        data = await async_wait_until(rated, timeout=10, interval=0.2,
+                                      message="no frames_sent rate in /ops/data")
+    finally:
+        await alive.stop()
+        await gone.stop()
+    assert first["interval_s"] is None  # this test's first snapshot: no rate yet
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    assert chart(data, "streams")[name] == 1.0
+    assert set(chart(data, "rates")) >= {"frames_sent", "connects"}
+    assert all(value is None or isinstance(value, float) for c in data["charts"] for value in c["series"].values())
+    by_role = {p["role"]: p for p in data["processes"]}
+    assert (by_role["gateway"]["name"], by_role["gateway"]["up"], by_role["gateway"]["state"]) == (name, True, "up")
+    assert not by_role["bridge"]["up"] and by_role["bridge"]["state"].startswith("down: ")
+    assert {p["role"] for p in data["snapshot"]["processes"]} >= {"gateway", "bridge"}  # top's own figures
+
+
+def chart(data: dict[str, Any], chart_id: str) -> dict[str, float | None]:
+    (found,) = [c for c in data["charts"] if c["id"] == chart_id]
+    series: dict[str, float | None] = found["series"]
+    return series
 
 
 # ---------------------------------------------------------------- the setting, the package
@@ -271,10 +317,14 @@ async def publishing(pipeline: Pipeline) -> AsyncIterator[list[int]]:
         await nc.close()
 
 
-def nonzero_rates(chart: str = "rates") -> str:
+def nonzero(chart: str) -> str:
     """A page expression: the labels of the chart's series whose latest value is above zero."""
-    return (f"window.ops && window.ops.last && Object.entries(window.ops.last.charts.find(c => c.id === '{chart}')"
-            f".series).filter(([k, v]) => v > 0).map(([k, v]) => k)")
+    return (f"window.ops && window.ops.last ? Object.entries(window.ops.last.charts.find(c => c.id === '{chart}')"
+            f".series).filter(([k, v]) => v > 0).map(([k, v]) => k) : []")
+
+
+#: Rates that are above zero only while events flow through every process: bridge, worker, gateway.
+PIPELINE_RATES: Final = ("fetched", "enqueued", "notifications_delivered", "frames_sent")
 
 
 async def opened(browser: Chromium, url: str) -> Page:
@@ -306,14 +356,24 @@ async def test_chromium_shows_live_nonzero_rates_with_the_token_and_nothing_with
                 # The redirect took the token out of the address bar; the page polls on its own
                 await page.wait_for("window.ops && window.ops.polls >= 2", within=15.0)
                 assert await page.evaluate("location.search") == ""
-                rising = await page.wait_for(nonzero_rates(), within=20.0)
+                rising = await page.wait_for(
+                    f"(l => {json.dumps(PIPELINE_RATES)}.every(r => l.includes(r)) && l)({nonzero('rates')})",
+                    within=25.0)
             except (TimeoutError, CdpError) as exc:
-                raise AssertionError(f"{exc}\n--- chromium log ---\n{browser.log_tail()}") from exc
+                seen = await page.evaluate("JSON.stringify(window.ops && [window.ops.status, window.ops.last])")
+                raise AssertionError(f"{exc}\n--- page state ---\n{seen}\n--- chromium log ---\n"
+                                     f"{browser.log_tail()}") from exc
             assert sent[0] > 0 and rising
             # The charts were drawn (one uPlot canvas each), and the figures are on the page too
             assert await page.evaluate("document.querySelectorAll('.chart .uplot canvas').length") == len(CHARTS)
-            figures = await page.evaluate("document.querySelector('[data-chart=rates] .now').innerText")
-            assert any(label in figures for label in rising)
+            # The figures are printed under each chart too: "fetched 12.3"
+            shown = dict(item.rsplit(" ", 1) for item in await page.evaluate(
+                "[...document.querySelectorAll('[data-chart=rates] .now li')].map(li => li.innerText)"))
+            assert all(float(shown[label]) > 0 for label in PIPELINE_RATES), shown
+            assert await page.evaluate(nonzero("streams"))  # Bob's stream
+            roles = await page.evaluate("[...document.querySelectorAll('#processes tr td:first-child')]"
+                                        ".map(td => td.innerText)")
+            assert set(roles) >= {"bridge", "worker", "gateway"}
             assert await page.evaluate("window.ops.cspViolations") == []
             assert await page.evaluate("window.ops.failures") == 0
         stream.close()
