@@ -54,6 +54,7 @@ def parse_event(
     route = route_for(subject)
     if route is None:
         raise EventRejected(f"no route for subject {subject!r}", RejectCode.NO_ROUTE)
+    _require_utf8(subject, data)
     rx = Received(
         subject,
         headers,
@@ -65,3 +66,21 @@ def parse_event(
         delivered=delivered,
     )
     return route.decode(data, rx)
+
+
+def _require_utf8(subject: str, data: bytes) -> None:
+    """JSON text is UTF-8 (RFC 8259, section 8.1); refuse any other bytes before decoding.
+
+    msgspec validates UTF-8 only in the strings it reads: bad bytes in a key or value it skips
+    were accepted, and the realtime decoder's second pass over the keys raised its DecodeError
+    out of this function (which the bridge's batch does not catch). ``isascii`` is a C scan
+    without a copy, so only payloads with non-ASCII bytes pay for the full check.
+    """
+    if data.isascii():
+        return
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventRejected(
+            f"payload on {subject!r} is not JSON: byte {exc.start} is not UTF-8 ({exc.reason})", RejectCode.NOT_JSON
+        ) from None
