@@ -5,20 +5,24 @@ Every one of these is a fire-and-forget publish on the message's reply subject (
 a lost ack means a redelivery, which the idempotent enqueue absorbs. A nak always carries a
 delay from the consumer's backoff schedule - an instant nak would burn ``max_deliver`` in
 milliseconds. nats-py exceptions stop here: a failed settle is counted, never raised.
+
+Each settled message whose JetStream delivery count (in its reply subject) is above 1 is counted
+as a redelivery (:meth:`Settler.count_redeliveries`): every message the bridge receives is settled
+exactly once per delivery, so this counts redeliveries received without a parse on the fetch path.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 import nats.errors
 from nats.aio.msg import Msg
 
 from settings import Consumer
 
-__all__ = ["DEFAULT_NAK_BASE_S", "DEFAULT_NAK_CAP_S", "Settler", "nak_delay"]
+__all__ = ["DEFAULT_NAK_BASE_S", "DEFAULT_NAK_CAP_S", "Settler", "delivery_count", "nak_delay"]
 
 log = logging.getLogger("bridge.acks")
 
@@ -40,6 +44,26 @@ def nak_delay(consumer: Consumer, delivered: int) -> float:
     return float(min(DEFAULT_NAK_BASE_S * 2 ** min(index, 16), DEFAULT_NAK_CAP_S))
 
 
+def delivery_count(reply: str | None) -> int:
+    """How many times JetStream delivered a message, from its reply subject (1 when it is not one).
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...`` (9 tokens) or the v2 form with domain and
+    account hash (12+ tokens, the count 7th).
+    """
+    if not reply:
+        return 1
+    tokens = reply.split(".")
+    index = 4 if len(tokens) == 9 else 6 if len(tokens) >= 12 else -1
+    try:
+        return int(tokens[index]) if index >= 0 else 1
+    except ValueError:
+        return 1
+
+
+class _Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
 class Settler:
     """Settles messages of one consumer; returns how many settles were handed to the client.
 
@@ -50,6 +74,15 @@ class Settler:
     def __init__(self, consumer: Consumer) -> None:
         self._consumer = consumer
         self.lost = 0
+        self._redeliveries: _Counter | None = None
+
+    def count_redeliveries(self, counter: _Counter) -> None:
+        """From now on, count each settled message delivered more than once into ``counter``."""
+        self._redeliveries = counter
+
+    def _settled(self, msg: Msg) -> None:
+        if self._redeliveries is not None and delivery_count(msg.reply) > 1:
+            self._redeliveries.inc()
 
     def _lost(self, what: str, exc: Exception) -> None:
         self.lost += 1
@@ -61,6 +94,7 @@ class Settler:
         """Ack each message."""
         sent = 0
         for msg in msgs:
+            self._settled(msg)
             try:
                 await msg.ack()
             except nats.errors.Error as exc:
@@ -73,6 +107,7 @@ class Settler:
         """Term each message: never redeliver it (its dead letter is stored)."""
         sent = 0
         for msg in msgs:
+            self._settled(msg)
             try:
                 await msg.term()
             except nats.errors.Error as exc:
@@ -85,6 +120,7 @@ class Settler:
         """Nak each message with the delay its delivery count calls for, but ``at_least`` seconds."""
         sent = 0
         for msg, count in zip(msgs, delivered, strict=True):
+            self._settled(msg)
             try:
                 await msg.nak(delay=max(nak_delay(self._consumer, count), at_least))
             except nats.errors.Error as exc:

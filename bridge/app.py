@@ -26,7 +26,7 @@ from bridge.advisories import MaxDeliveries
 from bridge.circuit import Circuit
 from bridge.connection import Connection
 from bridge.core import CoreSubscriber
-from bridge.enqueue import Enqueuer
+from bridge.enqueue import Enqueuer, connect_redis
 from bridge.errors import JetStreamError, RedisUnavailable
 from bridge.health import HttpEndpoints
 from bridge.jsapi import JetStreamApi
@@ -38,7 +38,7 @@ from bridge.provision import Provisioner
 from bridge.pull import PullConsumer
 from bridge.reload import ReloadPlan, apply_live, plan_reload
 from events import Lane
-from runtime import backoff_delay, log_event, stop_task
+from runtime import Registration, advertised_url, backoff_delay, log_event, stop_task
 from settings import Settings
 
 __all__ = ["DEFAULT_SHUTDOWN_TIMEOUT_S", "Bridge"]
@@ -88,6 +88,8 @@ class Bridge:
         self.advisories: MaxDeliveries | None = None
         self._lag: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
+        # `fechatter-notify top` finds this bridge through its record in Redis (runtime.fleet).
+        self.fleet = Registration("bridge", settings.redis.namespace, details={"queues": list(self.queues.values())})
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, serve until ``stop`` is set, then shut down.
@@ -118,6 +120,8 @@ class Bridge:
         """Bring every part up in dependency order (see the module docstring)."""
         await self.http.start()
         log_event(log, "bridge_starting", health_port=self.http.health_port, metrics_port=self.http.metrics_port)
+        self.fleet.set_metrics_url(advertised_url(self.settings.metrics.host, self.http.metrics_port))
+        await self.fleet.start(connect_redis(self.settings.redis, socket_timeout=1.0, connect_timeout=1.0))
         try:
             await self.enqueuer.ping()
         except RedisUnavailable as exc:
@@ -137,6 +141,7 @@ class Bridge:
                 presence_ttl=self.settings.realtime.presence_ttl,
                 max_payload_bytes=self.settings.events.max_payload_bytes,
             )
+            processor.settler.count_redeliveries(self.metrics.redeliveries.labels(consumer.durable))
             puller = PullConsumer(nc, consumer, processor=processor, provisioner=provisioner, metrics=self.metrics,
                                   max_missed_heartbeats=js.max_missed_heartbeats)
             self.pull_consumers.append(puller)
@@ -238,5 +243,6 @@ class Bridge:
         await self.connection.close(left())
         await self.circuit.stop()
         await self.enqueuer.close()
+        await self.fleet.stop(close_client=True)
         await self.http.stop()
         log_event(log, "bridge_stopped", unsettled=sum(p.state.in_flight for p in self.pull_consumers))

@@ -26,10 +26,12 @@ PROCESSES: dict[str, tuple[str, str]] = {
                   "exit (Procfile release:); exit 3 when refused"),
     "publish": ("fechatter_notify.publish:run", "demo: publish a chat's Fechatter events, optionally watch a "
                 "user's stream"),
+    "top": ("fechatter_notify.top:run", "live view of every running bridge, worker and gateway (rates, lag, "
+            "queues); --once --format json for scripts"),
 }
 
 #: Subcommands whose module adds its own options with ``add_arguments(parser)``.
-OWN_OPTIONS = ("dev", "publish", "provision")
+OWN_OPTIONS = ("dev", "publish", "provision", "top")
 
 
 def build_parser() -> argparse.ArgumentParser:

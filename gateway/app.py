@@ -33,7 +33,7 @@ from gateway.presence import PresenceTracker
 from gateway.presence_api import online_users, presence_info, presence_update
 from gateway.registry import StreamRegistry
 from gateway.session import create_session, delete_session
-from runtime import async_pool
+from runtime import Registration, advertised_url, async_pool
 from settings import Settings
 
 #: aiohttp cancels a handler when its client disconnects. Set explicitly, the same for tests
@@ -68,6 +68,7 @@ def build_app(settings: Settings, *, verifier: TokenVerifier | None = None) -> w
     app.cleanup_ctx.append(_hub)
     app.cleanup_ctx.append(_nats)
     app.cleanup_ctx.append(_presence)
+    app.cleanup_ctx.append(_fleet)  # `fechatter-notify top` finds this gateway (runtime.fleet)
     app.on_shutdown.append(_end_streams)
     app.on_response_prepare.append(on_response_prepare(settings.gateway.cors_allow_origin))
 
@@ -113,6 +114,7 @@ async def start_server(app: web.Application, host: str, port: int) -> tuple[web.
         await runner.cleanup()
         raise
     bound = runner.addresses[0][1]
+    app[FLEET].set_metrics_url(advertised_url(host, int(bound)))
     return runner, int(bound)
 
 
@@ -179,3 +181,16 @@ async def _presence(app: web.Application) -> AsyncIterator[None]:
 
 async def _end_streams(app: web.Application) -> None:
     app[state.STREAMS].close_all("server_shutdown")
+
+
+#: This gateway's record in the fleet (its metrics URL is set once the port is bound).
+FLEET: Final = web.AppKey("fleet", Registration)
+
+
+async def _fleet(app: web.Application) -> AsyncIterator[None]:
+    gw = app[state.SETTINGS].gateway
+    app[FLEET] = Registration("gateway", app[state.SETTINGS].redis.namespace,
+                              metrics_url=advertised_url(gw.host, gw.port) if gw.port else None)
+    await app[FLEET].start(app[state.REDIS])
+    yield
+    await app[FLEET].stop()

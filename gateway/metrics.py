@@ -58,6 +58,18 @@ class GatewayMetrics:
             f"{PREFIX}_presence_publish_failures", "UserPresence events not published (NATS down)",
             registry=r,
         )
+        # Operating figures (`fechatter-notify top`, deploy/grafana).
+        self.resyncs_by_reason = Counter(
+            f"{PREFIX}_resyncs", "streams told to resync, by reason (invalid_id, unknown_id, trimmed, "
+            "too_far_behind); trimmed counts clients that lost entries to an inbox trim",
+            ["reason"], registry=r,
+        )
+        self.frames_dropped = Counter(
+            f"{PREFIX}_frames_dropped",
+            "frames never written, by reason: slow_client (buffered in a stream closed for not reading; inbox "
+            "entries come back on its resume, live-only typing/presence frames are lost)",
+            ["reason"], registry=r,
+        )
 
         # Frames are counted in a plain int on the hot path (a Counter.inc per write costs
         # ~1 us, 5% of a frame) and moved into the Counter when metrics are read.

@@ -187,6 +187,7 @@ class EventStream:
         buffered_bytes = self.pending_bytes + self.transport.get_write_buffer_size()
         buffered_frames = len(self.pending)
         self.metrics.slow_clients_dropped.inc()
+        self.metrics.frames_dropped.labels("slow_client").inc(buffered_frames)
         self.close("slow_client")
         _drops_log.event("stream_dropped", reason="slow_client", user=self.user_id,
                          buffered_bytes=buffered_bytes, buffered_frames=buffered_frames)
@@ -313,6 +314,7 @@ class EventStream:
     def _resync(self, reason: str, bounds: InboxBounds, last_event_id: str) -> int:
         """Tell the client to refetch instead of replaying; go on live after the newest entry."""
         self.metrics.resyncs.inc()
+        self.metrics.resyncs_by_reason.labels(reason).inc()
         log_event(log, "resync_required", user_id=self.user_id, reason=reason,
                   last_event_id=last_event_id[:48])
         self._advance(bounds.newest)

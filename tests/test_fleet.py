@@ -40,7 +40,8 @@ async def test_registration_appears_refreshes_and_leaves_on_clean_stop(client: a
                        ttl_s=0.6, refresh_s=0.1)
     await reg.start(client)
     try:
-        [record] = await read_registrations(client, NS)
+        [record] = await async_wait_until(lambda: read_registrations(client, NS), timeout=3,
+                                          message="registration never written")
         assert (record.id, record.role, record.pid, record.details) == (reg.id, "bridge", reg.record().pid,
                                                                         {"queues": ["a"]})
         assert 0 < await client.pttl(record_key(NS, reg.id)) <= 600
@@ -58,10 +59,14 @@ async def test_registration_appears_refreshes_and_leaves_on_clean_stop(client: a
                 and r.metrics_url == "http://127.0.0.1:2/metrics"
         await async_wait_until(warned, timeout=3, message="warning / new URL not written")
     finally:
-        await reg.stop(client)
+        await reg.stop()
     assert await read_registrations(client, NS) == []
     assert await client.exists(record_key(NS, reg.id)) == 0
     assert await client.zcard(index_key(NS)) == 0
+
+
+async def _count(client: aioredis.Redis, expected: int) -> bool:
+    return len(await read_registrations(client, NS)) == expected
 
 
 async def _alive_since(client: aioredis.Redis, reg: Registration, age_s: float) -> bool:
@@ -86,6 +91,7 @@ def test_registration_expires_after_kill_9(redis_server: RedisServer) -> None:
         assert proc.stdout is not None
         process_id = proc.stdout.readline().decode().strip()
         sync = redis_server.client()
+        wait_until(lambda: sync.exists(record_key(NS, process_id)), timeout=5, message="never registered")
         assert json.loads(sync.get(record_key(NS, process_id)))["role"] == "worker"
         # Alive past its TTL: it is refreshed by the thread.
         wait_until(lambda: _age(sync, process_id) > 1.2,
@@ -135,6 +141,7 @@ async def test_snapshot_figures_rates_lag_queues_and_a_dead_process(client: aior
     try:
         for reg in regs:
             await reg.start(client)
+        await async_wait_until(lambda: _count(client, 3), timeout=3, message="registrations not all written")
         bridge.fetched.labels("notification_processor").inc(10)
         bridge.acked.labels("notification_processor").inc(7)
         bridge.num_pending.labels("notification_processor").set(42)
@@ -168,5 +175,5 @@ async def test_snapshot_figures_rates_lag_queues_and_a_dead_process(client: aior
         assert {p["role"] for p in data["processes"]} == {"bridge", "worker", "gateway"}
     finally:
         for reg in regs:
-            await reg.stop(client)
+            await reg.stop()
         await runner.cleanup()

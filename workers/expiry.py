@@ -74,6 +74,7 @@ class Expiry(Middleware):
             return
         late_ms = int((now - deadline).total_seconds() * 1000)
         self.metrics.stale_dropped.labels(message.actor_name).inc()
+        self.metrics.realtime_dropped.labels("expired").inc()
         log_event(log, "stale_job_dropped", logging.DEBUG, actor=message.actor_name,
                   message_id=message.message_id, late_ms=late_ms)
         raise SkipMessage(f"expired {late_ms} ms ago")

@@ -35,6 +35,8 @@ from runtime import (
     RET_OK,
     RET_RUNTIME,
     PortInUse,
+    Registration,
+    advertised_url,
     config_path,
     init_sentry,
     log_event,
@@ -107,6 +109,7 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
     except PortInUse as exc:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         return report_port_in_use(log, "worker", exc, loaded.origins)
+    fleet = _registration(settings, queues)  # `fechatter-notify top` finds this supervisor (runtime.fleet)
     children += _spawn(settings, queues, threads, processes)
     log_event(log, "worker_supervisor_started", processes=processes, threads=threads,
               queues=",".join(queues), namespace=settings.redis.namespace)
@@ -127,10 +130,23 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
                 break
     finally:
         _stop(children, settings.delivery.time_limit + STOP_GRACE_S)
+        fleet.stop_thread(close_client=True)
         exposition.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
     log_event(log, "worker_supervisor_stopped", code=code)
     return code
+
+
+def _registration(settings: Settings, queues: list[str]) -> Registration:
+    """This supervisor's record in Redis, kept alive from a thread (its children are not registered:
+    the supervisor serves their summed metrics)."""
+    from workers.broker import redis_client
+
+    port = settings.metrics.worker_port
+    fleet = Registration("worker", settings.redis.namespace, details={"queues": queues},
+                         metrics_url=advertised_url(settings.metrics.host, port) if port else None)
+    fleet.start_thread(redis_client(settings))
+    return fleet
 
 
 def _restart(settings: Settings, children: list[multiprocessing.process.BaseProcess], threads: int,

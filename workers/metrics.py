@@ -21,6 +21,9 @@ __all__ = ["PREFIX", "MetricsMiddleware", "WorkerMetrics"]
 
 PREFIX: Final = "fechatter_notify_worker"
 
+#: Enqueue-to-delivery buckets, in seconds: milliseconds when idle, up to retries' backoff.
+_DELIVERY_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
 
 class WorkerMetrics:
     """Every metric a worker process records."""
@@ -56,6 +59,33 @@ class WorkerMetrics:
             f"{PREFIX}_membership_fills", "membership cache entries filled from PostgreSQL, by kind",
             ["kind"], registry=r,
         )
+        # Operating figures (`fechatter-notify top`, deploy/grafana).
+        self.delivery_latency = Histogram(
+            f"{PREFIX}_delivery_latency_seconds",
+            "from the bridge's enqueue (the job's message_timestamp) to the job's first inbox write or live "
+            "announcement, by queue",
+            ["queue"], registry=r, buckets=_DELIVERY_BUCKETS,
+        )
+        self.realtime_dropped = Counter(
+            f"{PREFIX}_realtime_dropped", "typing/presence jobs dropped, not delivered, by reason (expired)",
+            ["reason"], registry=r,
+        )
+        # The job this worker thread runs: its enqueue time and queue, until its first delivery.
+        self._job = threading.local()
+
+    def job_started(self, message: dramatiq.MessageProxy) -> None:
+        """Remember the running job's enqueue time (thread state: one job at a time per thread)."""
+        self._job.enqueued_ms = message.message_timestamp
+        self._job.queue = message.queue_name
+
+    def delivered(self) -> None:
+        """The running job wrote its first inbox entry or announcement: observe its latency once."""
+        enqueued_ms: int | None = getattr(self._job, "enqueued_ms", None)
+        if enqueued_ms is None:
+            return
+        self._job.enqueued_ms = None
+        queue = str(self._job.queue).removesuffix(".DQ")  # a retry runs from the delay queue's name
+        self.delivery_latency.labels(queue).observe(max(time.time() - enqueued_ms / 1000, 0.0))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""
@@ -77,6 +107,7 @@ class MetricsMiddleware(Middleware):
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         self._local.started = time.perf_counter()
+        self.metrics.job_started(message)
 
     def after_process_message(
         self,

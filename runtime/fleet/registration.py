@@ -203,6 +203,8 @@ class Registration:
         self._wake: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._thread_stop = threading.Event()
+        self._client: aioredis.Redis | None = None
+        self._sync_client: redis.Redis | None = None
 
     @property
     def id(self) -> str:
@@ -222,22 +224,31 @@ class Registration:
     # -- asyncio processes -------------------------------------------------------------------------
 
     async def start(self, client: aioredis.Redis) -> None:
-        """Write the record (failure is logged, not raised), then keep it alive in a task."""
+        """Write the record and keep it alive, in a task: a Redis that does not answer delays nothing
+        (failures are logged, never raised)."""
         logging.getLogger().addHandler(self._warnings)
+        self._client = client
         self._wake = asyncio.Event()
-        await self._write_async(client)
+        self._wake.set()  # the first write at once
         self._task = asyncio.get_running_loop().create_task(self._keep_alive(client), name="fleet-registration")
 
-    async def stop(self, client: aioredis.Redis) -> None:
-        """Stop refreshing and delete the record (a clean stop leaves no trace)."""
+    async def stop(self, *, close_client: bool = False) -> None:
+        """Stop refreshing and delete the record (a clean stop leaves no trace); ``close_client``
+        closes the client given to :meth:`start` (one made for the registration alone)."""
         await stop_task(self._task)
         self._task = None
         logging.getLogger().removeHandler(self._warnings)
+        client, self._client = self._client, None
+        if client is None:
+            return
         try:
             await self._delete(client).execute()
             log_event(log, "registration_removed", id=self.id, role=self._record.role)
         except (RedisError, OSError) as exc:
             log_event(log, "registration_not_removed", logging.WARNING, id=self.id, reason=_reason(exc))
+        if close_client:
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
 
     async def _keep_alive(self, client: aioredis.Redis) -> None:
         assert self._wake is not None
@@ -258,28 +269,35 @@ class Registration:
     # -- the worker supervisor (threads, no event loop) --------------------------------------------
 
     def start_thread(self, client: redis.Redis) -> None:
-        """Write the record and keep it alive from a daemon thread."""
+        """Write the record and keep it alive from a daemon thread (never blocks the caller)."""
         logging.getLogger().addHandler(self._warnings)
         self._thread_stop.clear()
-        self._write_sync(client)
+        self._sync_client = client
         self._thread = threading.Thread(target=self._keep_alive_sync, args=(client,), name="fleet-registration",
                                         daemon=True)
         self._thread.start()
 
-    def stop_thread(self, client: redis.Redis) -> None:
-        """Stop the thread and delete the record."""
+    def stop_thread(self, *, close_client: bool = False) -> None:
+        """Stop the thread and delete the record (``close_client`` as for :meth:`stop`)."""
         self._thread_stop.set()
         if self._thread is not None:
             self._thread.join(self.refresh_s + 5)
             self._thread = None
         logging.getLogger().removeHandler(self._warnings)
+        client, self._sync_client = self._sync_client, None
+        if client is None:
+            return
         try:
             self._delete(client).execute()
             log_event(log, "registration_removed", id=self.id, role=self._record.role)
         except (RedisError, OSError) as exc:
             log_event(log, "registration_not_removed", logging.WARNING, id=self.id, reason=_reason(exc))
+        if close_client:
+            with contextlib.suppress(RedisError, OSError):
+                client.close()
 
     def _keep_alive_sync(self, client: redis.Redis) -> None:
+        self._write_sync(client)
         while not self._thread_stop.wait(self.refresh_s):
             self._write_sync(client)
 

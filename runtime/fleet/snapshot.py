@@ -21,10 +21,12 @@ reads the queues from Redis. It only reads.
      "queues": {queue: {"ready", "delayed", "dead"}}}
 
 Figures (:data:`FIGURES`): fetched, enqueued, deduplicated, acked, naked, termed, dead_lettered,
-redelivered, realtime_dropped (bridge), jobs_done, jobs_failed, jobs_retried, notifications_delivered
-(workers), frames_sent, connects, resyncs (gateway). Rates are per second over the interval since
-``previous``; null for the first snapshot of a process, and after its counters went backwards (a
-restart). Latency percentiles are over the same interval (since start on the first snapshot).
+redelivered, core_dropped (bridge), jobs_done, jobs_failed, jobs_retried, notifications_delivered,
+realtime_dropped (workers), frames_sent, connects, resyncs, frames_dropped (gateway). ``circuits``
+holds every bridge gauge whose name has ``circuit`` in it, as ``name`` or ``name:consumer``.
+Rates are per second over the interval since ``previous``; null for the first snapshot of a
+process, and after its counters went backwards (a restart). Latency percentiles are over the
+same interval (since start on the first snapshot).
 """
 
 from __future__ import annotations
@@ -64,14 +66,16 @@ FIGURES: Final[dict[str, tuple[str, dict[str, str]]]] = {
     "termed": (f"{_B}events_termed_total", {}),
     "dead_lettered": (f"{_B}dead_letters_total", {}),
     "redelivered": (f"{_B}redeliveries_total", {}),
-    "realtime_dropped": (f"{_B}core_events_dropped_total", {}),
+    "core_dropped": (f"{_B}core_events_dropped_total", {}),
     "jobs_done": (f"{_W}jobs_total", {"outcome": "ok"}),
     "jobs_failed": (f"{_W}jobs_total", {"outcome": "failed"}),
     "jobs_retried": (f"{_W}jobs_total", {"outcome": "retried"}),
     "notifications_delivered": (f"{_W}notifications_total", {}),
+    "realtime_dropped": (f"{_W}realtime_dropped_total", {}),
     "frames_sent": (f"{_G}frames_sent_total", {}),
     "connects": (f"{_G}connects_total", {}),
-    "resyncs": (f"{_G}resync_required_total", {}),
+    "resyncs": (f"{_G}resyncs_total", {}),
+    "frames_dropped": (f"{_G}frames_dropped_total", {}),
 }
 #: gauge -> sample name (summed over labels).
 GAUGES: Final[dict[str, str]] = {
@@ -222,8 +226,7 @@ def _view(record: ProcessRecord, text: str | BaseException, before: ProcessView 
     view.totals = {name: _sum(samples, metric, want) for name, (metric, want) in FIGURES.items()
                    if _has(samples, metric)}
     view.gauges = {name: _sum(samples, metric, {}) for name, metric in GAUGES.items() if _has(samples, metric)}
-    view.circuits = {name: value for name, labels, value in samples
-                     if name.startswith(_B) and "circuit" in name and not name.endswith(("_total", "_created"))}
+    view.circuits = _circuits(samples)
     view.lag = _lag(samples)
     view.buckets = {name: _buckets(samples, metric) for name, metric in LATENCIES.items()
                     if _has(samples, f"{metric}_bucket")}
@@ -239,6 +242,16 @@ def _has(samples: Iterable[Sample], name: str) -> bool:
 
 def _sum(samples: Iterable[Sample], name: str, want: Mapping[str, str]) -> float:
     return sum(v for n, labels, v in samples if n == name and all(labels.get(k) == x for k, x in want.items()))
+
+
+def _circuits(samples: Iterable[Sample]) -> dict[str, float]:
+    """The bridge's circuit gauges (Redis and, per durable, NATS), by short name (and consumer)."""
+    circuits: dict[str, float] = {}
+    for name, labels, value in samples:
+        if name.startswith(_B) and "circuit" in name and not name.endswith(("_total", "_created")):
+            short = name.removeprefix(_B)
+            circuits[f"{short}:{labels['consumer']}" if "consumer" in labels else short] = value
+    return circuits
 
 
 def _lag(samples: Iterable[Sample]) -> dict[str, dict[str, float]]:
