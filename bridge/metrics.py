@@ -75,6 +75,11 @@ class BridgeMetrics:
         self.pull_requests = Counter(f"{PREFIX}_pull_requests", "MSG.NEXT requests sent", ["consumer"], registry=r)
         self.advisories = Counter(f"{PREFIX}_max_deliveries_advisories", "Max-deliveries advisories received",
                                   ["consumer"], registry=r)
+        # Operating figures (`fechatter-notify top`, deploy/grafana): redeliveries by the JetStream delivery
+        # count of each settled message (bridge/acks.py).
+        self.redeliveries = Counter(f"{PREFIX}_redeliveries",
+                                    "JetStream messages settled whose delivery count was above 1 (redelivered)",
+                                    ["consumer"], registry=r)
         # The NATS circuit of each durable (bridge/nats_circuit.py).
         self.nats_circuit_state = Gauge(f"{PREFIX}_nats_circuit_state",
                                         "NATS circuit of a durable: 0 closed, 1 half-open (one trial pull out), "
