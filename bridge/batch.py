@@ -96,13 +96,18 @@ class EventBatch:
         stream_seq: int | None = None,
         delivered: int | None = None,
         identity: str | None = None,
+        received_at: datetime | None = None,
     ) -> None:
         """Parse one event and add its job (or its dead letter) to the batch.
 
         JetStream events (``stream`` set) get a dedupe marker and a deterministic message id;
         core NATS events neither (no redelivery exists to deduplicate), unless ``identity`` gives
-        one (a replayed dead letter, which an operator may replay twice).
+        one (a replayed dead letter, which an operator may replay twice). ``received_at`` replaces
+        the batch's arrival time for this event (events held through a Redis outage are enqueued
+        together, each with the time it arrived).
         """
+        if received_at is None:
+            received_at = self.received_at
         if identity is None:
             identity = event_identity(stream, stream_seq, headers)
         dedupe_key = "" if identity is None else f"{self.batch.namespace}:{DEDUPE_PREFIX}:{identity}"
@@ -112,13 +117,13 @@ class EventBatch:
                 raise too_large(subject, size, self._max_payload)
             job = parse_event(
                 subject, data, headers, stream=stream, stream_seq=stream_seq, delivered=delivered,
-                received_at=self.received_at, typing_ttl_s=self._ttls[0], presence_ttl_s=self._ttls[1],
+                received_at=received_at, typing_ttl_s=self._ttls[0], presence_ttl_s=self._ttls[1],
             )
         except EventRejected as reject:
             kept = data[:TOO_LARGE_PREFIX] if reject.code is RejectCode.PAYLOAD_TOO_LARGE else data
             self.batch.add_dead_letter(dedupe_key, dead_letter_fields(
                 subject, kept, headers, consumer=consumer, code=str(reject.code), reason=reject.reason,
-                at=self.received_at, stream=stream, stream_seq=stream_seq, delivered=delivered, size=size,
+                at=received_at, stream=stream, stream_seq=stream_seq, delivered=delivered, size=size,
             ))
             self.job_types.append(None)
             self.rejects.append(reject)

@@ -1,14 +1,16 @@
 """The Redis circuit breaker: open on a failed enqueue, probe Redis with backoff, close when it answers.
 
 While open, pull loops issue no pull requests (so JetStream keeps the events and no delivery
-count is burnt), messages already in hand are nak'd with a delay, and core NATS batches are
-dropped and counted (core NATS has no redelivery to wait for).
+count is burnt), JetStream messages already in hand are held (:mod:`bridge.holding`: kept ours with
+in-progress acks, enqueued in order once it closes), and core NATS batches are dropped and counted
+(core NATS has no redelivery to wait for, and its typing/presence events are stale after seconds).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -22,8 +24,8 @@ log = logging.getLogger("bridge.circuit")
 
 #: First probe delay after opening, in seconds.
 DEFAULT_PROBE_BASE_S: Final = 0.05
-#: Largest probe delay, in seconds.
-DEFAULT_PROBE_CAP_S: Final = 2.0
+#: Largest probe delay, in seconds: held events wait at most about this long after Redis is back.
+DEFAULT_PROBE_CAP_S: Final = 1.0
 
 
 class Circuit:
@@ -49,6 +51,7 @@ class Circuit:
         self._cap = probe_cap
         self._open = False
         self._reason = ""
+        self._opened_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[bool], None]] = []
 
@@ -62,6 +65,11 @@ class Circuit:
         """Why it opened last (empty while it never did)."""
         return self._reason
 
+    @property
+    def opened_at(self) -> float:
+        """``time.monotonic()`` when it opened last (0.0 while it never did)."""
+        return self._opened_at
+
     def subscribe(self, callback: Callable[[bool], None]) -> None:
         """Call ``callback(is_open)`` on every change (pull loops stop and resume pulling)."""
         self._listeners.append(callback)
@@ -72,6 +80,7 @@ class Circuit:
             return
         self._open = True
         self._reason = reason
+        self._opened_at = time.monotonic()
         self._metrics.circuit_open.set(1)
         self._metrics.circuit_opened.inc()
         log_event(log, "circuit_opened", logging.WARNING, reason=reason)

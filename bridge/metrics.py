@@ -73,6 +73,17 @@ class BridgeMetrics:
         self.in_flight = Gauge(f"{PREFIX}_in_flight", "Fetched, not yet acked in this process", ["consumer"],
                                registry=r)
         self.pull_requests = Counter(f"{PREFIX}_pull_requests", "MSG.NEXT requests sent", ["consumer"], registry=r)
+        # Events held through a Redis outage (bridge/holding.py).
+        self.held_events = Gauge(f"{PREFIX}_events_held",
+                                 "JetStream events held (kept ours with in-progress acks) while Redis is down",
+                                 ["consumer"], registry=r)
+        self.held_bytes = Gauge(f"{PREFIX}_events_held_bytes", "Payload bytes of the held events", ["consumer"],
+                                registry=r)
+        self.in_progress_sent = Counter(f"{PREFIX}_in_progress_acks", "In-progress acks (+WPI) sent for held events",
+                                        ["consumer"], registry=r)
+        self.hold_naked = Counter(f"{PREFIX}_held_events_naked",
+                                  "Events nak'd instead of held: over the hold bound, or held at shutdown",
+                                  ["consumer", "reason"], registry=r)
         self.advisories = Counter(f"{PREFIX}_max_deliveries_advisories", "Max-deliveries advisories received",
                                   ["consumer"], registry=r)
         # Operating figures (`fechatter-notify top`, deploy/grafana): redeliveries by the JetStream delivery

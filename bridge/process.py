@@ -2,7 +2,9 @@
 
 * enqueued or already enqueued (dedupe marker) -> ``ack``
 * dead letter stored (or already stored)      -> ``term`` (never redelivered)
-* Redis failed or the circuit is open         -> ``nak`` with a backoff delay, nothing acked
+* Redis failed or the circuit is open         -> held (:mod:`bridge.holding`), nothing acked: kept
+  ours with in-progress acks and enqueued, oldest first, when the circuit closes; what does not
+  fit under the hold bound, or is held at shutdown, is nak'd with a delay
 
 An enqueue that outlives half of ``ack_wait`` sends ``+WPI`` (in progress) for the batch so
 JetStream does not redeliver what is being written.
@@ -15,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
@@ -25,10 +27,11 @@ from bridge.batch import DEFAULT_MAX_PAYLOAD_BYTES, EventBatch
 from bridge.circuit import Circuit
 from bridge.enqueue import WRITTEN, Enqueuer
 from bridge.errors import RedisUnavailable
+from bridge.holding import Holding, Inbound, hold_limits, reply_metadata
 from bridge.messages import MessageFactory
 from bridge.metrics import BridgeMetrics
 from events import Lane
-from runtime import log_event
+from runtime import log_event, stop_task
 from settings import Consumer
 
 __all__ = ["JetStreamProcessor", "reply_metadata"]
@@ -39,26 +42,11 @@ log = logging.getLogger("bridge.process")
 NOT_JETSTREAM = "not_jetstream"
 
 
-def reply_metadata(reply: str) -> tuple[str, int, int] | None:
-    """``(stream, stream_seq, delivered)`` from a JetStream ack subject, or None.
-
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`` (9 tokens) or the
-    v2 form with domain and account hash (12+ tokens).
-    """
-    tokens = reply.split(".")
-    count = len(tokens)
-    try:
-        if count == 9:
-            return tokens[2], int(tokens[5]), int(tokens[4])
-        if count >= 12:
-            return tokens[4], int(tokens[7]), int(tokens[6])
-    except ValueError:
-        return None
-    return None
-
-
 class JetStreamProcessor:
-    """Processes the batches of one durable consumer.
+    """Processes the batches of one durable consumer, in order, holding them while Redis is down.
+
+    One lock serialises enqueues: a batch is enqueued only once every batch before it is settled
+    (held ones included), so an outage never lets a newer event overtake an older one.
 
     Parameters:
       consumer(Consumer): The consumer's settings.
@@ -91,59 +79,147 @@ class JetStreamProcessor:
         self._queues = queues
         self._ttls = (typing_ttl, presence_ttl)
         self.settler = Settler(consumer)
-        # While Redis is down no new pull is sent, but requests already sent stay open until they
-        # expire; a nak delay shorter than that would redeliver into them and burn max_deliver.
-        self._nak_floor = consumer.pull_expiry
-        # Send +WPI when an enqueue has run this long (seconds): well inside ack_wait.
+        # Pull requests sent before the circuit opened stay open until they expire: an event nak'd
+        # over the hold bound with a shorter delay would be redelivered into them, nak'd again, and
+        # burn max_deliver. Overflow naks wait out what is left of that expiry (shutdown naks need
+        # not: the pull inbox is gone, and the server skips requests nobody listens to).
+        self._request_expiry = consumer.pull_expiry
+        # Send +WPI when an enqueue has run this long, and to held events this often (seconds):
+        # well inside ack_wait.
         self._wpi_after = max(consumer.ack_wait / 2, 0.05)
+        self.holding = Holding(self._name, self.settler, hold_limits(consumer, max_payload_bytes), self._wpi_after,
+                               metrics)
+        self._lock = asyncio.Lock()
+        self._stopping = False
+        self._release: asyncio.Task[None] | None = None
         m = metrics
         label = self._name
         self._fetched = m.fetched.labels(label)
         self._acked = m.acked.labels(label)
         self._naked = m.naked.labels(label)
         self._termed = m.termed.labels(label)
+        circuit.subscribe(self._circuit_changed)
 
     def pull_expiry_changed(self, expiry: float) -> None:
         """The durable's pull expiry was reloaded. Requests sent before keep the old one, so
-        the nak delay floor never shrinks below it."""
-        self._nak_floor = max(self._nak_floor, expiry)
-
-    async def release(self) -> None:
-        """The pull loop is stopping: settle or nak what this processor still holds."""
+        the overflow nak delay never shrinks below it."""
+        self._request_expiry = max(self._request_expiry, expiry)
 
     async def process(self, msgs: list[Msg]) -> None:
-        """Enqueue and settle ``msgs``; never raises (failures nak and open the circuit)."""
+        """Enqueue and settle ``msgs``, or hold them while Redis is down; never raises for Redis."""
         self._fetched.inc(len(msgs))
-        received_at = datetime.now(UTC)
-        events = EventBatch(self._enqueuer.new_batch(), self._factory.begin(), self._queues, received_at, *self._ttls,
-                            self._max_payload)
-        delivered: list[int] = []
-        seqs: list[int | None] = []
+        inbound = Inbound.of(msgs, datetime.now(UTC))
+        async with self._lock:
+            if self._stopping:
+                await self._nak(inbound, "shutdown")
+            elif self.holding or self._circuit.is_open:
+                # Older events are held: these wait behind them.
+                await self._hold(inbound)
+                await self._release_held()
+            elif not await self._enqueue([inbound]):
+                await self._hold(inbound)
+
+    async def release(self) -> None:
+        """The pull loop stopped: enqueue what is held if Redis answers, nak the rest (short delay)."""
+        async with self._lock:
+            await self._release_held()
+            self._stopping = True
+            left = self.holding.take_all()
+        await self.holding.stop()
+        if left:
+            for inbound in left:
+                await self._nak(inbound, "shutdown")
+            log_event(log, "held_events_naked", logging.WARNING, consumer=self._name,
+                      events=sum(len(b.msgs) for b in left), reason="shutdown")
+        await stop_task(self._release)
+
+    # -- holding ------------------------------------------------------------------------------
+
+    def _circuit_changed(self, is_open: bool) -> None:
+        if is_open or not self.holding or self._stopping:
+            return
+        if self._release is None or self._release.done():
+            self._release = asyncio.get_running_loop().create_task(self._release_when_closed(),
+                                                                   name=f"release-held-{self._name}")
+
+    async def _release_when_closed(self) -> None:
+        try:
+            async with self._lock:
+                await self._release_held()
+        except Exception:  # a bug must not go unseen; what is still held is nak'd at shutdown
+            log.exception("releasing held events failed")
+
+    async def _hold(self, inbound: Inbound) -> None:
+        """Hold ``inbound``, or as much of it as fits; nak the rest (and, until the holding empties,
+        everything after it: a newer event is never held while an older one was handed back)."""
+        fit = self.holding.room_for(inbound)
+        if fit == len(inbound.msgs):
+            self.holding.add(inbound, self._circuit.reason)
+            return
+        kept, over = inbound.split(fit)
+        self.holding.add(kept, self._circuit.reason)
+        first = not self.holding.overflowing
+        self.holding.overflowing = True
+        delay = await self._nak(over, "overflow")
+        if first:
+            held = self.holding.held
+            log_event(log, "hold_overflow", logging.WARNING, consumer=self._name, naked=len(over.msgs),
+                      held_events=held.events, held_bytes=held.payload_bytes,
+                      limit_events=self.holding.limits.events, limit_bytes=self.holding.limits.payload_bytes,
+                      nak_delay_at_least_s=round(delay, 3))
+
+    async def _release_held(self) -> None:
+        """Enqueue held batches, oldest first, while the circuit is closed (the lock is held)."""
+        holding = self.holding
+        while holding and not self._circuit.is_open:
+            front = holding.front()
+            try:
+                if not await self._enqueue(front):
+                    return
+            except Exception:  # a bug: drop them rather than wedge; JetStream redelivers after ack_wait
+                log.exception("held batch processing failed; %d messages will be redelivered",
+                              sum(len(b.msgs) for b in front))
+            holding.drop_front(len(front))
+
+    async def _nak(self, inbound: Inbound, reason: str) -> float:
+        """Nak ``inbound`` with its backoff delay; over the bound, not before the open requests expire."""
+        at_least = 0.0
+        if reason == "overflow" and self._circuit.is_open:
+            at_least = max(self._circuit.opened_at + self._request_expiry - time.monotonic(), 0.0)
+        sent = await self.settler.nak(inbound.msgs, inbound.delivered, at_least=at_least)
+        self._naked.inc(sent)
+        self._metrics.hold_naked.labels(self._name, reason).inc(len(inbound.msgs))
+        return at_least
+
+    # -- enqueue and settle --------------------------------------------------------------------
+
+    def _build(self, parts: Sequence[Inbound]) -> EventBatch:
+        events = EventBatch(self._enqueuer.new_batch(), self._factory.begin(), self._queues, parts[0].received_at,
+                            *self._ttls, self._max_payload)
         add = events.add
         name = self._name
-        for msg in msgs:
-            meta = reply_metadata(msg.reply)
-            if meta is None:
-                seqs.append(None)
-                delivered.append(1)
-                add(msg.subject, msg.data, msg.headers, consumer=name)  # core-like: no identity
-                continue
-            stream, seq, count = meta
-            seqs.append(seq)
-            delivered.append(count)
-            add(msg.subject, msg.data, msg.headers, consumer=name, stream=stream, stream_seq=seq, delivered=count)
+        for part in parts:
+            received_at = part.received_at
+            for msg, meta in zip(part.msgs, part.metas, strict=True):
+                if meta is None:
+                    add(msg.subject, msg.data, msg.headers, consumer=name, received_at=received_at)  # no identity
+                    continue
+                stream, seq, count = meta
+                add(msg.subject, msg.data, msg.headers, consumer=name, stream=stream, stream_seq=seq,
+                    delivered=count, received_at=received_at)
+        return events
 
-        if self._circuit.is_open:
-            self._naked.inc(await self.settler.nak(msgs, delivered, at_least=self._nak_floor))
-            return
+    async def _enqueue(self, parts: Sequence[Inbound]) -> bool:
+        """Enqueue and settle ``parts`` in one round trip; False (circuit opened) when Redis failed."""
+        events = self._build(parts)
+        msgs = parts[0].msgs if len(parts) == 1 else [m for p in parts for m in p.msgs]
         keepalive = asyncio.get_running_loop().create_task(self._keep_in_progress(msgs))
         began = time.perf_counter()
         try:
             flags = await self._enqueuer.run(events.batch)
         except RedisUnavailable as exc:
             self._circuit.open(str(exc))
-            self._naked.inc(await self.settler.nak(msgs, delivered, at_least=self._nak_floor))
-            return
+            return False
         finally:
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -151,10 +227,12 @@ class JetStreamProcessor:
         self._metrics.enqueue_latency.observe(time.perf_counter() - began)
         self._metrics.batch_size.observe(len(msgs))
         events.stamped.after_enqueue()
-        await self._settle(msgs, events, flags, seqs, delivered)
+        metas = [meta for p in parts for meta in p.metas]
+        await self._settle(msgs, events, flags, metas)
+        return True
 
-    async def _settle(self, msgs: list[Msg], events: EventBatch, flags: bytes, seqs: list[int | None],
-                      delivered: list[int]) -> None:
+    async def _settle(self, msgs: list[Msg], events: EventBatch, flags: bytes,
+                      metas: list[tuple[str, int, int] | None]) -> None:
         job_types = events.job_types
         to_ack: list[Msg] = []
         to_term: list[Msg] = []
@@ -170,9 +248,10 @@ class JetStreamProcessor:
             reject = events.rejects[i]
             code = str(reject.code) if reject is not None else NOT_JETSTREAM
             if flags[i] == WRITTEN:
+                meta = metas[i]
                 self._metrics.dead_lettered.labels(self._name, code).inc()
                 log_event(log, "dead_letter", logging.WARNING, subject=msg.subject, consumer=self._name,
-                          seq=seqs[i], delivered=delivered[i], code=code,
+                          seq=meta[1] if meta else None, delivered=meta[2] if meta else 1, code=code,
                           reason=reject.reason if reject is not None else "unreadable reply subject")
         if to_ack:
             self._acked.inc(await self.settler.ack(to_ack))

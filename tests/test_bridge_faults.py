@@ -83,8 +83,8 @@ async def test_with_redis_down_nothing_is_acked_and_everything_arrives_once_when
         await publish(nc, range(21, 51))
         await async_wait_until(lambda: bridge.circuit.is_open, timeout=10, message="circuit never opened")
         await async_wait_until(lambda: bridge.metrics.registry.get_sample_value(
-            "fechatter_notify_bridge_events_naked_total", {"consumer": DURABLE}), timeout=10)
-        # Then none of them is acked
+            "fechatter_notify_bridge_events_held", {"consumer": DURABLE}), timeout=10)
+        # Then none of them is acked (they are held: tests/test_bridge_redis_outage.py)
         info = json.loads((await nc.request(f"$JS.API.CONSUMER.INFO.{STREAM}.{DURABLE}", b"", timeout=2)).data)
         assert info["ack_floor"]["stream_seq"] == 20
         # When Redis comes back (same data: AOF, fsync always)

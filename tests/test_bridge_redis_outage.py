@@ -1,0 +1,363 @@
+"""A short Redis outage delays JetStream events by the outage, not by the pull expiry, and keeps their order.
+
+While the Redis circuit is open the bridge holds what it was given (in-progress acks keep it ours)
+and enqueues it oldest first when Redis answers. Every test runs with a pull expiry far longer than
+the outage: today's nak-with-delay path (at least the expiry) would fail each delay bound by tens of
+seconds. Events flow at a steady rate through the outage; a watcher polls the domain queue and
+stamps the moment each job appears in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+import redis.asyncio as aioredis
+from nats.aio.client import Client as NATS
+from redis.exceptions import RedisError
+
+from bridge import holding
+from bridge.app import Bridge
+from bridge.testing import bridge_settings, running_bridge, settings_yaml
+from tests.servers import NatsServer, RedisServer, async_wait_until, free_port
+
+NS = "test-notify"
+STREAM = "FECHATTER_EVENTS"
+DURABLE = "notification_processor"
+ROOT = Path(__file__).resolve().parents[1]
+#: Events per second published through an outage.
+RATE = 25.0
+#: Allowed delay beyond the outage itself: the probe's backoff cap (1 s + jitter) and the release.
+SLACK_S = 2.0
+#: Far longer than any outage here: an event nak'd with the expiry as its delay would miss every bound.
+LONG_EXPIRY = "30s"
+
+
+def created(i: int) -> bytes:
+    """A core-dialect message-created event with message id ``i``."""
+    return json.dumps({
+        "version": "V1", "kind": "Created",
+        "msg": {"id": i, "chat_id": 42, "sender_id": 7, "content": f"m{i}", "files": [],
+                "created_at": "2025-06-27T02:45:46.782538Z", "idempotency_key": None},
+        "members": [7, 9], "occurred_at": "2025-06-27T02:45:46.790112345Z"}).encode()
+
+
+def consumer(ack_wait: str, expires: str = LONG_EXPIRY, **more: Any) -> dict[str, Any]:
+    # The heartbeat is half the expiry (the smallest expiry the server accepts is 2 x heartbeat).
+    heartbeat = f"{float(expires.removesuffix('s')) / 2}s"
+    return {"durable": DURABLE, "stream": STREAM, "ack_wait": ack_wait, "idle_heartbeat": heartbeat,
+            "expires": expires, "max_deliver": 3, "batch": 100, **more}
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    yield client
+    await client.close()
+
+
+class QueueWatcher:
+    """Polls ``{ns}:domain`` every 20 ms: the queue's message ids in order, each with when it appeared.
+
+    Redis errors (it is down on purpose) are waited out.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._client = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self.ids: list[int] = []
+        self.delivered: list[int] = []
+        self.seen_at: dict[int, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> QueueWatcher:
+        self._task = asyncio.get_running_loop().create_task(self._poll())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._client.aclose()
+
+    async def _poll(self) -> None:
+        while True:
+            with contextlib.suppress(RedisError, OSError):
+                await self._read_new()
+            await asyncio.sleep(0.02)
+
+    async def _read_new(self) -> None:
+        ids = await self._client.lrange(f"{NS}:domain", len(self.ids), -1)
+        if not ids:
+            return
+        now = time.monotonic()
+        for raw in await self._client.hmget(f"{NS}:domain.msgs", ids):
+            assert raw is not None, "a queued id without its message"
+            job = json.loads(raw)["args"][0]
+            self.ids.append(job["message_id"])
+            self.delivered.append(job["origin"]["delivered"])
+            self.seen_at.setdefault(job["message_id"], now)
+
+
+class Publisher:
+    """Publishes ``created(1..)`` at :data:`RATE` until stopped; remembers when each was stored."""
+
+    def __init__(self, nc: NATS) -> None:
+        self._js = nc.jetstream()
+        self.published_at: dict[int, float] = {}
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Publisher:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> int:
+        """Stop publishing between two events (a cancelled publish may be stored yet unrecorded);
+        the number of events published. Idempotent."""
+        assert self._task is not None
+        self._stop.set()
+        await self._task
+        return len(self.published_at)
+
+    async def _run(self) -> None:
+        began = time.monotonic()
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            await self._js.publish("fechatter.message.created", created(i))
+            self.published_at[i] = time.monotonic()
+            with contextlib.suppress(TimeoutError):  # the pace: RATE events per second
+                await asyncio.wait_for(self._stop.wait(), max(began + i / RATE - time.monotonic(), 0))
+
+
+async def consumer_info(nc: NATS) -> dict[str, Any]:
+    info: dict[str, Any] = json.loads((await nc.request(f"$JS.API.CONSUMER.INFO.{STREAM}.{DURABLE}", b"",
+                                                        timeout=2)).data)
+    return info
+
+
+def sample(bridge: Bridge, name: str, **labels: str) -> float:
+    return bridge.metrics.registry.get_sample_value(f"fechatter_notify_bridge_{name}", labels) or 0.0
+
+
+async def outage_while_events_flow(bridge: Bridge, nc: NATS, redis_server: RedisServer, watcher: QueueWatcher,
+                                   *, down_s: float, kill: bool) -> tuple[int, float]:
+    """Publish at RATE; take Redis down for ``down_s`` (kill -9 or a graceful stop) and bring it back.
+
+    Returns how many events were published and how long Redis really was away, in seconds.
+    """
+    async with Publisher(nc) as publisher:
+        return await _outage(bridge, redis_server, watcher, publisher, down_s=down_s, kill=kill)
+
+
+async def _outage(bridge: Bridge, redis_server: RedisServer, watcher: QueueWatcher, publisher: Publisher,
+                  *, down_s: float, kill: bool) -> tuple[int, float]:
+    await async_wait_until(lambda: len(watcher.ids) >= 10, timeout=10, message="no events before the outage")
+    began = time.monotonic()
+    await asyncio.to_thread(redis_server.kill if kill else redis_server.stop)
+    await async_wait_until(lambda: bridge.circuit.is_open, timeout=5, message="circuit never opened")
+    await async_wait_until(lambda: sample(bridge, "events_held", consumer=DURABLE) > 0, timeout=5,
+                           message="nothing held while Redis is down")
+    await asyncio.sleep(max(began + down_s - time.monotonic(), 0))  # the outage itself: its length is the point
+    await asyncio.to_thread(redis_server.start)
+    outage = time.monotonic() - began
+    newest = max(publisher.published_at)
+    await async_wait_until(lambda: bool(watcher.ids) and watcher.ids[-1] > newest, timeout=10,
+                           message="no event published after the outage arrived")
+    total = await publisher.stop()
+    await async_wait_until(lambda: len(watcher.ids) >= total, timeout=10,
+                           message=lambda: f"{len(watcher.ids)} of {total} events enqueued")
+    delays = {i: watcher.seen_at[i] - at for i, at in publisher.published_at.items()}
+    worst = max(delays, key=lambda i: delays[i])
+    assert delays[worst] <= outage + SLACK_S, (
+        f"event {worst} arrived {delays[worst]:.2f}s after it was published; the outage lasted {outage:.2f}s")
+    return total, outage
+
+
+@pytest.mark.slow
+async def test_a_short_redis_outage_delays_events_by_the_outage_in_their_order(
+    nats_server: NatsServer, redis_server_aof: RedisServer, nc: NATS
+) -> None:
+    settings = bridge_settings(nats_server.url, redis_server_aof.url,
+                               {"jetstream": {"consumers": [consumer(ack_wait="10s")]}})
+    async with running_bridge(settings) as bridge, QueueWatcher(redis_server_aof.url) as watcher:
+        # When Redis stops for 3 s while 25 events/s arrive (pull expiry 30 s)
+        total, _ = await outage_while_events_flow(bridge, nc, redis_server_aof, watcher, down_s=3.0, kill=False)
+        # Then each arrived at most the outage + 2 s late (checked above), every one once, oldest first,
+        assert watcher.ids == list(range(1, total + 1))
+        # none handed back to JetStream, none delivered twice, all acked
+        assert sample(bridge, "events_naked_total", consumer=DURABLE) == 0
+        assert_delivered_once(bridge, total)
+        await async_wait_until(lambda: bridge_acked_all(nc, total), timeout=5)
+        assert sample(bridge, "events_held", consumer=DURABLE) == 0
+
+
+def assert_delivered_once(bridge: Bridge, total: int) -> None:
+    """JetStream delivered each event once: a redelivered copy would be fetched again and then
+    deduplicated (consumer info's ``num_redelivered`` only counts what is still unacked)."""
+    assert sample(bridge, "events_fetched_total", consumer=DURABLE) == total
+    assert sample(bridge, "jobs_deduplicated_total", consumer=DURABLE, job_type="NewMessage") == 0
+
+
+async def bridge_acked_all(nc: NATS, seq: int) -> bool:
+    info = await consumer_info(nc)
+    return bool(info["ack_floor"]["stream_seq"] >= seq and info["num_ack_pending"] == 0)
+
+
+@pytest.mark.slow
+async def test_an_outage_longer_than_ack_wait_keeps_the_events_ours_with_in_progress_acks(
+    nats_server: NatsServer, redis_server_aof: RedisServer, nc: NATS
+) -> None:
+    # ack_wait 2.5 s: without in-progress acks JetStream would redeliver the held events twice over
+    settings = bridge_settings(nats_server.url, redis_server_aof.url,
+                               {"jetstream": {"consumers": [consumer(ack_wait="2500ms")]}})
+    async with running_bridge(settings) as bridge, QueueWatcher(redis_server_aof.url) as watcher:
+        # When Redis is killed for 5 s
+        total, outage = await outage_while_events_flow(bridge, nc, redis_server_aof, watcher, down_s=5.0, kill=True)
+        assert outage > 2.5 * 1.5
+        # Then nothing is lost, duplicated or reordered, and JetStream never redelivered a held event
+        assert watcher.ids == list(range(1, total + 1))
+        assert set(watcher.delivered) == {1}
+        assert_delivered_once(bridge, total)
+        await async_wait_until(lambda: bridge_acked_all(nc, total), timeout=5)
+        # because in-progress acks went out for them
+        assert sample(bridge, "in_progress_acks_total", consumer=DURABLE) > 0
+        assert sample(bridge, "events_naked_total", consumer=DURABLE) == 0
+
+
+@contextlib.contextmanager
+def frozen(server: RedisServer) -> Iterator[None]:
+    """SIGSTOP the server: connections stay open and commands hang until the socket timeout."""
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+
+
+@pytest.mark.slow
+async def test_what_does_not_fit_under_the_hold_bound_is_nakd_and_arrives_after_the_held(
+    nats_server: NatsServer, redis_server: RedisServer, nc: NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a hold bound of 10 events' payloads and a 2 s pull expiry
+    size = len(created(10))
+    monkeypatch.setattr(holding, "MAX_HELD_PAYLOAD_BYTES", 10 * size)
+    settings = bridge_settings(nats_server.url, redis_server.url,
+                               {"jetstream": {"consumers": [consumer(ack_wait="3s", expires="2s")]}})
+    js = nc.jetstream()
+    async with running_bridge(settings) as bridge, QueueWatcher(redis_server.url) as watcher:
+        await js.publish("fechatter.message.created", created(1))
+        await async_wait_until(lambda: watcher.ids == [1], timeout=5)
+        # When 40 events arrive while Redis hangs (the first enqueue waits out its socket timeout,
+        # the pull request stays open, so all 40 reach the bridge)
+        with frozen(redis_server):
+            for i in range(2, 42):
+                await js.publish("fechatter.message.created", created(i))
+            await async_wait_until(lambda: sample(bridge, "held_events_naked_total", consumer=DURABLE,
+                                                  reason="overflow") > 0, timeout=5, message="no overflow")
+            held = sample(bridge, "events_held", consumer=DURABLE)
+        # Then at most the bound was held, the rest nak'd
+        assert 1 <= held <= 10
+        reached = sample(bridge, "events_fetched_total", consumer=DURABLE) - 1
+        assert sample(bridge, "held_events_naked_total", consumer=DURABLE, reason="overflow") == reached - held
+        # and when Redis is back every event is enqueued once: the held ones first, in order
+        await async_wait_until(lambda: len(watcher.ids) >= 41, timeout=10,
+                               message=lambda: f"{len(watcher.ids)} of 41 enqueued")
+        assert sorted(watcher.ids) == list(range(1, 42))
+        assert watcher.ids[:1 + int(held)] == list(range(1, 2 + int(held)))
+        # redelivered once at most: the overflow naks waited out the open pull request
+        assert max(watcher.delivered) <= 2
+        assert await aioredis.Redis.from_url(redis_server.url).xlen(f"{NS}:dead-letters") == 0
+
+
+class BridgeProcess:
+    """``fechatter-notify bridge --config FILE`` in a subprocess, its output in a file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("NOTIFY") and k not in {"NATS_URL", "REDIS_URL", "SENTRY_DSN"}}
+        self._log = log.open("ab")
+        self.log_path = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "fechatter_notify", "bridge", "--config", str(config)],
+                                     cwd=ROOT, env=env, stdout=self._log, stderr=self._log)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+        text: str = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith(f"fechatter_notify_bridge_{name}{{") and f'consumer="{DURABLE}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.mark.slow
+async def test_sigterm_during_an_outage_naks_what_is_held_and_exits_0(
+    tmp_path: Path, nats_server: NatsServer, redis_server_aof: RedisServer, nc: NATS
+) -> None:
+    # Given a bridge process holding 20 events through a Redis outage (ack_wait and expiry 30 s)
+    config = tmp_path / "notify.yml"
+    port = free_port()
+    config.write_text(settings_yaml(nats_server.url, redis_server_aof.url, {
+        "health": {"port": port}, "metrics": {"port": port},
+        "jetstream": {"consumers": [consumer(ack_wait="30s")]}}))
+    proc = BridgeProcess(config, tmp_path / "bridge.log")
+    try:
+        await async_wait_until(lambda: "event=bridge_started" in proc.log(), timeout=20, message=proc.log)
+        await asyncio.to_thread(redis_server_aof.kill)
+        js = nc.jetstream()
+        for i in range(1, 21):
+            await js.publish("fechatter.message.created", created(i))
+
+        async def holding_all() -> bool:
+            return await asyncio.to_thread(metric, port, "events_held") == 20
+
+        await async_wait_until(holding_all, timeout=10, message=proc.log)
+        # When it is asked to stop
+        code = await asyncio.to_thread(proc.stop, signal.SIGTERM, 15)
+    finally:
+        if proc.proc.poll() is None:
+            proc.stop(signal.SIGKILL)
+    # Then it exits 0, having nak'd the 20 it held
+    assert code == 0, proc.log()
+    assert re.search(r"event=held_events_naked .*events=20", proc.log()), proc.log()
+    assert "Traceback" not in proc.log()
+    # so once Redis is back, the next bridge gets them at once, not after ack_wait or the expiry
+    await asyncio.to_thread(redis_server_aof.start)
+    began = time.monotonic()
+    settings = bridge_settings(nats_server.url, redis_server_aof.url,
+                               {"jetstream": {"consumers": [consumer(ack_wait="30s")]}})
+    async with running_bridge(settings), QueueWatcher(redis_server_aof.url) as watcher:
+        await async_wait_until(lambda: len(watcher.ids) >= 20, timeout=8,
+                               message=lambda: f"{len(watcher.ids)} of 20 redelivered within 8 s")
+        assert watcher.ids == list(range(1, 21))
+        assert set(watcher.delivered) == {2}
+    assert time.monotonic() - began < 8
