@@ -7,22 +7,33 @@ in tests/test_top.py; here the component, including a registering process killed
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
+import dramatiq
+import nats
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from dramatiq.middleware import SkipMessage
+from nats.js.api import ConsumerConfig
 from prometheus_client import generate_latest
 
+from bridge.acks import Settler
+from bridge.jsapi import JetStreamApi
+from bridge.lag import poll_lag
 from bridge.metrics import BridgeMetrics
 from runtime import Registration, collect_snapshot
 from runtime.fleet import index_key, read_registrations, record_key
-from tests.servers import RedisServer, async_wait_until, wait_until
+from settings import Consumer
+from tests.servers import NatsServer, RedisServer, async_wait_until, wait_until
+from workers.expiry import Expiry
 from workers.metrics import WorkerMetrics
 
 NS = "fleet-test"
@@ -177,3 +188,61 @@ async def test_snapshot_figures_rates_lag_queues_and_a_dead_process(client: aior
         for reg in regs:
             await reg.stop()
         await runner.cleanup()
+
+
+# --- the metrics top shows, each with a real value ---------------------------------------------------------
+
+
+def _sample(metrics: BridgeMetrics, name: str, durable: str) -> float | None:
+    return metrics.registry.get_sample_value(name, {"consumer": durable})
+
+
+async def test_consumer_lag_and_redeliveries_of_a_real_durable(nats_server: NatsServer) -> None:
+    """num_pending / num_ack_pending as the bridge's poller reads them, and the redeliveries counter as
+    its settler counts them, on a real JetStream durable."""
+    nc = await nats.connect(nats_server.url)
+    metrics = BridgeMetrics()
+    poller: asyncio.Task[None] | None = None
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="LAG", subjects=["lag.>"])
+        await js.add_consumer("LAG", ConsumerConfig(durable_name="lagging", ack_wait=1.0, max_deliver=5))
+        for _ in range(7):
+            await js.publish("lag.x", b"{}")
+        # Nobody pulls (the bridge is stopped): the gauge shows all 7 waiting.
+        poller = asyncio.create_task(poll_lag(JetStreamApi(nc), [Consumer(durable="lagging", stream="LAG")],
+                                              metrics, 0.1))
+        await async_wait_until(lambda: _sample(metrics, "fechatter_notify_bridge_consumer_num_pending",
+                                               "lagging") == 7, timeout=5, message="lag gauge never showed 7")
+        pull = await js.pull_subscribe("lag.x", durable="lagging", stream="LAG")
+        first = await pull.fetch(3, timeout=5)
+        await async_wait_until(lambda: (_sample(metrics, "fechatter_notify_bridge_consumer_num_pending", "lagging"),
+                                        _sample(metrics, "fechatter_notify_bridge_consumer_num_ack_pending",
+                                                "lagging")) == (4, 3), timeout=5, message="lag after a fetch")
+        # Not acked within ack_wait: JetStream delivers them again, with delivery count 2.
+        settler = Settler(Consumer(durable="lagging", stream="LAG"))
+        settler.count_redeliveries(metrics.redeliveries.labels("lagging"))
+        await settler.ack(await pull.fetch(4, timeout=5))  # the 4 first deliveries
+        assert _sample(metrics, "fechatter_notify_bridge_redeliveries_total", "lagging") == 0
+        again = await pull.fetch(3, timeout=5)
+        assert sorted(m.metadata.sequence.stream for m in again) == sorted(m.metadata.sequence.stream for m in first)
+        assert {m.metadata.num_delivered for m in again} == {2}
+        await settler.ack(again)
+        assert _sample(metrics, "fechatter_notify_bridge_redeliveries_total", "lagging") == 3
+        await async_wait_until(lambda: _sample(metrics, "fechatter_notify_bridge_consumer_num_ack_pending",
+                                               "lagging") == 0, timeout=5, message="acks not seen by the lag poll")
+    finally:
+        if poller is not None:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
+        await nc.close()
+
+
+def test_an_expired_realtime_job_is_dropped_and_counted_with_its_reason() -> None:
+    metrics = WorkerMetrics()
+    late: dramatiq.Message[Any] = dramatiq.Message(queue_name="realtime", actor_name="typing_started",
+                            args=({"expires_at": "2020-01-01T00:00:00+00:00"},), kwargs={}, options={})
+    with pytest.raises(SkipMessage):
+        Expiry(metrics).before_process_message(dramatiq.Broker(), dramatiq.MessageProxy(late))
+    assert metrics.registry.get_sample_value("fechatter_notify_worker_realtime_dropped_total",
+                                             {"reason": "expired"}) == 1

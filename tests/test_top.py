@@ -132,6 +132,8 @@ async def test_top_shows_the_live_system_with_the_figures_published(
         assert after_cli["open_streams"] == 1 and roles["gateway"]["gauges"]["open_streams"] == 1
         assert roles["bridge"]["circuits"]["circuit_open"] == 0
         assert roles["gateway"]["totals"]["resyncs"] == 1
+        gateway = await _scrape(roles["gateway"]["metrics_url"])
+        assert gateway["fechatter_notify_gateway_resyncs_total{reason=invalid_id}"] == 1
     finally:
         if reader is not None:
             reader.cancel()
