@@ -23,9 +23,10 @@
     el.className = `status ${kind}`;
   }
 
-  function format(value) {
+  function format(value, unit) {
     if (value === null || value === undefined) return "–";
     if (value === 0) return "0";
+    if (unit === "s" && Math.abs(value) < 1) return `${format(value * 1000)} ms`;
     const abs = Math.abs(value);
     if (abs >= 1000) return value.toFixed(0);
     if (abs >= 10) return value.toFixed(1);
@@ -61,13 +62,14 @@
     if (chart.plot) chart.plot.destroy();
     chart.labels = labels;
     const series = [{}].concat(labels.map((label, i) => ({
-      label, stroke: COLORS[i % COLORS.length], width: 1.5, value: (u, v) => format(v),
+      label, stroke: color(i), width: 1.5, points: { show: false },
     })));
     const opts = {
       width: width(chart), height: HEIGHT, series,
       scales: { y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
-      axes: [{}, { size: 56, values: (u, ticks) => ticks.map(format) }],
-      legend: { show: labels.length > 0 },
+      axes: [{}, { size: 64, values: (u, ticks) => ticks.map((v) => format(v, spec.unit)) }],
+      // The figures are listed under the chart (showNow), with these colours.
+      legend: { show: false },
     };
     chart.plot = new uPlot(opts, data(chart), chart.plotBox);
   }
@@ -94,10 +96,16 @@
     }
   }
 
+  function color(index) {
+    return COLORS[index % COLORS.length];
+  }
+
   function showNow(chart, spec) {
     const items = Object.entries(spec.series).map(([label, value]) => {
-      const li = element("li", null, `${label} `);
-      li.append(element("b", null, format(value)));
+      const li = element("li");
+      const swatch = element("span", "swatch");
+      swatch.style.backgroundColor = color(chart.labels.indexOf(label)); // CSSOM: allowed by the CSP
+      li.append(swatch, `${label} `, element("b", null, format(value, spec.unit)));
       return li;
     });
     if (!items.length) items.push(element("li", "empty", spec.empty || "nothing to show yet"));
