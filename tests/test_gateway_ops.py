@@ -232,6 +232,19 @@ async def test_the_data_shows_the_registered_processes_and_their_rates(gw: Runni
     assert {p["role"] for p in data["snapshot"]["processes"]} >= {"gateway", "bridge"}  # top's own figures
 
 
+async def test_redis_down_is_a_503_the_page_can_show_and_the_data_returns_with_it(
+    gw: RunningGateway, redis_server: RedisServer,
+) -> None:
+    redis_server.kill()
+    async with gw.session.get(gw.url + "/ops/data", headers=bearer()) as response:
+        assert response.status == 503
+        assert response.headers["Cache-Control"] == "no-store"
+        assert (await response.json())["error"] == "redis_unavailable"
+    redis_server.start()
+    await async_wait_until(lambda: ops_data(gw), timeout=10, interval=0.2, ignore=(AssertionError,),
+                           message="/ops/data did not come back with Redis")
+
+
 def chart(data: dict[str, Any], chart_id: str) -> dict[str, float | None]:
     (found,) = [c for c in data["charts"] if c["id"] == chart_id]
     series: dict[str, float | None] = found["series"]
