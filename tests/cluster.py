@@ -11,8 +11,10 @@ connection, so a look-up works while the JetStream API has no leader to answer i
 from __future__ import annotations
 
 import contextlib
+import time
 import urllib.error
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import pytest
@@ -26,7 +28,7 @@ from tests.servers import (
     wait_until,
 )
 
-__all__ = ["CLUSTER_NAME", "ClusterNode", "NatsCluster", "nats_cluster"]
+__all__ = ["CLUSTER_NAME", "ClusterNode", "ClusterSnapshot", "NatsCluster", "nats_cluster"]
 
 #: The cluster's name (every node must agree on it).
 CLUSTER_NAME: Final = "notify-test-cluster"
@@ -47,6 +49,17 @@ cluster {{
   ]
 }}
 """
+
+
+@dataclass
+class ClusterSnapshot:
+    """What :meth:`NatsCluster.snapshot` saw at ``at`` (``time.time()``)."""
+
+    at: float
+    #: ``/jsz`` ``api.total`` of each live node (a restarted node counts from 0 again).
+    api_totals: dict[str, int] = field(default_factory=dict)
+    stream_leader: str | None = None
+    consumer_leader: str | None = None
 
 
 class ClusterNode(NatsServer):
@@ -173,14 +186,14 @@ class NatsCluster:
         Only a node that names itself counts: after a kill -9 the followers keep naming the dead
         leader until they elect another, which would read as "has a leader" while nothing answers.
         """
-        for node, detail in self._stream_details(stream):
+        for node, detail in self.stream_views(stream):
             if (detail.get("cluster") or {}).get("leader") == node.name:
                 return node.name
         return None
 
     def consumer_leader(self, stream: str, durable: str) -> str | None:
         """Server name of the durable's leader (None: leaderless or unknown; self-named, as above)."""
-        for node, detail in self._stream_details(stream):
+        for node, detail in self.stream_views(stream):
             for consumer in detail.get("consumer_detail") or []:
                 if consumer.get("name") == durable and (consumer.get("cluster") or {}).get("leader") == node.name:
                     return node.name
@@ -211,6 +224,27 @@ class NatsCluster:
         meta = {self._meta_leader(node) for node in self.live()}
         return min(self.live(), key=lambda node: (assets.count(node.name), node.name in meta))
 
+    def snapshot(self, stream: str, durable: str) -> ClusterSnapshot:
+        """One pass over the live nodes' ``/jsz``: API totals per node, the stream's and durable's leaders."""
+        snap = ClusterSnapshot(time.time())
+        for node in self.live():
+            try:
+                jsz = node.jsz()
+            except (urllib.error.URLError, OSError, ValueError):
+                continue
+            snap.api_totals[node.name] = int((jsz.get("api") or {}).get("total", 0))
+            for account in jsz.get("account_details") or []:
+                for detail in account.get("stream_detail") or []:
+                    if detail.get("name") != stream:
+                        continue
+                    if (detail.get("cluster") or {}).get("leader") == node.name:
+                        snap.stream_leader = node.name
+                    for consumer in detail.get("consumer_detail") or []:
+                        leader = (consumer.get("cluster") or {}).get("leader")
+                        if consumer.get("name") == durable and leader == node.name:
+                            snap.consumer_leader = node.name
+        return snap
+
     def jsz_api_total(self) -> int:
         """JetStream API requests served, summed over the live nodes (``/jsz`` ``api.total``)."""
         total = 0
@@ -227,7 +261,7 @@ class NatsCluster:
             parts.append(f"{node.name}({state}, meta leader {self._meta_leader(node) if node.is_running() else '-'})")
         return "; ".join(parts)
 
-    def _stream_details(self, stream: str) -> Iterator[tuple[ClusterNode, dict[str, Any]]]:
+    def stream_views(self, stream: str) -> Iterator[tuple[ClusterNode, dict[str, Any]]]:
         """Each live node's own view of ``stream`` (nodes that do not answer are skipped)."""
         for node in self.live():
             try:
