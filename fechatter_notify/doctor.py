@@ -12,6 +12,8 @@ the same options as the processes and reports, in ``config check``'s one-line fo
   that store realtime subjects (every typing event written to disk); domain subjects Fechatter
   publishes that none of the bridge's streams stores (those events reach nobody);
   durables with messages waiting and nobody pulling;
+- a NATS cluster: streams and durables without a leader (or not answering: while leaders are
+  missing, requests time out, so all are sent at once), and ones with a single replica;
 - Redis: reachable and new enough; the primary, its replicas and their lag, the sentinels that
   agree on the primary, persistence (none: jobs die with a restart), an eviction policy that could
   drop jobs, fewer replicas than ``redis.min_replicas_acked``; jobs waiting and dead, live workers,
