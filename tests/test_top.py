@@ -106,7 +106,6 @@ async def test_top_shows_the_live_system_with_the_figures_published(
         # The gateway announced user 9 online on core NATS: wait until the bridge took it and all is quiet.
         await async_wait_until(lambda: _core_fetched(bridge_url), timeout=20, message="presence not bridged")
         await async_wait_until(lambda: _quiet(client, pipeline), timeout=30, message="not quiet before publishing")
-        before_cli = _top_json(pipeline)
         before = await collect_snapshot(client, NS)
 
         nc = await nats.connect(pipeline.nats.url)
@@ -122,8 +121,11 @@ async def test_top_shows_the_live_system_with_the_figures_published(
         after = await collect_snapshot(client, NS, previous=before)
         after_cli = _top_json(pipeline)
 
-        _check_deltas(before_cli, after_cli)
+        _check_deltas(before.as_dict(), after.as_dict())
         _check_rates(after)
+        # The command prints the same figures (nothing moved since: the system is quiet).
+        for role, process in _by_role(after_cli).items():
+            assert process["totals"] == _by_role(after.as_dict())[role]["totals"], role
         # The CLI's snapshot is a live one: every process answers, lag and queues are empty now.
         roles = _by_role(after_cli)
         assert all(p["up"] for p in roles.values()), after_cli
@@ -165,7 +167,7 @@ async def _core_fetched(bridge_url: str) -> bool:
 
 
 def _check_deltas(before: dict[str, Any], after: dict[str, Any]) -> None:
-    """What the test published, as the two snapshots of ``top --once --format json`` count it."""
+    """What the test published, as two snapshots (``Snapshot.as_dict``, what ``top`` prints) count it."""
     b, a = _by_role(before), _by_role(after)
 
     def delta(role: str, figure: str) -> float:
