@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from bridge.acks import Settler
 from bridge.jsapi import JetStreamApi
 from bridge.lag import poll_lag
 from bridge.metrics import BridgeMetrics
+from gateway.testing import SigningKey, gateway_settings, running_gateway
 from runtime import Registration, collect_snapshot
 from runtime.fleet import index_key, read_registrations, record_key
 from settings import Consumer
@@ -246,3 +248,32 @@ def test_an_expired_realtime_job_is_dropped_and_counted_with_its_reason() -> Non
         Expiry(metrics).before_process_message(dramatiq.Broker(), dramatiq.MessageProxy(late))
     assert metrics.registry.get_sample_value("fechatter_notify_worker_realtime_dropped_total",
                                              {"reason": "expired"}) == 1
+
+
+async def test_frames_of_a_slow_client_are_counted_as_dropped(redis_server: RedisServer) -> None:
+    """A gateway closes a stream whose client does not read; the frames it still held are counted."""
+    key = SigningKey.generate()
+    async with running_gateway(gateway_settings(redis_server.url, key.public_pem, stream_buffer=4), key) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, (host, int(port)))
+            await loop.sock_sendall(sock, f"GET /events?access_token={key.token(18)} HTTP/1.1\r\nHost: {host}"
+                                          "\r\n\r\n".encode())
+            await async_wait_until(lambda: gw.metric("fechatter_notify_gateway_connected_users") == 1)
+            sent = 0
+
+            async def dropped() -> bool:
+                nonlocal sent
+                await gw.publish(18, {"type": "new_message", "id": sent, "content": "x" * 65536})
+                sent += 1
+                return gw.metric("fechatter_notify_gateway_slow_clients_dropped_total") == 1
+
+            await async_wait_until(dropped, timeout=30.0, interval=0.0)
+            frames = gw.metric("fechatter_notify_gateway_frames_dropped_total", {"reason": "slow_client"})
+            assert 1 <= frames <= sent
+        finally:
+            sock.close()
