@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from tests.pipeline import PIPELINE_CONFIG, Pipeline, shutdown
 from tests.sentinel import MASTER_NAME, SentinelCluster
 from tests.servers import NatsServer, async_wait_until
 from workers import Services
+from workers.connections import ThreadConnections
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -191,6 +194,25 @@ async def test_enqueue_and_inbox_writes_wait_for_replicas(cluster: SentinelClust
             client.close()
 
 
+class _Busy(threading.Thread):
+    """One thread calling Redis on its own connection every 20 ms, as a busy worker thread does."""
+
+    def __init__(self, conns: ThreadConnections) -> None:
+        super().__init__(daemon=True)
+        self.conns = conns
+        self.stop = threading.Event()
+        self.ok_at = 0.0
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        while not self.stop.wait(0.02):
+            try:
+                self.conns.call("SET", "busy", 1)
+                self.ok_at = time.monotonic()
+            except redis.RedisError as exc:
+                self.error = exc
+
+
 class _Listener:
     def __init__(self) -> None:
         self.data: list[bytes] = []
@@ -212,14 +234,23 @@ async def test_clients_and_pubsub_follow_a_failover_without_a_restart(nats_serve
         settings = sentinel_settings(nats_server.url, own)
         sync = sync_client(settings.redis, socket_timeout=0.5)
         aio = async_client(settings.redis, socket_timeout=0.5)
+        conns = ThreadConnections(sync)  # the workers' per-thread connections, kept busy below
         hub = Hub(settings.redis, "sentinel-test", connect_timeout=0.5, ping_interval=0.5)
         listener = _Listener()
         await hub.start()
         try:
             await hub.attach(7, listener, confirm_within=5)
             assert sync.set("before", 1) and await aio.get("before") == b"1"
+            busy = _Busy(conns)
+            busy.start()
+            await async_wait_until(lambda: busy.ok_at, timeout=5)
             old = own.kill_primary()
             new = await asyncio.to_thread(own.wait_failover, old)
+            promoted_at = time.monotonic()
+            # A connection in steady use (no idle pause) reconnects to the new primary, not to the old
+            # address redis-py's send would reconnect to.
+            await async_wait_until(lambda: busy.ok_at > promoted_at, timeout=15,
+                                   message=lambda: f"the busy thread's connection: {busy.error!r}")
             # Each client reconnects to the primary the sentinels now name: no restart, no new client.
             await async_wait_until(lambda: asyncio.to_thread(sync.set, "after", 2), timeout=15,
                                    ignore=(redis.RedisError,))
@@ -233,7 +264,9 @@ async def test_clients_and_pubsub_follow_a_failover_without_a_restart(nats_serve
             finally:
                 publisher.close()
         finally:
+            busy.stop.set()
             await hub.stop()
+            conns.close()
             await aio.aclose()
             sync.close()
             sync.connection_pool.disconnect()

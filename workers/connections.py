@@ -13,6 +13,9 @@ and raises ``redis.ConnectionError``/``redis.TimeoutError``; an error reply rais
 ``redis.ResponseError`` and leaves the connection usable. A connection the server closed while
 it sat idle (a Redis restart) is noticed before sending and replaced, as the pool does; one
 closed under steady use fails that one call, which dramatiq's retry or consumer restart absorbs.
+A connection is always (re)connected by its own ``connect()``, never by the reconnect inside
+redis-py's send: that one goes back to the host it last knew, and under Sentinel
+(runtime.redis_client) the host must be asked for again after a failover.
 Commands are packed by ``hiredis.pack_command`` (C; it takes bytes, str, int and float, and
 refuses anything else with ``TypeError``).
 """
@@ -71,6 +74,11 @@ class ThreadConnections:
             if stale:
                 conn.disconnect()
         self._local.used = now
+        if not conn.is_connected:
+            # Connect through the connection's own connect(): redis-py's send would reconnect to
+            # the last host and port, which under Sentinel is the primary that just died; a
+            # Sentinel-managed connection's connect() asks the sentinels for the current one.
+            conn.connect()
         return conn
 
     def call(self, *args: bytes | str | int | float) -> Any:
