@@ -16,8 +16,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import nats
 import nats.errors
@@ -32,6 +33,9 @@ from settings import NatsConnection
 __all__ = ["Connection"]
 
 log = logging.getLogger("bridge.connection")
+
+#: An error reported this shortly (seconds) before a disconnect is taken for its cause.
+_CAUSE_WINDOW_S: Final = 2.0
 
 
 class _Stopped(Exception):
@@ -54,6 +58,15 @@ class Connection:
         self.on_reconnected: list[Callable[[], None]] = []
         self.on_closed: list[Callable[[], None]] = []
         self._slow_logged = 0
+        #: Between the disconnected and the reconnected callbacks: errors then are failed reconnect
+        #: attempts, logged sparingly and counted here.
+        self._down = False
+        self._errors_while_down = 0
+        #: The last error reported while connected, for the disconnect line (nats-py reports the
+        #: socket's error through error_cb just before it calls disconnected_cb).
+        self._last_error = ("", 0.0)
+        #: host:port of the server last connected to (nats-py forgets it while reconnecting).
+        self._last_server = "-"
         self._closing = False
         #: False until a connect succeeded: a client that never connected has nothing to drain
         #: (nats-py's drain() then fails with "Client.connect must be called first").
@@ -65,7 +78,25 @@ class Connection:
         return bool(self.nc.is_connected)
 
     def _server(self) -> str:
-        return server_address(self.nc.connected_url)
+        if self.nc.connected_url is not None:
+            self._last_server = server_address(self.nc.connected_url)
+        return self._last_server
+
+    def _disconnect_reason(self) -> str:
+        """Why the connection went down: a stale connection (unanswered PINGs) says so."""
+        err = self.nc.last_error
+        if err is not None:
+            return _describe(err)
+        # nats-py does not record a stale connection as an error: its PING counter still shows it.
+        unanswered = getattr(self.nc, "_pings_outstanding", 0)
+        s = self._settings
+        if isinstance(unanswered, int) and unanswered > s.max_outstanding_pings:
+            return (f"stale connection: {unanswered - 1} PINGs unanswered at {s.ping_interval}s intervals "
+                    f"(max_outstanding_pings {s.max_outstanding_pings}); the path or the server is silent")
+        text, at = self._last_error
+        if text and time.monotonic() - at < _CAUSE_WINDOW_S:
+            return text
+        return "connection lost"
 
     def _options(self) -> dict[str, Any]:
         return {
@@ -158,23 +189,37 @@ class Connection:
                           drops_so_far=self._slow_logged, reason="pending limit reached; messages dropped")
             return
         self._metrics.connection_events.labels("error").inc()
-        log_event(log, "nats_error", logging.WARNING, server=self._server(), reason=f"{type(exc).__name__}: {exc}")
+        if self._down and not self._closing:
+            # Reconnect attempts failing: one line for the first, then 1 in 10 and 1 in 100, so an
+            # outage of hours is a few lines (the count is in nats_reconnected and the metric).
+            self._errors_while_down += 1
+            n = self._errors_while_down
+            if n in (1, 10) or n % 100 == 0:
+                log_event(log, "nats_reconnect_failing", logging.WARNING, server=self._server(), failures_so_far=n,
+                          reason=_describe(exc))
+            return
+        self._last_error = (_describe(exc), time.monotonic())
+        log_event(log, "nats_error", logging.WARNING, server=self._server(), reason=self._last_error[0])
 
     async def _on_disconnected(self) -> None:
         self._metrics.connection_events.labels("disconnected").inc()
-        err = self.nc.last_error
+        self._down = True
+        self._errors_while_down = 0
         if self._closing:
             log_event(log, "nats_disconnected", server=self._server(), reason="shutdown")
         else:
             log_event(log, "nats_disconnected", logging.WARNING, server=self._server(),
-                      reason=f"{type(err).__name__}: {err}" if err else "connection lost")
+                      reason=self._disconnect_reason())
         for callback in self.on_disconnected:
             callback()
 
     async def _on_reconnected(self) -> None:
         self._metrics.reconnects.inc()
         self._metrics.connection_events.labels("reconnected").inc()
-        log_event(log, "nats_reconnected", server=self._server(), attempt=self.nc.stats.get("reconnects", 0))
+        log_event(log, "nats_reconnected", server=self._server(), attempt=self.nc.stats.get("reconnects", 0),
+                  failed_attempts=self._errors_while_down)
+        self._down = False
+        self._errors_while_down = 0
         for callback in self.on_reconnected:
             callback()
 
@@ -215,3 +260,9 @@ class Connection:
                 await asyncio.wait_for(self.nc.close(), within)
             except (TimeoutError, nats.errors.Error, OSError) as exc:
                 log_event(log, "nats_close_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, or the type alone when the message is empty (asyncio's TimeoutError)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -288,6 +288,12 @@ class PullConsumer:
         elif verdict.action is Action.REPULL:
             self.state.pending = 0
             log_event(log, "pull_reissued", stream=self.consumer.stream, consumer=self.name, reason=verdict.reason)
+            if self._recovery is not None or self.circuit.state is not CircuitState.CLOSED:
+                # A new leader announced itself: a consumer check still waiting on the leaderless
+                # durable would wait out its whole API timeout (it gets no answer), and an open
+                # circuit its next probe. Check again now, which the new leader answers at once.
+                self._restart_recovery(verdict.reason)
+                return
             await self._pull()
         else:
             detail = f"{code} {headers.get(_DESCRIPTION, '')}".strip()

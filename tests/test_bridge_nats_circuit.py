@@ -21,7 +21,8 @@ from bridge.jsapi import JetStreamApi
 from bridge.nats_circuit import PROBE_BASE_S, PROBE_CAP_S, CircuitState, NatsCircuit, probe_cap
 from bridge.provision import Provisioner, stream_config
 from bridge.testing import bridge_settings, queued_messages, running_bridge
-from tests.servers import NatsServer, RedisServer, async_wait_until
+from tests.faultproxy import FaultProxy
+from tests.servers import HOST, NatsServer, RedisServer, async_wait_until
 
 NS = "test-notify"
 STREAM = "FECHATTER_EVENTS"
@@ -271,3 +272,33 @@ async def test_a_reconnect_while_open_probes_at_once(nats_server: NatsServer, re
         assert time.monotonic() - reconnected < 1.0 + 2 * puller.state.heartbeat
     probing = [r for r in caplog.records if r.getMessage() == "nats_circuit_probing"]
     assert [r.__dict__.get("reason") for r in probing] == ["reconnected"]
+
+
+async def test_a_silent_cut_is_a_stale_connection_not_a_circuit_fault(
+    nats_server: NatsServer, redis_server: RedisServer, nc: NATS, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge")
+    # Given a bridge that reaches nats-server through a proxy (pings every 0.5 s, 2 may go unanswered)
+    with FaultProxy(HOST, nats_server.port) as proxy:
+        settings = bridge_settings(proxy.url(), redis_server.url)
+        rds = aioredis.Redis.from_url(redis_server.url)
+        js = nc.jetstream()
+        async with running_bridge(settings) as bridge:
+            puller = bridge.pull_consumers[0]
+            await js.publish("fechatter.message.created", created(1))
+            await async_wait_until(lambda: _has(rds, 1), timeout=10)
+            # When the path goes silent, and heals once the bridge has noticed
+            await asyncio.to_thread(proxy.cut_silently)
+            await async_wait_until(lambda: not bridge.connection.connected, timeout=5)
+            await js.publish("fechatter.message.created", created(2))
+            await asyncio.to_thread(proxy.restore)
+            # Then the bridge reconnects and pulls again: the event published meanwhile arrives
+            await async_wait_until(lambda: _has(rds, 2), timeout=10, message="no delivery after the path healed")
+            assert puller.circuit.state is CircuitState.CLOSED
+        await rds.aclose()
+    events = [r.getMessage() for r in caplog.records]
+    disconnects = [r.__dict__["reason"] for r in caplog.records if r.getMessage() == "nats_disconnected"]
+    # The disconnect names the cause (the last one is the bridge's own shutdown); the durable's
+    # circuit never opened: the connection handled the fault
+    assert len(disconnects) == 2 and "stale connection: 2 PINGs unanswered" in disconnects[0], disconnects
+    assert "nats_circuit_opened" not in events
