@@ -15,6 +15,7 @@ import socket
 import tomllib
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Final
@@ -31,7 +32,7 @@ from gateway.testing import RunningGateway, SigningKey, gateway_settings, new_me
 from runtime import Registration
 from settings import ConfigError, load_settings
 from tests.browser.driver import CdpError, Chromium, Page
-from tests.pipeline import Pipeline, shutdown, start_pipeline
+from tests.pipeline import Pipeline, start_pipeline
 from tests.servers import NatsServer, RedisServer, async_wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -305,7 +306,9 @@ def ops_pipeline(nats_server: NatsServer, redis_server: RedisServer, tmp_path: P
     finally:
         for name in running.processes:
             print(f"--- {name} log ---\n{running.log_tail(name, 40)}")
-        shutdown(running)
+        # All three at once: one after the other costs the sum of their shutdowns (~4 s here).
+        with ThreadPoolExecutor(len(running.processes)) as pool:
+            list(pool.map(running.stop, list(running.processes)))
 
 
 @contextlib.asynccontextmanager
