@@ -35,6 +35,9 @@ from runtime import Registration, collect_snapshot
 from runtime.fleet import index_key, read_registrations, record_key
 from settings import Consumer
 from tests.servers import NatsServer, RedisServer, async_wait_until, wait_until
+from tests.test_workers_support import make_settings
+from workers.connections import ThreadConnections
+from workers.delivery import Delivery
 from workers.expiry import Expiry
 from workers.metrics import WorkerMetrics
 
@@ -277,3 +280,18 @@ async def test_frames_of_a_slow_client_are_counted_as_dropped(redis_server: Redi
             assert 1 <= frames <= sent
         finally:
             sock.close()
+
+
+def test_writes_into_full_inboxes_are_counted_as_inbox_trims(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    try:
+        metrics = WorkerMetrics()
+        settings = make_settings(redis_server.url, delivery={"inbox_max_len": 3})
+        delivery = Delivery(ThreadConnections(client), "t", settings.delivery, metrics)
+        for message_id in range(5):  # to users 7 and 9, whose inboxes hold 3
+            delivery.deliver({"type": "new_message", "id": message_id}, users=[7, 9], key=f"42:{message_id}",
+                             ttl_s=60)
+        delivery.deliver({"type": "new_message", "id": 4}, users=[7, 9], key="42:4", ttl_s=60)  # duplicates
+        assert metrics.registry.get_sample_value("fechatter_notify_worker_inbox_trims_total") == 2 * 2
+    finally:
+        client.close()

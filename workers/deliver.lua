@@ -37,7 +37,8 @@
 -- replayed by a resume.
 --
 -- Returns {"ok", user_1, entry_id_or_false, user_2, ...} for every recipient; with live_only
--- each entry id is "" (announced, not stored).
+-- each entry id is "" (announced, not stored). The status is "ok N" when N of the entries went into
+-- an inbox already holding max_len entries: each pushes the oldest one out (counted as inbox trims).
 
 local a = cmsgpack.unpack(ARGV[1])
 local body, field, max_len, min_id = a[1], a[2], a[3], a[4]
@@ -80,6 +81,7 @@ if members_key ~= "" then
 end
 
 local result = {"ok"}
+local trims = 0
 if live_only then
     local announcement = "\n" .. body
     for _, user in ipairs(recipients) do
@@ -96,6 +98,9 @@ for _, user in ipairs(recipients) do
         result[#result + 1] = false
     else
         local inbox = inbox_pre .. user .. inbox_suf
+        if redis.call("xlen", inbox) >= max_len then
+            trims = trims + 1
+        end
         local id = redis.call("xadd", inbox, "MAXLEN", "~", max_len, "*", field, body)
         local dash = string.find(id, "-", 1, true)
         if string.sub(id, dash - 1, dash - 1) == "0" then
@@ -111,5 +116,8 @@ if mark_skipped then
     for user in pairs(skip) do
         redis.call("set", marker_pre .. user .. marker_suf, "-", "NX", "PX", marker_ttl)
     end
+end
+if trims > 0 then
+    result[1] = "ok " .. trims
 end
 return result

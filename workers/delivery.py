@@ -203,6 +203,9 @@ class Delivery:
         duplicates: list[int] = []
         announced: list[int] = []
         for reply in replies:
+            status = _text(reply[0])  # "ok N": N entries went into full inboxes (deliver.lua)
+            if status.startswith("ok "):
+                self._metrics.inbox_trims.inc(int(status[3:]))
             for user, entry in zip(reply[1::2], reply[2::2], strict=True):
                 if entry is None:
                     duplicates.append(int(user))

@@ -66,6 +66,11 @@ class WorkerMetrics:
             "announcement, by queue",
             ["queue"], registry=r, buckets=_DELIVERY_BUCKETS,
         )
+        self.inbox_trims = Counter(
+            f"{PREFIX}_inbox_trims",
+            "inbox entries pushed out: notifications written to an inbox already at delivery.inbox_max_len",
+            registry=r,
+        )
         self.realtime_dropped = Counter(
             f"{PREFIX}_realtime_dropped", "typing/presence jobs dropped, not delivered, by reason (expired)",
             ["reason"], registry=r,

@@ -22,7 +22,7 @@ reads the queues from Redis. It only reads.
 
 Figures (:data:`FIGURES`): fetched, enqueued, deduplicated, acked, naked, termed, dead_lettered,
 redelivered, core_dropped (bridge), jobs_done, jobs_failed, jobs_retried, notifications_delivered,
-realtime_dropped (workers), frames_sent, connects, resyncs, frames_dropped (gateway). ``circuits``
+realtime_dropped, inbox_trims (workers), frames_sent, connects, resyncs, frames_dropped (gateway). ``circuits``
 holds every bridge gauge whose name has ``circuit`` in it, as ``name`` or ``name:consumer``.
 Rates are per second over the interval since ``previous``; null for the first snapshot of a
 process, and after its counters went backwards (a restart). Latency percentiles are over the
@@ -72,6 +72,7 @@ FIGURES: Final[dict[str, tuple[str, dict[str, str]]]] = {
     "jobs_retried": (f"{_W}jobs_total", {"outcome": "retried"}),
     "notifications_delivered": (f"{_W}notifications_total", {}),
     "realtime_dropped": (f"{_W}realtime_dropped_total", {}),
+    "inbox_trims": (f"{_W}inbox_trims_total", {}),
     "frames_sent": (f"{_G}frames_sent_total", {}),
     "connects": (f"{_G}connects_total", {}),
     "resyncs": (f"{_G}resyncs_total", {}),
