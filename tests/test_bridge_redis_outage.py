@@ -186,6 +186,8 @@ async def _outage(bridge: Bridge, redis_server: RedisServer, watcher: QueueWatch
                            message=lambda: f"{len(watcher.ids)} of {total} events enqueued")
     delays = {i: watcher.seen_at[i] - at for i, at in publisher.published_at.items()}
     worst = max(delays, key=lambda i: delays[i])
+    print(f"redis away {outage:.2f}s, {total} events, worst delay {delays[worst]:.2f}s (event {worst}), "
+          f"{sample(bridge, 'in_progress_acks_total', consumer=DURABLE):.0f} in-progress acks")
     assert delays[worst] <= outage + SLACK_S, (
         f"event {worst} arrived {delays[worst]:.2f}s after it was published; the outage lasted {outage:.2f}s")
     return total, outage
@@ -229,8 +231,8 @@ async def test_an_outage_longer_than_ack_wait_keeps_the_events_ours_with_in_prog
     settings = bridge_settings(nats_server.url, redis_server_aof.url,
                                {"jetstream": {"consumers": [consumer(ack_wait="2500ms")]}})
     async with running_bridge(settings) as bridge, QueueWatcher(redis_server_aof.url) as watcher:
-        # When Redis is killed for 5 s
-        total, outage = await outage_while_events_flow(bridge, nc, redis_server_aof, watcher, down_s=5.0, kill=True)
+        # When Redis is killed for 4 s
+        total, outage = await outage_while_events_flow(bridge, nc, redis_server_aof, watcher, down_s=4.0, kill=True)
         assert outage > 2.5 * 1.5
         # Then nothing is lost, duplicated or reordered, and JetStream never redelivered a held event
         assert watcher.ids == list(range(1, total + 1))
@@ -358,6 +360,8 @@ async def test_sigterm_during_an_outage_naks_what_is_held_and_exits_0(
     async with running_bridge(settings), QueueWatcher(redis_server_aof.url) as watcher:
         await async_wait_until(lambda: len(watcher.ids) >= 20, timeout=8,
                                message=lambda: f"{len(watcher.ids)} of 20 redelivered within 8 s")
-        assert watcher.ids == list(range(1, 21))
+        # (in any order: a redelivery the server pops while only the stopped bridge's pull request,
+        # nobody's now, is waiting goes to the back of its redelivery queue)
+        assert sorted(watcher.ids) == list(range(1, 21))
         assert set(watcher.delivered) == {2}
     assert time.monotonic() - began < 8
