@@ -213,13 +213,13 @@ async def test_a_vanished_stream_opens_the_circuit_probes_sparingly_and_the_firs
         assert "NATS circuit open" in reason and f"stream {STREAM}" in reason and "does not exist" in reason, reason
         # and it probes at growing intervals: no tight loop of checks and pulls
         await async_wait_until(lambda: puller.circuit.probes >= 4, timeout=15)
-        probed = time.monotonic()
+        probed, probes = time.monotonic(), puller.circuit.probes
         await nc.flush()
         elapsed = probed - opened
         requests = counter.between(opened, probed)
         lag_polls = int(elapsed / 5.0) + 1  # bridge/lag.py reads CONSUMER.INFO every 5 s, circuit or not
-        assert puller.circuit.probes <= max_probes(elapsed, 2, cap), (elapsed, puller.circuit.probes)
-        assert len(requests) <= puller.circuit.probes + lag_polls + 1, requests
+        assert probes <= max_probes(elapsed, 2, cap), (elapsed, probes)
+        assert len(requests) <= probes + lag_polls + 1, requests
         assert not any(".MSG.NEXT." in subject for subject in requests), "pulled while the circuit was open"
         # When the stream is back and an event is published at once
         await api.stream_create(stream_config(settings.jetstream.streams[0]))
@@ -229,6 +229,8 @@ async def test_a_vanished_stream_opens_the_circuit_probes_sparingly_and_the_firs
         # durable's re-creation and the pull (1 s of margin on this loaded machine)
         await async_wait_until(lambda: _has(rds, 2), timeout=15, message="no delivery after the stream returned")
         recovered = time.monotonic() - restored
+        print(f"stream gone: circuit open {elapsed:.1f}s, {probes} probes, {len(requests)} API "
+              f"requests; first event {recovered:.2f}s after the stream returned (probe cap {cap}s)")
         assert recovered <= 1.2 * cap + 1.0, recovered
         await async_wait_until(lambda: puller.circuit.state is CircuitState.CLOSED, timeout=5)
         assert bridge.metrics.registry.get_sample_value(
