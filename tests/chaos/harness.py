@@ -11,8 +11,9 @@ A :class:`Harness` owns, in one work dir:
   written to ``notify.yml`` and named by ``$NOTIFY_CONFIG``.
 
 Every process and server can be killed -9 (the whole process group: a worker's children too,
-as when a container dies) and restarted. :func:`fault_schedule` draws a seeded schedule of
-such faults; :meth:`Harness.run_faults` plays it. :func:`run_scenario` is the generic scenario:
+as when a container dies) and restarted; an instance can be sent a signal (:meth:`Harness.signal`,
+e.g. SIGHUP after :meth:`Harness.rewrite_config`: a reload). :func:`fault_schedule` draws a seeded
+schedule of such faults; :meth:`Harness.run_faults` plays it. :func:`run_scenario` is the generic scenario:
 warm-up traffic, then the main traffic and the fault schedule at once, then a wait until the
 system has settled, then the checks, giving a :class:`ScenarioResult` whose :meth:`line` is the
 one line printed per scenario::
@@ -183,6 +184,13 @@ class Instance:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
 
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the process itself, not its group: a worker supervisor signals its own
+        children (on SIGHUP it replaces them; they ignore a hangup of the group)."""
+        if self.proc is None or not self.running():
+            raise RuntimeError(f"{self.name} is not running")
+        os.kill(self.proc.pid, sig)
+
     def ready(self) -> bool:
         if not self.running():
             return False
@@ -328,6 +336,17 @@ class Harness:
         self.redis.close(kill=True)
 
     # ------------------------------------------------------------------ faults
+
+    def rewrite_config(self, text: str) -> None:
+        """Replace notify.yml atomically (a rename): a process reloading meanwhile reads the old file
+        or the new one, never half of it."""
+        staged = self.config_path.with_name(self.config_path.name + ".new")
+        staged.write_text(text)
+        os.replace(staged, self.config_path)
+
+    def signal(self, target: str, sig: int) -> None:
+        """Send ``sig`` to an instance (by name), e.g. SIGHUP: reload the configuration."""
+        self.instances[target].signal(sig)
 
     def kill(self, target: str) -> None:
         """kill -9 an instance (by name) or a server (``nats``, ``redis``)."""
