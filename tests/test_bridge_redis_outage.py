@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,39 @@ def consumer(ack_wait: str, expires: str = LONG_EXPIRY, **more: Any) -> dict[str
     heartbeat = f"{float(expires.removesuffix('s')) / 2}s"
     return {"durable": DURABLE, "stream": STREAM, "ack_wait": ack_wait, "idle_heartbeat": heartbeat,
             "expires": expires, "max_deliver": 3, "batch": 100, **more}
+
+
+def test_the_hold_bound_derives_from_the_consumers_limits() -> None:
+    from settings import Consumer
+
+    assert holding.hold_limits(Consumer(max_in_flight=2000, max_ack_pending=1000), 256 * 1024) == (
+        1000, holding.MAX_HELD_PAYLOAD_BYTES)
+    assert holding.hold_limits(Consumer(max_in_flight=10, max_ack_pending=1000), 1000) == (10, 10_000)
+
+
+async def test_room_for_keeps_a_prefix_within_both_bounds_and_nothing_once_overflowing() -> None:
+    from nats.aio.msg import Msg
+
+    from bridge.acks import Settler
+    from bridge.metrics import BridgeMetrics
+    from settings import Consumer
+
+    def batch(*sizes: int) -> holding.Inbound:
+        msgs = [Msg(None, "s", "", b"x" * n) for n in sizes]
+        return holding.Inbound.of(msgs, datetime.now(UTC))
+
+    held = holding.Holding("d", Settler(Consumer()), holding.HoldLimits(3, 100), 60.0, BridgeMetrics())
+    assert held.room_for(batch(200)) == 1  # an empty hold takes one event whatever its size
+    held.add(batch(40), "test")
+    assert held.room_for(batch(30, 31, 1)) == 1  # 40 + 30 fits, + 31 would be 101 bytes
+    assert held.room_for(batch(1, 1, 1)) == 2  # the count bound
+    kept, over = batch(30, 30).split(1)
+    assert (len(kept.msgs), kept.payload_bytes, len(over.msgs), over.payload_bytes) == (1, 30, 1, 30)
+    held.overflowing = True
+    assert held.room_for(batch(1)) == 0
+    held.drop_front(1)
+    assert not held and not held.overflowing and held.held == (0, 0)
+    await held.stop()
 
 
 @pytest.fixture
