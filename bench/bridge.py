@@ -11,6 +11,10 @@ stored events:
 Usage: ``python bench/bridge.py [-n 50000] [--batch 500] [--runs 3] [--profile out.prof]``
 Prints events/s for each and the bridge's ratio to both raw limits (the target is >= 60 % of
 the fetch() limit, the one a nats-py consumer would otherwise use).
+
+``--min-replicas-acked N`` gives the redis-server N replicas and adds, in each run, the bridge with
+``redis.min_replicas_acked: N`` (every batch's enqueue followed by ``WAIT N`` in the same pipeline):
+its events/s as a ratio to the bridge's run without WAIT on the same replicated server.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from nats.js.api import ConsumerConfig
 
 from bridge.app import Bridge
 from bridge.testing import bridge_settings
-from tests.servers import NatsServer, RedisServer, async_wait_until
+from tests.servers import NatsServer, RedisServer, async_wait_until, wait_until
 
 STREAM = "FECHATTER_EVENTS"
 
@@ -141,15 +145,16 @@ async def raw_fetch(url: str, n: int, batch: int) -> float:
 
 
 async def run_bridge(nats_url: str, redis_url: str, n: int, batch: int, durable: str,
-                     profile: cProfile.Profile | None) -> float:
+                     profile: cProfile.Profile | None, min_replicas_acked: int = 0) -> float:
     """The bridge until every event is enqueued and acked; events/s (from its first pull)."""
+    wait = {"min_replicas_acked": min_replicas_acked, "replica_ack_timeout": "2s"} if min_replicas_acked else {}
     settings = bridge_settings(nats_url, redis_url, {
         "nats": {"ping_interval": "5s"},
         "jetstream": {"provision": "auto", "consumers": [{
             "durable": durable, "stream": STREAM, "ack_wait": "30s", "idle_heartbeat": "6s", "expires": "12s",
             "max_deliver": 3, "batch": batch, "max_ack_pending": 20000, "max_in_flight": 4 * batch}]},
         "realtime": {"subjects": []},
-        "redis": {"namespace": f"bench-{durable}", "socket_timeout": "5s"},
+        "redis": {"namespace": f"bench-{durable}", "socket_timeout": "5s", **wait},
     })
     bridge = Bridge(settings)
     stop = asyncio.Event()
@@ -174,14 +179,23 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=500, help="pull batch (default 500)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each measurement; the median is printed")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the bridge's runs into FILE")
+    parser.add_argument("--min-replicas-acked", type=int, default=0, metavar="N",
+                        help="give Redis N replicas and also run the bridge with WAIT N (default 0: neither)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     profile = cProfile.Profile() if args.profile else None
-    with NatsServer() as ns, RedisServer() as rs:
+    with NatsServer() as ns, RedisServer() as rs, contextlib.ExitStack() as replicas:
+        for _ in range(args.min_replicas_acked):
+            replicas.enter_context(RedisServer(extra_args=["--replicaof", "127.0.0.1", str(rs.port)]))
+        if args.min_replicas_acked:
+            client = rs.client()
+            wait_until(lambda: int(client.info("replication")["connected_slaves"]) == args.min_replicas_acked,
+                       timeout=30, message="replicas did not connect")
+            client.close()
         began = time.perf_counter()
         await publish(ns.url, args.n)
         print(f"published {args.n} events in {time.perf_counter() - began:.1f}s")
-        own, fetch, bridge = [], [], []
+        own, fetch, bridge, waiting = [], [], [], []
         for run in range(args.runs):
             # Each run reads the same stored events on fresh durables.
             nc = await nats.connect(ns.url)
@@ -193,8 +207,11 @@ async def main() -> None:
             own.append(await raw_own_pull(ns.url, args.n, args.batch))
             fetch.append(await raw_fetch(ns.url, args.n, args.batch))
             bridge.append(await run_bridge(ns.url, rs.url, args.n, args.batch, f"bench_{run}", profile))
+            if args.min_replicas_acked:
+                waiting.append(await run_bridge(ns.url, rs.url, args.n, args.batch, f"bench_wait_{run}", None,
+                                                args.min_replicas_acked))
             print(f"run {run + 1}: raw own MSG.NEXT {own[-1]:,.0f}/s  raw fetch() {fetch[-1]:,.0f}/s  "
-                  f"bridge {bridge[-1]:,.0f}/s")
+                  f"bridge {bridge[-1]:,.0f}/s" + (f"  bridge+WAIT {waiting[-1]:,.0f}/s" if waiting else ""))
     o, f, b = statistics.median(own), statistics.median(fetch), statistics.median(bridge)
     print(f"\nmedian of {args.runs} runs, {args.n} events, batch {args.batch}:")
     print(f"  raw nats-py own MSG.NEXT pull + ack : {o:10,.0f} events/s")
@@ -202,6 +219,11 @@ async def main() -> None:
     print(f"  bridge (parse + enqueue + ack)      : {b:10,.0f} events/s")
     print(f"  bridge / raw fetch()                : {b / f:10.0%}   (target >= 60 %)")
     print(f"  bridge / raw own MSG.NEXT           : {b / o:10.0%}")
+    if waiting:
+        w = statistics.median(waiting)
+        print(f"  bridge + WAIT (min_replicas_acked)  : {w:10,.0f} events/s")
+        print(f"  bridge + WAIT / bridge              : {w / b:10.0%}   ({args.min_replicas_acked} replica(s), "
+              "both on the replicated server)")
     if profile is not None:
         profile.dump_stats(args.profile)
         print(f"profile written to {args.profile}")
