@@ -18,7 +18,9 @@ import aiohttp
 import nats
 import pytest
 import redis.asyncio as aioredis
+from rich.console import Console
 
+from fechatter_notify.top import render
 from gateway import read_frames
 from runtime import Snapshot, collect_snapshot
 from runtime.fleet import parse_metrics, read_registrations
@@ -136,6 +138,7 @@ async def test_top_shows_the_live_system_with_the_figures_published(
         assert roles["gateway"]["totals"]["resyncs"] == 1
         gateway = await _scrape(roles["gateway"]["metrics_url"])
         assert gateway["fechatter_notify_gateway_resyncs_total{reason=invalid_id}"] == 1
+        _check_view(after, pids)
     finally:
         if reader is not None:
             reader.cancel()
@@ -181,6 +184,17 @@ def _check_deltas(before: dict[str, Any], after: dict[str, Any]) -> None:
     assert delta("worker", "jobs_done") == MESSAGES and delta("worker", "jobs_failed") == 0
     assert delta("worker", "notifications_delivered") == MESSAGES * recipients
     assert delta("gateway", "frames_sent") == MESSAGES  # user 9's one stream
+
+
+def _check_view(snapshot: Snapshot, pids: dict[str, int]) -> None:
+    """The terminal view of the same snapshot: a table per role with each process, lag and queues."""
+    console = Console(record=True, width=200)
+    console.print(render(snapshot))
+    text = console.export_text()
+    assert "bridges 1  workers 1  gateways 1" in text
+    for role, pid in pids.items():
+        assert f"{role}s" in text and f":{pid}" in text
+    assert "notification_processor" in text and "domain" in text and "circuit closed" in text
 
 
 def _check_rates(after: Snapshot) -> None:
