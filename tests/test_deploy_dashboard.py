@@ -54,7 +54,8 @@ TARGET_LABELS = {"instance", "job"}
 SILENT = ("FechatterNotifyRedisCircuitOpen", "FechatterNotifyConsumerLag", "FechatterNotifyRealtimeEventsDropped",
           "FechatterNotifySlowEnqueue", "FechatterNotifyNatsCircuitOpen", "FechatterNotifyJobsFailing",
           "FechatterNotifyStaleRealtimeJobs", "FechatterNotifyUnknownMembership",
-          "FechatterNotifyGatewayAuthFailures", "FechatterNotifyGatewaySlowClients")
+          "FechatterNotifyGatewayAuthFailures", "FechatterNotifyGatewaySlowClients", "FechatterNotifyRedeliveries",
+          "FechatterNotifySlowDelivery")
 _METRIC = re.compile(r"\bfechatter_notify_[a-z_]+")
 _SUFFIX = re.compile(r"_(total|bucket|sum|count|created)$")
 _SELECTOR = re.compile(r"\{([^}]*)\}")
