@@ -90,12 +90,12 @@ async def test_doctor_reports_a_leaderless_stream_while_it_has_none_and_health_a
     settings = cluster_settings(nats_cluster, redis_server.url, "R3_EVENTS", replicas=3)
     await provision_once(settings, PROVISION_TIMEOUT_S)
     nats_cluster.wait_stream_leader("R3_EVENTS")
+    nats_cluster.wait_consumer_leader("R3_EVENTS", "notification_processor")
     healthy = await diagnose(settings)
     cluster_codes = {"stream_leaderless", "consumer_leaderless", "stream_r1_on_cluster", "consumer_r1_on_cluster",
                      "jetstream_unavailable", "jetstream_request_failed", "nats_unreachable"}
     assert not [f for f in healthy if f.code in cluster_codes], describe(healthy)
     # When two of its three servers are killed -9: no majority, so no leader can be elected
-    nats_cluster.wait_consumer_leader("R3_EVENTS", "notification_processor")
     survivor = nats_cluster.least_leading("R3_EVENTS", "notification_processor")
     for node in nats_cluster.nodes:
         if node is not survivor:
