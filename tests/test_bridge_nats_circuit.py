@@ -212,7 +212,7 @@ async def test_a_vanished_stream_opens_the_circuit_probes_sparingly_and_the_firs
         reason = checks[f"consumer {STREAM}/{DURABLE}"] or ""
         assert "NATS circuit open" in reason and f"stream {STREAM}" in reason and "does not exist" in reason, reason
         # and it probes at growing intervals: no tight loop of checks and pulls
-        await async_wait_until(lambda: puller.circuit.probes >= 4, timeout=15)
+        await async_wait_until(lambda: puller.circuit.probes >= 3, timeout=15)
         probed, probes = time.monotonic(), puller.circuit.probes
         await nc.flush()
         elapsed = probed - opened
