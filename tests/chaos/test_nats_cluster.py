@@ -10,10 +10,12 @@ leader again, so that this one also forces an election).
 
 Invariants: nothing lost, nothing duplicated (inbox audit), each malformed event one dead letter;
 after each fault the pipeline delivers an event published after the kill within
-:data:`RECOVER_BOUND_S` (the harness's ``recover_max_s``). Measured per fault and printed: the
-JetStream API requests the nodes served during the outage (``/jsz`` ``api.total``, kill until both
-leaders are back) against a bound derived from the bridge's NATS circuit (no tight loop), and the
-time from the leaders being back to the first event delivered after that.
+:data:`RECOVER_BOUND_S` (the harness's ``recover_max_s``). Measured per fault (the outage: from the
+kill until the stream and the durable both have a leader again) and printed: the pull requests and
+consumer checks the bridge sent meanwhile (its /metrics), held to a bound derived from its NATS
+circuit (no tight loop), beside the JetStream API requests the nodes counted (``/jsz`` ``api.total``,
+which misses requests nobody answered); and the time from the leaders' return to the first event
+delivered after it, held to one probe interval.
 """
 
 from __future__ import annotations
