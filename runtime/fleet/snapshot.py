@@ -90,6 +90,8 @@ LATENCIES: Final[dict[str, str]] = {
     "enqueue": f"{_B}enqueue_latency_seconds",
     "delivery": f"{_W}delivery_latency_seconds",
 }
+#: Each role's metric prefix.
+_ROLE_PREFIX: Final = {"bridge": _B, "worker": _W, "gateway": _G}
 _LAG: Final = {"pending": f"{_B}consumer_num_pending", "ack_pending": f"{_B}consumer_num_ack_pending"}
 
 Sample = tuple[str, dict[str, str], float]
@@ -224,8 +226,11 @@ def _view(record: ProcessRecord, text: str | BaseException, before: ProcessView 
     except ValueError as exc:
         return ProcessView(record, up=False, error=f"unreadable metrics: {exc}")
     view = ProcessView(record, up=True)
+    # A family a process has not written yet (a labelled one in the workers' multiprocess mode shows only
+    # once a child has a value) counts 0 for the role that owns it.
+    own = _ROLE_PREFIX.get(record.role, "-")
     view.totals = {name: _sum(samples, metric, want) for name, (metric, want) in FIGURES.items()
-                   if _has(samples, metric)}
+                   if metric.startswith(own) or _has(samples, metric)}
     view.gauges = {name: _sum(samples, metric, {}) for name, metric in GAUGES.items() if _has(samples, metric)}
     view.circuits = _circuits(samples)
     view.lag = _lag(samples)
