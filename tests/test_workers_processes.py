@@ -206,3 +206,37 @@ def test_sighup_replaces_the_worker_processes_with_the_new_configuration(
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
     assert proc.returncode == 0, log_path.read_text()
+
+
+@pytest.mark.slow
+def test_sighup_stops_the_old_worker_process_only_once_the_new_one_consumes(
+    redis_server: RedisServer, client: redis.Redis, tmp_path: Path
+) -> None:
+    # A spawned process takes seconds to import and connect on a busy machine (chaos scenario
+    # reload_under_load saw queues without a consumer for 13 s when the old one was stopped at once).
+    config = tmp_path / "notify.yml"
+    config.write_text(settings_yaml(make_settings(redis_server.url, namespace="t")))
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fechatter_notify", "--config", str(config), "worker", "-p", "1", "-t", "1"],
+            env=child_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    events = lambda: [line.split(" event=", 1)[1].split(" ", 1)[0]  # noqa: E731
+                      for line in log_path.read_text().splitlines() if " event=" in line]
+    try:
+        wait_until(lambda: "worker_started" in events(), timeout=30, message="the worker never started")
+        # When SIGHUP arrives
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_until(lambda: "config_reloaded" in events(), timeout=60, message="the reload never finished")
+        # Then the new process started consuming before the old one was told to stop
+        seen = events()
+        restarting = seen.index("worker_processes_restarting")
+        after = seen[restarting:]
+        assert "worker_started" in after and "worker_signal" in after, seen
+        assert after.index("worker_started") < after.index("worker_signal"), seen
+        assert dict(client.pubsub_numsub("t:wake:realtime"))[b"t:wake:realtime"] == 1
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0, log_path.read_text()

@@ -6,8 +6,9 @@ process (default 8), ``-Q/--queues`` to consume a subset (default: both queues).
 settings object itself, so ``--config``, ``$NOTIFY_CONFIG`` and environment overrides resolve
 once, here. SIGTERM/SIGINT stop the children gracefully (running jobs finish within
 ``delivery.time_limit``, prefetched ones are requeued). SIGHUP re-reads the configuration and
-replaces the children, new ones first (see :func:`_restart`). If a child dies on its own, the
-supervisor stops the others and exits 1, so the platform restarts the whole unit.
+replaces the children, the old ones stopped once the new ones consume (see :func:`_restart`).
+If a child dies on its own, the supervisor stops the others and exits 1, so the platform restarts
+the whole unit.
 
 The supervisor serves the children's summed metrics at ``metrics.host:metrics.worker_port``
 ``/metrics`` and their liveness at ``health.host:health.worker_port`` ``/healthz`` (port 0 =
@@ -21,11 +22,13 @@ import argparse
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.synchronize
 import os
 import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import Final
@@ -56,6 +59,10 @@ log = logging.getLogger(__name__)
 DEFAULT_THREADS: Final = 8
 #: Extra seconds a child gets beyond ``delivery.time_limit`` to stop before it is killed.
 STOP_GRACE_S: Final = 10.0
+#: How long a reload waits for the new children to consume before it stops the old ones anyway.
+START_TIMEOUT_S: Final = 60.0
+#: How often that wait looks at the stop flag and the children, in seconds.
+STOP_POLL_S: Final = 0.1
 
 
 def select_queues(settings: Settings, wanted: Sequence[str] | None) -> list[str]:
@@ -153,7 +160,7 @@ def _restart(settings: Settings, children: list[multiprocessing.process.BaseProc
              processes: int, args: argparse.Namespace, stop: threading.Event) -> Settings:
     """SIGHUP (dramatiq's convention): re-read the configuration and replace every worker process.
 
-    The new processes start before the old ones are told to stop, so the queues are never
+    The old processes are told to stop only once the new ones consume, so the queues are never
     without consumers; the old ones finish their running jobs and requeue what they prefetched.
     An invalid configuration is refused and the running processes stay. Returns the settings
     now in effect (``children`` is updated in place).
@@ -167,25 +174,50 @@ def _restart(settings: Settings, children: list[multiprocessing.process.BaseProc
         log_event(log, "config_reload_refused", logging.ERROR, reason=str(exc))
         return settings
     old = list(children)
-    children[:] = _spawn(new, queues, threads, processes)
+    started: list[multiprocessing.synchronize.Event] = []
+    children[:] = _spawn(new, queues, threads, processes, started)
     log_event(log, "worker_processes_restarting", old_pids=",".join(str(c.pid) for c in old),
               new_pids=",".join(str(c.pid) for c in children))
+    # A spawned process takes seconds to import and connect: stopping the old ones before the new
+    # ones consume would leave the queues without consumers that long.
+    _wait_started(children, started, stop)
     _stop(old, settings.delivery.time_limit + STOP_GRACE_S)
     log_event(log, "config_reloaded", processes=processes, queues=",".join(queues))
     return new
 
 
-def _spawn(settings: Settings, queues: list[str], threads: int,
-           processes: int) -> list[multiprocessing.process.BaseProcess]:
+def _spawn(settings: Settings, queues: list[str], threads: int, processes: int,
+           started: list[multiprocessing.synchronize.Event] | None = None) -> list[multiprocessing.process.BaseProcess]:
+    """Start ``processes`` children; with ``started``, each gets an event it sets once it consumes."""
     from workers.process import serve
 
     ctx = multiprocessing.get_context("spawn")
     children: list[multiprocessing.process.BaseProcess] = []
     for index in range(processes):
-        child = ctx.Process(target=serve, args=(settings, queues, threads), name=f"fechatter-notify-worker-{index}")
+        event = None
+        if started is not None:
+            event = ctx.Event()
+            started.append(event)
+        child = ctx.Process(target=serve, args=(settings, queues, threads, event),
+                            name=f"fechatter-notify-worker-{index}")
         child.start()
         children.append(child)
     return children
+
+
+def _wait_started(children: list[multiprocessing.process.BaseProcess], started: list[multiprocessing.synchronize.Event],
+                  stop: threading.Event) -> None:
+    """Until every new child consumes, or one died (the supervisor's loop then exits as for any
+    dead child), or SIGTERM, or :data:`START_TIMEOUT_S` passed (logged; the old ones stop anyway)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not all(event.is_set() for event in started):
+        dead = [c for c in children if not c.is_alive()]
+        if stop.is_set() or dead or time.monotonic() > deadline:
+            if not stop.is_set():
+                log_event(log, "worker_processes_not_started", logging.WARNING,
+                          reason="a new process died" if dead else f"not consuming after {START_TIMEOUT_S:.0f}s")
+            return
+        next(event for event in started if not event.is_set()).wait(STOP_POLL_S)
 
 
 def _stop(children: list[multiprocessing.process.BaseProcess], timeout: float) -> None:

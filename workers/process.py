@@ -13,7 +13,7 @@ import signal
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import dramatiq
 import sentry_sdk
@@ -35,6 +35,12 @@ from workers.services import Services
 __all__ = ["WorkerRuntime", "serve"]
 
 log = logging.getLogger(__name__)
+
+
+class EventLike(Protocol):
+    """What :func:`serve` sets once it consumes: a ``multiprocessing`` Event from the supervisor."""
+
+    def set(self) -> None: ...
 
 #: How long a stopping process waits for queued Sentry events to be sent, in seconds.
 SENTRY_FLUSH_S: Final = 2.0
@@ -99,8 +105,11 @@ class WorkerRuntime:
         log_event(log, "worker_stopped", broker_id=self.broker.broker_id)
 
 
-def serve(settings: Settings, queues: Sequence[str], threads: int) -> int:
-    """Run one worker process until SIGTERM or SIGINT; the target of ``worker`` children."""
+def serve(settings: Settings, queues: Sequence[str], threads: int, started: EventLike | None = None) -> int:
+    """Run one worker process until SIGTERM or SIGINT; the target of ``worker`` children.
+
+    ``started`` is set once the process consumes (a reloading supervisor stops the old processes
+    only then)."""
     setup_logging()
     init_sentry(settings.sentry, "worker")  # before the broker: the integration hooks Broker.__init__
     stop = threading.Event()
@@ -114,6 +123,8 @@ def serve(settings: Settings, queues: Sequence[str], threads: int) -> int:
     # A hangup of the whole process group is the supervisor's to handle (it reloads).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     runtime = WorkerRuntime(settings, queues=queues, threads=threads).start()
+    if started is not None:
+        started.set()
     _wait_for_stop(stop, os.getppid())
     runtime.stop()
     # multiprocessing children leave through os._exit: atexit (and Sentry's flush) never runs.
