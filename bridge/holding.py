@@ -77,6 +77,7 @@ class Inbound:
       metas: Per message, its :func:`reply_metadata`.
       received_at: When the batch reached the processor (stamped on its jobs, held or not).
       payload_bytes: Sum of the payload sizes (what the byte bound counts).
+      arrived: ``time.monotonic()`` at ``received_at`` (ack_wait runs since about then).
       wpi_due: Monotonic time its next in-progress ack is due, while held.
     """
 
@@ -84,12 +85,14 @@ class Inbound:
     metas: list[Meta]
     received_at: datetime
     payload_bytes: int
+    arrived: float
     wpi_due: float = 0.0
 
     @classmethod
     def of(cls, msgs: list[Msg], received_at: datetime) -> Inbound:
         """Read each message's reply subject once."""
-        return cls(msgs, [reply_metadata(m.reply) for m in msgs], received_at, sum(len(m.data) for m in msgs))
+        return cls(msgs, [reply_metadata(m.reply) for m in msgs], received_at, sum(len(m.data) for m in msgs),
+                   time.monotonic())
 
     @property
     def delivered(self) -> list[int]:
@@ -99,8 +102,10 @@ class Inbound:
     def split(self, keep: int) -> tuple[Inbound, Inbound]:
         """The first ``keep`` messages and the rest, as two batches received at the same time."""
         msgs, metas = self.msgs, self.metas
-        head = Inbound(msgs[:keep], metas[:keep], self.received_at, sum(len(m.data) for m in msgs[:keep]))
-        return head, Inbound(msgs[keep:], metas[keep:], self.received_at, self.payload_bytes - head.payload_bytes)
+        head = Inbound(msgs[:keep], metas[:keep], self.received_at, sum(len(m.data) for m in msgs[:keep]),
+                       self.arrived)
+        return head, Inbound(msgs[keep:], metas[keep:], self.received_at, self.payload_bytes - head.payload_bytes,
+                             self.arrived)
 
 
 class HoldLimits(NamedTuple):
@@ -178,7 +183,8 @@ class Holding:
         return fit
 
     def add(self, batch: Inbound, reason: str) -> None:
-        """Hold ``batch`` after everything held; its first in-progress ack is due ``wpi_every`` from now."""
+        """Hold ``batch`` after everything held; its first in-progress ack is due ``wpi_every`` after it
+        arrived (a failed enqueue may have taken up to a socket timeout of that)."""
         if not batch.msgs:
             return
         if not self._batches:
@@ -186,7 +192,7 @@ class Holding:
             self._released = 0
             log_event(log, "events_held", logging.WARNING, consumer=self._name, events=len(batch.msgs),
                       reason=reason, limit_events=self.limits.events, limit_bytes=self.limits.payload_bytes)
-        batch.wpi_due = time.monotonic() + self._every
+        batch.wpi_due = batch.arrived + self._every
         self._batches.append(batch)
         self._events += len(batch.msgs)
         self._bytes += batch.payload_bytes
