@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Final
 
 from settings.durations import format_duration as fmt
-from settings.model import Settings
+from settings.model import Redis, Settings
 from settings.problems import Path, Problem, problem_at
 from settings.redis_target import is_sentinel_url, parse_sentinel_address
 from settings.sources import Origins
@@ -23,15 +23,20 @@ SENTINEL_ONLY_KEYS: Final = ("db", "username", "password", "sentinel_username", 
 RECOMMENDED_SENTINELS: Final = 3
 
 
-def _set(o: Origins, path: Path) -> bool:
-    """Whether the operator wrote ``path`` (or something inside it), in a file or the environment."""
-    return any(p[: len(path)] == path for p in o)
+def _set(s: Settings, o: Origins, key: str) -> bool:
+    """Whether the operator wrote ``redis.<key>`` (in a file or the environment) with a value other than
+    its default: a file written from ``config show`` names every key, at its default."""
+    path: Path = ("redis", key)
+    if not any(p[: len(path)] == path for p in o):
+        return False
+    default = Redis.model_fields[key].get_default(call_default_factory=True)
+    return bool(getattr(s.redis, key) != default)
 
 
 def redis_url_or_sentinels(s: Settings, o: Origins) -> Iterator[Problem]:
     """``redis.url`` and ``redis.sentinels`` name the same thing two ways: only one may be set."""
     r = s.redis
-    if r.sentinels and _set(o, ("redis", "url")):
+    if r.sentinels and _set(s, o, "url"):
         yield problem_at(o, ("redis", "sentinels"), "redis_url_and_sentinels",
                          f"both redis.url (from {o.get(('redis', 'url'), 'default')}) and redis.sentinels are "
                          "set: which Redis is meant?", r.sentinels,
@@ -73,7 +78,7 @@ def sentinel_keys_need_sentinels(s: Settings, o: Origins) -> Iterator[Problem]:
     where = "the redis+sentinel:// URL (user info, /db, ?sentinel_password=..., rediss+sentinel://)" \
         if url_form else "the URL (redis://user:password@host:6379/0, rediss:// for TLS)"
     for key in SENTINEL_ONLY_KEYS:
-        if _set(o, ("redis", key)):
+        if _set(s, o, key):
             yield problem_at(o, ("redis", key), "sentinel_key_without_sentinels",
                              f"redis.{key} applies only with redis.sentinels; with redis.url it is ignored",
                              None, f"put it in {where}, or configure redis.sentinels")

@@ -87,6 +87,15 @@ def test_sentinel_only_keys_with_a_plain_url_are_errors() -> None:
     assert ("error", "sentinel_key_without_sentinels", "redis.tls") in found
 
 
+def test_a_file_naming_every_key_at_its_default_is_not_an_error() -> None:
+    # What `config show --format json` prints, loaded back: every redis key is written, at its default.
+    dumped = Settings().model_dump(mode="json")
+    dumped["redis"]["url"] = "redis://127.0.0.1:6379/0"
+    assert [p for p in problems(yaml.safe_dump({"redis": dumped["redis"]})) if p[0] == "error"] == []
+    dumped["redis"].update(sentinels=["a:1", "b:2", "c:3"], master_name="m")
+    assert [p for p in problems(yaml.safe_dump({"redis": dumped["redis"]})) if p[0] == "error"] == []
+
+
 def test_replica_ack_timeout_must_end_before_the_socket_timeout() -> None:
     text = "redis:\n  min_replicas_acked: 1\n  replica_ack_timeout: 2s\n  socket_timeout: 2s\n"
     assert ("error", "replica_ack_timeout_too_long", "redis.replica_ack_timeout") in problems(text)
