@@ -37,9 +37,10 @@ import yaml
 
 from gateway import read_frames
 from runtime.fleet import ProcessRecord, parse_metrics
-from tests.pipeline import Pipeline, shutdown, start_pipeline
+from tests.pipeline import Pipeline, start_pipeline
 from tests.servers import NatsServer, RedisServer, ServerBinaryNotFound, wait_until
 from tests.test_deploy_alerts import exported
+from tests.test_top import stop_all
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "fechatter-notify.json"
@@ -166,7 +167,7 @@ def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str
             yield before, _scrape(records)
         finally:
             client.close()
-            codes = shutdown(pipeline)
+            codes = stop_all(pipeline)
             assert codes == {"bridge": 0, "worker": 0, "gateway": 0}, {n: pipeline.log_tail(n) for n in codes}
 
 

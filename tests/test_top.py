@@ -11,6 +11,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from fechatter_notify.top import render
 from gateway import read_frames
 from runtime import Snapshot, collect_snapshot
 from runtime.fleet import parse_metrics, read_registrations
-from tests.pipeline import Pipeline, shutdown, start_pipeline
+from tests.pipeline import Pipeline, start_pipeline
 from tests.servers import NatsServer, RedisServer, async_wait_until
 
 NS = "fechatter-notify"
@@ -42,6 +43,15 @@ def _created(message_id: int) -> bytes:
                                "files": [], "created_at": "2025-06-27T02:45:46.782538Z",
                                "idempotency_key": f"0190b5e2-7c3a-7d82-9206-{message_id:012d}"},
                        "members": MEMBERS, "occurred_at": "2025-06-27T02:45:46.790112345Z"}).encode()
+
+
+def stop_all(pipeline: Pipeline) -> dict[str, int]:
+    """SIGTERM every process of ``pipeline`` at once (each drains on its own: one after the other cost
+    seconds of the suite's budget); returns their exit codes, as ``tests.pipeline.shutdown`` does."""
+    names = list(pipeline.processes)
+    with ThreadPoolExecutor(max_workers=len(names) or 1) as pool:
+        codes = list(pool.map(pipeline.stop, names))
+    return dict(zip(names, codes, strict=True))
 
 
 def _top_json(pipeline: Pipeline) -> dict[str, Any]:
@@ -146,7 +156,7 @@ async def test_top_shows_the_live_system_with_the_figures_published(
         await session.close()
         for name in pipeline.processes:  # shown by pytest when the test fails
             print(f"--- {name} log ---\n{pipeline.log_tail(name, 60)}")
-        codes = shutdown(pipeline)
+        codes = stop_all(pipeline)
     try:
         assert codes == {"bridge": 0, "worker": 0, "gateway": 0}, codes
         # A clean stop removes each record at once (no waiting for the TTL).
