@@ -75,13 +75,22 @@ class Settler:
         self._consumer = consumer
         self.lost = 0
         self._redeliveries: _Counter | None = None
+        # The reply subjects of this durable's messages start with this (the usual, 9-token form):
+        # a first delivery is then told by one comparison, without splitting the subject.
+        self._ack_prefix = f"$JS.ACK.{consumer.stream}.{consumer.durable}."
 
     def count_redeliveries(self, counter: _Counter) -> None:
         """From now on, count each settled message delivered more than once into ``counter``."""
         self._redeliveries = counter
 
     def _settled(self, msg: Msg) -> None:
-        if self._redeliveries is not None and delivery_count(msg.reply) > 1:
+        if self._redeliveries is None:
+            return
+        reply, prefix = msg.reply, self._ack_prefix
+        if reply.startswith(prefix):
+            if not reply.startswith("1.", len(prefix)):  # "1." is a first delivery ("10." is not)
+                self._redeliveries.inc()
+        elif delivery_count(reply) > 1:
             self._redeliveries.inc()
 
     def _lost(self, what: str, exc: Exception) -> None:

@@ -26,7 +26,7 @@ from dramatiq.middleware import SkipMessage
 from nats.js.api import ConsumerConfig
 from prometheus_client import generate_latest
 
-from bridge.acks import Settler
+from bridge.acks import Settler, delivery_count
 from bridge.jsapi import JetStreamApi
 from bridge.lag import poll_lag
 from bridge.metrics import BridgeMetrics
@@ -241,6 +241,12 @@ async def test_consumer_lag_and_redeliveries_of_a_real_durable(nats_server: Nats
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
         await nc.close()
+
+
+def test_the_delivery_count_is_read_from_both_forms_of_reply_subject() -> None:
+    assert delivery_count("$JS.ACK.S.dur.3.17.12.1764434700123456789.0") == 3
+    assert delivery_count("$JS.ACK.hub.ACCHASH.S.dur.2.17.12.1764434700123456789.0.token") == 2
+    assert delivery_count("_INBOX.abc") == delivery_count(None) == delivery_count("$JS.ACK.S.dur.x.1.1.1.0") == 1
 
 
 def test_an_expired_realtime_job_is_dropped_and_counted_with_its_reason() -> None:
