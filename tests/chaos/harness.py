@@ -52,7 +52,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -60,7 +60,7 @@ from typing import Any, Literal
 import redis
 from nats.aio.msg import Msg
 
-from events.inbox import inbox_key
+from events.inbox import delivered_key, inbox_key, members_key
 from events.queues import dead_letter_queue, delay_queue, messages_key
 from fechatter_notify.embedded import free_port
 from gateway.testing import SigningKey
@@ -87,6 +87,9 @@ HOST = "127.0.0.1"
 #: Queues of the default settings (``queues.*``).
 QUEUES = ("domain", "realtime")
 DEAD_LETTER_STREAM = "dead-letters"
+#: bridge/enqueue.py's DEDUPE_PREFIX and the default stream, to read the bridge's per-event markers.
+BRIDGE_DEDUPE_PREFIX = "bridge:dedupe"
+STREAM = "FECHATTER_EVENTS"
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 AppendFsync = Literal["always", "everysec"]
 
@@ -436,6 +439,53 @@ class Harness:
         return [{k.decode(): v.decode(errors="replace") for k, v in fields.items() if k != b"data"}
                 for _, fields in entries]
 
+    def probe(self, client: redis.Redis, event: Event, users: list[int]) -> str:
+        """Where a lost event's trail ends in Redis: each copy's bridge marker (the dramatiq message id it
+        enqueued, "dead-letter", or none) and whether that job still waits; the first users' delivered
+        markers; the chat's membership cache size."""
+        parts = []
+        ack_sets = list(client.scan_iter(f"{self.namespace}:__acks__.*", count=1000))
+        for copy in event.copies:
+            marker = client.get(f"{self.namespace}:{BRIDGE_DEDUPE_PREFIX}:{STREAM}:id:{copy.msg_id}")
+            waiting = bool(marker) and any(client.hexists(messages_key(self.namespace, q), marker) for q in QUEUES)
+            # A job fetched by a worker and never acked sits in that worker's ack set (dramatiq's layout).
+            held = [k.decode() for k in ack_sets if marker and client.sismember(k, marker)]
+            parts.append(f"{copy.dialect}: marker={marker!r} waiting={waiting} held_by={held}")
+        beats: list[tuple[bytes, float]] = client.zrange(  # type: ignore[assignment]
+            f"{self.namespace}:__heartbeats__", 0, -1, withscores=True)
+        ages = [(broker.decode()[:8], round(time.time() - ms / 1000, 1)) for broker, ms in beats]
+        parts.append(f"worker heartbeats (broker, age s)={ages}")
+        shared = f"{event.chat.id}:{event.message_id}"
+        for user in users[:3]:
+            parts.append(f"delivered:{user}={client.exists(delivered_key(self.namespace, user, shared))}")
+        cached = client.scard(members_key(self.namespace, event.chat.id))
+        parts.append(f"members cached={cached}/{len(event.chat.members)}")
+        return " ".join(parts)
+
+    def classify_lost(self, client: redis.Redis, plan: TrafficPlan, audit: Audit) -> dict[str, int]:
+        """Lost events by where their trail ends: ``held_by_worker`` (a copy's job was fetched by a
+        worker and sits in its ack set, never processed), ``queued`` (a job still waits in a queue),
+        ``no_job`` (the bridge enqueued a copy, the job is gone: processed without the notification,
+        or lost by Redis), ``not_enqueued`` (no copy has a bridge marker: never enqueued, or lost by Redis)."""
+        held: set[bytes] = set()
+        for key in client.scan_iter(f"{self.namespace}:__acks__.*", count=1000):
+            held.update(client.smembers(key))
+        by_key, counts = plan.by_key(), dict.fromkeys(("held_by_worker", "queued", "no_job", "not_enqueued"), 0)
+        for key in audit.by_key_lost:
+            event = by_key[key]
+            markers = [client.get(f"{self.namespace}:{BRIDGE_DEDUPE_PREFIX}:{STREAM}:id:{c.msg_id}")
+                       for c in event.copies]
+            jobs = [m for m in markers if m and m != b"dead-letter"]
+            if any(j in held for j in jobs):
+                counts["held_by_worker"] += 1
+            elif any(client.hexists(messages_key(self.namespace, q), j) for j in jobs for q in QUEUES):
+                counts["queued"] += 1
+            elif jobs:
+                counts["no_job"] += 1
+            else:
+                counts["not_enqueued"] += 1
+        return counts
+
     def logs(self, lines: int = 25) -> str:
         """The tail of every process's and server's log, for an assertion message."""
         parts = [f"--- {i.name} (starts={i.starts} kills={i.kills}) ---\n{i.log_tail(lines)}"
@@ -479,6 +529,7 @@ class ScenarioResult:
         found = []
         if not self.audit.ok():
             found.append(self.audit.summary())
+            found.append(f"lost events by cause: {self.extra.get('lost_events_by_cause')}")
             found += self.lost_events
         found += self.dead_letter_problems
         if self.failed_jobs:
@@ -544,7 +595,7 @@ def recover_times(client: redis.Redis, namespace: str, plan: TrafficPlan, faults
 
 
 def describe_lost(plan: TrafficPlan, audit: Audit, faults: Sequence[FaultRecord], given_up: Iterable[int] = (),
-                  limit: int = 10) -> list[str]:
+                  probe: Callable[[Event, list[int]], str] | None = None, limit: int = 10) -> list[str]:
     """The lost events (most users first): dialects, stream sequences (``!`` marks one JetStream gave up
     on after max_deliver deliveries), when published, which faults were near."""
     by_key, max_delivered = plan.by_key(), set(given_up)
@@ -554,8 +605,10 @@ def describe_lost(plan: TrafficPlan, audit: Audit, faults: Sequence[FaultRecord]
         at = event.published_at or 0.0
         near = [f"{r.fault.target}@{r.killed_at - at:+.1f}s" for r in faults if abs(r.killed_at - at) < 15]
         copies = [(c.dialect, _seq(event.seqs.get(c.msg_id), max_delivered)) for c in event.copies]
+        lost_for = [u for u, one in audit.users.items() if key in one.lost]
         lines.append(f"lost {key} for {users} of {len(list(event.recipients()))} recipients: copies {copies} "
-                     f"published at {at:.3f}; faults around it: {near}")
+                     f"published at {at:.3f}; faults around it: {near}"
+                     + (f"; {probe(event, lost_for)}" if probe is not None else ""))
     return lines
 
 
@@ -637,9 +690,12 @@ async def run_scenario(h: Harness, name: str, plan: TrafficPlan, schedule: Seque
         letters = h.dead_letters(client)
         failed = h.failed_jobs(client)
         recover = await asyncio.to_thread(recover_times, client, h.namespace, plan, h.faults)
+        lost = describe_lost(plan, audit, h.faults, given_up, lambda e, users: h.probe(client, e, users))
+        lost_by_cause = h.classify_lost(client, plan, audit) if audit.lost else {}
     return ScenarioResult(name, len(stored), list(h.faults), audit, letters, check_dead_letters(plan, letters),
                           failed, recover, published_s, settled_s, settle_error,
                           extra={"retries": publisher.retries, "duplicate_acks": publisher.duplicates,
                                  "acked_seqs": len({seq for e in stored for seq in e.seqs.values()}),
-                                 "stream_messages": h.stream_messages(), "max_deliveries": len(given_up)},
-                          lost_events=describe_lost(plan, audit, h.faults, given_up))
+                                 "stream_messages": h.stream_messages(), "max_deliveries": len(given_up),
+                                 "lost_events_by_cause": lost_by_cause},
+                          lost_events=lost)
