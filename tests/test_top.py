@@ -218,3 +218,15 @@ def _check_rates(after: Snapshot) -> None:
     delivery = worker.latency["delivery"]
     assert delivery["count"] == MESSAGES  # one enqueue-to-delivery time per job
     assert delivery["p99"] is not None and 0 < delivery["p99"] < 10
+
+
+def test_top_says_which_redis_did_not_answer(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                             tmp_path: Path) -> None:
+    from fechatter_notify.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no notify.yml of the repository's
+    monkeypatch.setenv("REDIS_URL", "redis://:secret@127.0.0.1:1/0")  # nothing listens on port 1
+    assert main(["top", "--once", "--format", "json"]) == 2
+    err = capsys.readouterr().err
+    assert "fechatter-notify top: Redis at redis://" in err and "did not answer" in err
+    assert "secret" not in err
