@@ -6,8 +6,9 @@ re-pulling on every one of them is a loop that loads a server that is already in
 nothing to the operator. So the pull loop feeds every outcome into this state machine:
 
 * **closed**: pulling. A *failure* (a missed idle heartbeat, a 503 / no responders or another 5xx
-  status on the pull inbox, a 409 consumer deleted, a failed or refused consumer check, a JetStream
-  API timeout, or a consumer check whose round trip took longer than the idle heartbeat) adds one to
+  status on the pull inbox, a 409 consumer deleted, a failed or refused consumer check, a check left
+  unanswered for an idle heartbeat (1 s at least, the API's 5 s at most) while the server still
+  answers PINGs, or a check whose round trip took longer than the idle heartbeat) adds one to
   ``failures_in_a_row``; a *healthy pull* (a message, a heartbeat, a request that expired or found
   nothing) resets it. ``threshold`` failures in a row (``jetstream.max_missed_heartbeats``, the same
   count after which the bridge has always reported not ready) open the circuit.

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import Final
 
@@ -38,6 +39,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from bridge.errors import BridgeError, JetStreamError
+from bridge.jsapi import DEFAULT_API_TIMEOUT_S
 from bridge.metrics import BridgeMetrics
 from bridge.nats_circuit import CircuitState, NatsCircuit, Transition, probe_cap
 from bridge.process import JetStreamProcessor
@@ -55,6 +57,8 @@ log = logging.getLogger("bridge.pull")
 MAX_SCRIPT_BATCH: Final = 1000
 #: Failed probes logged individually: the first ones, then one in this many (the rest are counted).
 _PROBE_LOG_EVERY: Final = 50
+#: Shortest time a consumer check waits for its answer, in seconds (loopback answers in milliseconds).
+CHECK_TIMEOUT_FLOOR_S: Final = 1.0
 _STATUS: Final = "Status"
 _DESCRIPTION: Final = "Description"
 _PENDING_MSGS: Final = "Nats-Pending-Messages"
@@ -451,8 +455,19 @@ class PullConsumer:
         epoch = self._epoch
         circuit.probe_started()
         began = time.monotonic()
+        # A leaderless durable (a cluster electing) leaves the check unanswered: waiting for the API's
+        # own 5 s timeout would hold the pull back for that long after the new leader is there. An
+        # answer later than the round-trip bound counts as a failure anyway, so the check gives up
+        # there (never below CHECK_TIMEOUT_FLOOR_S) and the next one follows the circuit's schedule.
+        within = min(DEFAULT_API_TIMEOUT_S, max(CHECK_TIMEOUT_FLOOR_S, circuit.rtt_bound))
         try:
-            await self._provisioner.recover_consumer(self.consumer)
+            await asyncio.wait_for(self._provisioner.recover_consumer(self.consumer), within)
+        except TimeoutError:
+            self._metrics.recoveries.labels(self.name, "failed").inc()
+            if await self._connection_answers(within):  # the server is there, the durable is not answering
+                self._check_failed(reason, "api_timeout", f"consumer check unanswered after {within:.1f}s", epoch,
+                                   logging.WARNING)
+            return False
         except JetStreamError as exc:
             self._metrics.recoveries.labels(self.name, "failed").inc()
             verdict = classify(exc.code, exc.err_code, exc.description)
@@ -474,6 +489,18 @@ class PullConsumer:
         change = circuit.checked()  # open -> half-open: the trial pull goes out
         if change is not None:
             self._announce(change)
+        return True
+
+    async def _connection_answers(self, within: float) -> bool:
+        """True when the server answers a PING within ``within`` seconds (at least 1 s).
+
+        Tells a durable that does not answer (leaderless) from a connection that does not (a dead
+        path, which the client's own PINGs will declare stale): only the first is the circuit's.
+        """
+        try:
+            await self._nc.flush(timeout=max(math.ceil(within), 1))
+        except (TimeoutError, nats.errors.Error, OSError):
+            return False
         return True
 
     def _check_failed(self, reason: str, verdict: str, error: str, epoch: int, level: int) -> None:
