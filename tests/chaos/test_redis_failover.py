@@ -3,7 +3,11 @@
 One primary, two replicas and three sentinels on loopback (tests/sentinel.py, failover in a few
 seconds); the Procfile's bridge, worker and web processes name them with a ``redis+sentinel://``
 ``REDIS_URL``. Traffic as in the other chaos scenarios (tests/chaos/traffic.py); a few seconds in,
-the primary is killed -9 and stays dead: the processes must follow the promoted replica on their own.
+the primary loses its replication links (its replicas are disconnected and refused when they come
+back, as in a network failure between them) and :data:`LINK_CUT_S` later it is killed -9 and stays
+dead: the processes must follow the promoted replica on their own, and what the primary accepted
+during the cut exists nowhere else. (Killed with its links intact, a primary on the same machine
+takes nothing with it: the kernel still delivers its last replication bytes.)
 
 With ``redis.min_replicas_acked: 1`` the bridge acks a JetStream batch and a worker acks a job only
 once a replica holds what they wrote (WAIT), so the promoted replica has every acknowledged write:
@@ -11,10 +15,10 @@ nothing lost, nothing duplicated (the audit of every inbox). Readiness of the br
 gateway turns 503 during the failover and 200 after it, and a stream open on the gateway through
 the failover keeps receiving notifications.
 
-With 0 (Redis's asynchronous replication alone) what the primary acknowledged but had not yet
-streamed to a replica when it died is gone: jobs the bridge had already acked to JetStream. Run
-``python -m tests.chaos.test_redis_failover --min-replicas-acked 0 [--events N]`` to measure it;
-the README's "Redis high availability" has the figures.
+With 0 (Redis's asynchronous replication alone) what the primary acknowledged during the cut is
+gone: jobs the bridge had already acked to JetStream, inbox entries whose jobs were acked. Run
+``python -m tests.chaos.test_redis_failover --min-replicas-acked 0 [--link-cut-s S] [--runs R]`` to
+measure it; the README's "Redis high availability" has the figures.
 """
 
 from __future__ import annotations
@@ -42,8 +46,10 @@ from tests.servers import RedisServer, async_wait_until
 SCENARIO = "redis_failover"
 CI_EVENTS = 800
 CI_TRAFFIC_S = 12.0
-#: The primary dies this far into the traffic, in seconds.
+#: The primary's replication links are cut this far into the traffic, in seconds.
 KILL_AT_S = 4.0
+#: How long the primary runs without replicas before it is killed, in seconds.
+LINK_CUT_S = 1.0
 SEED = 13
 
 
@@ -54,10 +60,11 @@ class SentinelHarness(Harness):
     returns once the sentinels have promoted a replica (its record then times the failover).
     """
 
-    def __init__(self, workdir: Path, *, min_replicas_acked: int) -> None:
+    def __init__(self, workdir: Path, *, min_replicas_acked: int, link_cut_s: float = LINK_CUT_S) -> None:
         super().__init__(workdir, config=CHAOS_CONFIG)
         self.cluster = SentinelCluster(replicas=2, sentinels=3)
         self.min_replicas_acked = min_replicas_acked
+        self.link_cut_s = link_cut_s
         self.killed: RedisServer | None = None
 
     def start_servers(self) -> None:
@@ -75,9 +82,22 @@ class SentinelHarness(Harness):
 
     def kill(self, target: str) -> None:
         if target == "redis":
-            self.killed = self.cluster.kill_primary()
+            primary = self.cluster.primary()
+            if self.link_cut_s:
+                self._cut_replication(primary)
+                time.sleep(self.link_cut_s)
+            primary.kill()
+            self.killed = primary
         else:
             super().kill(target)
+
+    @staticmethod
+    def _cut_replication(primary: RedisServer) -> None:
+        """Disconnect the primary's replicas and refuse their reconnects (an ACL on the replication
+        commands; the processes' connections and the sentinels' are untouched)."""
+        with primary.client(socket_timeout=5) as client:
+            client.execute_command("ACL", "SETUSER", "default", "-psync", "-sync", "-replconf")
+            client.client_kill_filter(_type="replica")
 
     def restart(self, target: str) -> None:
         if target == "redis":
@@ -134,10 +154,11 @@ async def _watch_stream(h: Harness, watch: Watch, user: int) -> None:
 
 
 async def redis_failover(workdir: Path, *, events: int, seed: int, traffic_s: float, min_replicas_acked: int,
+                         link_cut_s: float = LINK_CUT_S,
                          settle_timeout: float = 60) -> tuple[ScenarioResult, Watch, SentinelHarness]:
     """Run the scenario once; the caller closes the returned harness (after reading its logs)."""
     plan = plan_traffic(events, seed)
-    h = SentinelHarness(workdir, min_replicas_acked=min_replicas_acked)
+    h = SentinelHarness(workdir, min_replicas_acked=min_replicas_acked, link_cut_s=link_cut_s)
     watch = Watch()
     watchers: list[asyncio.Task[None]] = []
     try:
@@ -200,15 +221,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=CI_EVENTS)
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--link-cut-s", type=float, default=LINK_CUT_S,
+                        help=f"seconds the primary runs without replicas before the kill (default {LINK_CUT_S})")
     args = parser.parse_args(argv)
     for run in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="redis-failover-") as tmp:
             outcome: tuple[ScenarioResult, Watch, SentinelHarness] = asyncio.run(redis_failover(
                 Path(tmp), events=args.events, seed=args.seed + run,
-                traffic_s=CI_TRAFFIC_S * max(1.0, args.events / CI_EVENTS), min_replicas_acked=args.min_replicas_acked))
+                traffic_s=CI_TRAFFIC_S * max(1.0, args.events / CI_EVENTS), min_replicas_acked=args.min_replicas_acked,
+                link_cut_s=args.link_cut_s))
             result, _, h = outcome
             h.close()
-            print(f"{result.line()} min_replicas_acked={args.min_replicas_acked} seed={args.seed + run}")
+            print(f"{result.line()} min_replicas_acked={args.min_replicas_acked} link_cut_s={args.link_cut_s} "
+                  f"seed={args.seed + run}")
             if result.audit.lost:
                 print(f"  lost: {result.audit.summary(5)}")
     return 0
