@@ -66,6 +66,11 @@ async def _single_flight(key: Hashable, since: int, read: Callable[[], Awaitable
             current = _in_flight.get(key)
             if current is not None and current[1] is done:
                 del _in_flight[key]
+            # Every waiter may have left before the read failed (a cancelled shield drops its
+            # callback on the task): the failure was theirs to see, and no one else's; without
+            # this, asyncio logs "Task exception was never retrieved" at ERROR for each such read.
+            if not done.cancelled():
+                done.exception()
 
         task.add_done_callback(forget)
     return cast(T, await asyncio.shield(task))
