@@ -1,14 +1,16 @@
 """Publishes malformed payloads on a schedule, in a process of its own.
 
-``python -m tests.chaos.badsender NATS_URL PAYLOADS.pickle RESULT.json START SCHEDULE_JSON``
+``python -m tests.chaos.badsender NATS_URL PAYLOADS.pickle RESULT.json SCHEDULE_JSON``
 
 Scenario 7 measures the good traffic's latency while this sends the malformed traffic. In the
 test's own event loop, the malformed publishing (thousands of JetStream requests) delayed the
 good messages' writes after their timestamps were taken, so part of what looked like the bridge's
 latency was the test's. Here the malformed traffic has its own process, connection and loop.
 
-``PAYLOADS.pickle`` holds ``[(subject, data, core), ...]``; ``START`` is the ``time.monotonic()``
-(one clock for every process on Linux) at which the schedule begins; ``SCHEDULE_JSON`` is
+``PAYLOADS.pickle`` holds ``[(subject, data, core), ...]``. Once loaded and connected, the process
+prints ``ready`` and reads one line from stdin: the ``time.monotonic()`` (one clock for every
+process on Linux) at which the schedule begins, so that its start-up costs fall outside the
+measured windows. ``SCHEDULE_JSON`` is
 ``[[kind, seconds], ...]``: the payloads are spread evenly over the ``mixed`` windows, in slices
 every 20 ms. ``RESULT.json`` receives ``{"js": [[index, stream seq], ...], "core": [index, ...]}``.
 """
@@ -28,10 +30,12 @@ import nats
 SLICE_S: Final = 0.02
 
 
-async def send(url: str, payloads: list[tuple[str, bytes, bool]], start: float,
+async def send(url: str, payloads: list[tuple[str, bytes, bool]],
                schedule: list[tuple[str, float]]) -> dict[str, list[object]]:
     nc = await nats.connect(url)
     js = nc.jetstream()
+    print("ready", flush=True)
+    start = float(await asyncio.to_thread(sys.stdin.readline))
     done: dict[str, list[object]] = {"js": [], "core": []}
 
     async def stored(index: int) -> None:
@@ -66,9 +70,9 @@ async def send(url: str, payloads: list[tuple[str, bytes, bool]], start: float,
 
 
 def main(argv: list[str]) -> int:
-    url, payload_file, result_file, start, schedule = argv
+    url, payload_file, result_file, schedule = argv
     payloads = pickle.loads(Path(payload_file).read_bytes())
-    done = asyncio.run(send(url, payloads, float(start), [(k, float(s)) for k, s in json.loads(schedule)]))
+    done = asyncio.run(send(url, payloads, [(k, float(s)) for k, s in json.loads(schedule)]))
     Path(result_file).write_text(json.dumps(done))
     return 0
 

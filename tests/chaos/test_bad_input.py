@@ -71,12 +71,14 @@ def _check_config(case: ConfigCase, path: Path, base_settings: object) -> None:
     assert loaded.settings == base_settings, f"a rewrite of the base configuration read differently:\n{case.data!r}"
 
 
-def test_a_thousand_malformed_configuration_files_are_refused_naming_the_key(tmp_path: Path) -> None:
+def test_a_thousand_malformed_configuration_files_are_refused_naming_the_key(
+    tmp_path: Path, chaos_seed: int | None,
+) -> None:
     base_settings = load_settings(str(_write(tmp_path / "base.yml", _dump(BASE))), env={}).settings
     seen: Counter[str] = Counter()
     target = tmp_path / "notify.yml"
 
-    @seed(CONFIG_SEED)
+    @seed(CONFIG_SEED if chaos_seed is None else chaos_seed)
     @settings(max_examples=CONFIGS, database=None, phases=[Phase.generate], deadline=None,
               suppress_health_check=list(HealthCheck))
     @given(case=config_cases())
@@ -214,14 +216,14 @@ async def _publish_good(nc: Any, js: Any, run: Run) -> None:
         await _send_good(nc, js, good)
 
 
-def _start_bad_sender(pipeline: Pipeline, payloads: list[BadPayload], start: float) -> subprocess.Popen[bytes]:
+def _start_bad_sender(pipeline: Pipeline, payloads: list[BadPayload]) -> subprocess.Popen[bytes]:
     """The malformed traffic, in a process of its own (tests/chaos/badsender.py says why)."""
     wire = pipeline.workdir / "malformed.pickle"
     wire.write_bytes(pickle.dumps([(p.subject, p.data, p.core) for p in payloads]))
     return subprocess.Popen(
         [sys.executable, "-m", "tests.chaos.badsender", pipeline.nats.url, str(wire),
-         str(pipeline.workdir / "malformed.json"), repr(start), json.dumps(SCHEDULE)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+         str(pipeline.workdir / "malformed.json"), json.dumps(SCHEDULE)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
 
 
@@ -310,15 +312,18 @@ async def test_ten_thousand_malformed_payloads_are_dead_letters_and_good_traffic
     nc = await nats.connect(pipeline.nats.url)
     js = nc.jetstream()
     run = Run()
+    sender = _start_bad_sender(pipeline, payloads)  # it loads and connects during the warm-up
     try:
         warm_up = [run.next_good() for _ in range(WARM_UP)]  # first connections and scripts, not measured
         for good in warm_up:
             await _send_good(nc, js, good)
         await async_wait_until(lambda: _delivered(client, warm_up), timeout=60, interval=0.2,
                                message="warm-up traffic not delivered")
-        start = time.monotonic() + 0.5
-        sender = _start_bad_sender(pipeline, payloads, start)
-        await asyncio.sleep(max(0.0, start - time.monotonic()))  # the schedule's start (pacing, not a wait)
+        assert sender.stdout is not None and sender.stdin is not None
+        line = await asyncio.wait_for(asyncio.to_thread(sender.stdout.readline), 60)
+        assert line.strip() == b"ready", line + sender.stdout.read()
+        sender.stdin.write(f"{time.monotonic()!r}\n".encode())
+        sender.stdin.flush()
         await _publish_good(nc, js, run)
         out, _ = await asyncio.to_thread(sender.communicate, timeout=120)
         assert sender.returncode == 0, out.decode(errors="replace")[-3000:]
@@ -336,6 +341,9 @@ async def test_ten_thousand_malformed_payloads_are_dead_letters_and_good_traffic
         letters = client.xrange(DEAD_LETTERS)
         inboxes = _inboxes(client)
     finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
         await nc.close()
         client.close()
 
