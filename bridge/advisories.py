@@ -7,15 +7,23 @@ a dead letter (code ``max_deliveries``), so nothing is silently dropped. The sub
 a queue group so replicas share advisories; the dead letter's dedupe marker stores it once even
 if two replicas both see one. A dead letter that cannot be written yet (Redis down) is retried
 with backoff, up to :data:`MAX_PENDING` of them.
+
+The stored message's ``time`` (when the stream stored it) goes into the dead letter (``ts``) and
+its marker: a replay then rebuilds the identity the pull path gave the event
+(:func:`bridge.batch.event_identity`), and a re-created stream's message at a sequence seen
+before is a new dead letter, not a duplicate of the old incarnation's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import calendar
 import contextlib
 import json
 import logging
+import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -24,6 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from bridge.batch import event_identity
 from bridge.dead_letters import MAX_DELIVERIES, dead_letter_fields
 from bridge.enqueue import DEDUPE_PREFIX, Enqueuer
 from bridge.errors import JetStreamError, RedisUnavailable
@@ -32,7 +41,7 @@ from bridge.metrics import BridgeMetrics
 from runtime import backoff_delay, log_event, stop_task
 from settings import Consumer
 
-__all__ = ["MAX_PENDING", "MaxDeliveries", "advisory_subject", "parse_headers"]
+__all__ = ["MAX_PENDING", "MaxDeliveries", "advisory_subject", "parse_headers", "stored_ns", "stored_time_ns"]
 
 log = logging.getLogger("bridge.advisories")
 
@@ -43,6 +52,33 @@ MAX_PENDING: Final = 10_000
 def advisory_subject(consumer: Consumer) -> str:
     """The max-deliveries advisory subject of ``consumer``."""
     return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{consumer.stream}.{consumer.durable}"
+
+
+#: Go's ``time.Time`` in JSON (RFC 3339 with up to 9 fraction digits, trailing zeros cut, none
+#: when zero; nats-server writes UTC, so ``Z``, but an offset is read too).
+_RFC3339: Final = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
+
+
+def stored_time_ns(value: str) -> int | None:
+    """Nanoseconds since the epoch of a ``STREAM.MSG.GET`` ``time``, or None if it is not one.
+
+    The ``ts`` of an ack subject is the same instant as an integer: ``datetime`` keeps only
+    microseconds, so the digits are read as they are.
+    """
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    fraction, zone = match.group(7) or "", match.group(8)
+    offset = 0 if zone == "Z" else (-1 if zone[0] == "-" else 1) * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) - offset
+    return seconds * 1_000_000_000 + int(fraction.ljust(9, "0") or "0")
+
+
+def stored_ns(stored: Mapping[str, object]) -> int | None:
+    """When the stream stored the message of a ``STREAM.MSG.GET`` answer, in nanoseconds; None if absent."""
+    value = stored.get("time")
+    return stored_time_ns(value) if isinstance(value, str) else None
 
 
 def parse_headers(raw: bytes) -> dict[str, str]:
@@ -104,18 +140,23 @@ class MaxDeliveries:
             log_event(log, "advisory_unreadable", logging.WARNING, data=data[:200])
             return
         self._metrics.advisories.labels(durable).inc()
-        subject, payload, headers, note = "", b"", {}, ""
+        subject, payload, headers, note, when = "", b"", {}, "", None
         try:
             stored = (await self._api.stream_msg_get(stream, seq))["message"]
             subject = stored.get("subject", "")
             payload = base64.b64decode(stored.get("data") or "")
             headers = parse_headers(base64.b64decode(stored["hdrs"])) if stored.get("hdrs") else {}
+            when = stored_ns(stored)
         except (JetStreamError, KeyError, ValueError) as exc:
             note = f"; the original could not be read: {exc}"
         reason = f"delivered {deliveries} times without an ack (max_deliver reached){note}"
         fields = dead_letter_fields(subject, payload, headers, consumer=durable, code=MAX_DELIVERIES, reason=reason,
-                                    at=datetime.now(UTC), stream=stream, stream_seq=seq, delivered=deliveries)
-        dedupe = f"{self._enqueuer.namespace}:{DEDUPE_PREFIX}:{stream}:{seq}:{MAX_DELIVERIES}"
+                                    at=datetime.now(UTC), stream=stream, stream_seq=seq, delivered=deliveries,
+                                    stored_ns=when)
+        # Stream + sequence (+ stored time when read): one dead letter per stored message, whichever
+        # replica hears its advisory, and a new one for a re-created stream's message at that sequence.
+        identity = event_identity(stream, seq, None, when)
+        dedupe = f"{self._enqueuer.namespace}:{DEDUPE_PREFIX}:{identity}:{MAX_DELIVERIES}"
         log_event(log, "max_deliveries", logging.WARNING, subject=subject, stream=stream, consumer=durable, seq=seq,
                   delivered=deliveries)
         await self._write([dedupe, fields, durable])

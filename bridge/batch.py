@@ -5,8 +5,9 @@ For every event it records what became of it (job type or reject) at the same in
 caller can settle (ack/term) and count without a second pass over the payloads.
 
 Identity of a JetStream event: its ``Nats-Msg-Id`` header when present (the publisher's id;
-JetStream itself dedupes on it within ``duplicate_window``), else stream name + stream sequence.
-The dedupe marker and the deterministic dramatiq ``message_id`` both derive from it.
+JetStream itself dedupes on it within ``duplicate_window``), else stream name + stream sequence +
+the time the stream stored it (:func:`event_identity`). The dedupe marker and the deterministic
+dramatiq ``message_id`` both derive from it.
 
 A payload over ``events.max_payload_bytes`` is dead-lettered as ``payload_too_large`` before it
 is decoded: checking a length costs nothing, while decoding megabytes (and then copying them
@@ -33,8 +34,24 @@ DEFAULT_MAX_PAYLOAD_BYTES: Final[int] = Events().max_payload_bytes
 _MSG_ID_HEADER = "Nats-Msg-Id"
 
 
-def event_identity(stream: str | None, stream_seq: int | None, headers: Mapping[str, str] | None) -> str | None:
-    """A JetStream event's identity (``Nats-Msg-Id``, else stream + sequence); None on core NATS.
+def event_identity(stream: str | None, stream_seq: int | None, headers: Mapping[str, str] | None,
+                   stored_ns: int | None = None) -> str | None:
+    """A JetStream event's identity; None on core NATS.
+
+    ``{stream}:id:{Nats-Msg-Id}`` when the publisher gave one, else ``{stream}:{seq}:{stored_ns}``:
+    ``stored_ns`` is when the stream stored the message (nanoseconds since the epoch; the ``ts`` of
+    its ack subject, the ``time`` of ``STREAM.MSG.GET``). A stream that is deleted and re-created
+    numbers from 1 again; with the sequence alone its first events would find the markers of the
+    old incarnation's and be dropped as duplicates for ``redis.dedupe_window``. The stored time is
+    the same on every redelivery and every replica, so a redelivery still finds its marker.
+
+    Without ``stored_ns`` (a dead letter written before it was recorded) the identity is the
+    older ``{stream}:{seq}``, which is what the bridge that wrote it used. During a rolling
+    upgrade, a message an old bridge enqueued (and did not get to ack) and a new bridge gets
+    redelivered is enqueued a second time, under its new identity. The workers absorb that
+    duplicate job: their per-user delivered markers do not depend on the bridge's identity (a new
+    message's is its chat + message id, another notification's its actor + stream + sequence),
+    so nobody gets it twice; only a live-only typing or presence notification can show twice.
 
     The dedupe marker and the dramatiq message id derive from it, so a redelivery, and a replay of
     its dead letter (:mod:`bridge.dead_letter_store`), is recognised as the same event.
@@ -42,7 +59,9 @@ def event_identity(stream: str | None, stream_seq: int | None, headers: Mapping[
     if stream is None:
         return None
     msg_id = headers.get(_MSG_ID_HEADER) if headers else None
-    return f"{stream}:id:{msg_id}" if msg_id else f"{stream}:{stream_seq}"
+    if msg_id:
+        return f"{stream}:id:{msg_id}"
+    return f"{stream}:{stream_seq}" if stored_ns is None else f"{stream}:{stream_seq}:{stored_ns}"
 
 
 class EventBatch:
@@ -95,6 +114,7 @@ class EventBatch:
         stream: str | None = None,
         stream_seq: int | None = None,
         delivered: int | None = None,
+        stored_ns: int | None = None,
         identity: str | None = None,
         received_at: datetime | None = None,
     ) -> None:
@@ -102,14 +122,15 @@ class EventBatch:
 
         JetStream events (``stream`` set) get a dedupe marker and a deterministic message id;
         core NATS events neither (no redelivery exists to deduplicate), unless ``identity`` gives
-        one (a replayed dead letter, which an operator may replay twice). ``received_at`` replaces
+        one (a replayed dead letter, which an operator may replay twice). ``stored_ns`` is when the
+        stream stored the event (part of its identity, kept in its dead letter). ``received_at`` replaces
         the batch's arrival time for this event (events held through a Redis outage are enqueued
         together, each with the time it arrived).
         """
         if received_at is None:
             received_at = self.received_at
         if identity is None:
-            identity = event_identity(stream, stream_seq, headers)
+            identity = event_identity(stream, stream_seq, headers, stored_ns)
         dedupe_key = "" if identity is None else f"{self.batch.namespace}:{DEDUPE_PREFIX}:{identity}"
         size = len(data)
         try:
@@ -124,6 +145,7 @@ class EventBatch:
             self.batch.add_dead_letter(dedupe_key, dead_letter_fields(
                 subject, kept, headers, consumer=consumer, code=str(reject.code), reason=reject.reason,
                 at=received_at, stream=stream, stream_seq=stream_seq, delivered=delivered, size=size,
+                stored_ns=stored_ns,
             ))
             self.job_types.append(None)
             self.rejects.append(reject)

@@ -4,8 +4,10 @@ The entries are written by :file:`enqueue.lua` (fields in :mod:`bridge.dead_lett
 become :class:`DeadLetter` records. A replay sends a record through the bridge's own path again:
 :class:`~bridge.batch.EventBatch` parses it with the *current* settings (a raised
 ``events.max_payload_bytes`` lets an oversized event through) and :class:`~bridge.enqueue.Enqueuer`
-enqueues it with the event's own identity (``Nats-Msg-Id``, else stream + sequence), so an event
-whose job was already enqueued is deduplicated, not delivered twice.
+enqueues it with the event's own identity (``Nats-Msg-Id``, else stream + sequence + the time the
+stream stored it, the record's ``ts``), so an event whose job was already enqueued is deduplicated,
+not delivered twice. A record written before ``ts`` existed replays with the identity its bridge
+used then (stream + sequence): its marker, if still there, has that name.
 
 Design: a replayed record that was enqueued (or found already enqueued) is deleted from the stream;
 one rejected again stays, with its original reason. Replaying twice therefore finds nothing the
@@ -38,7 +40,7 @@ import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 from redis.exceptions import RedisError, WatchError
 
-from bridge.advisories import parse_headers
+from bridge.advisories import parse_headers, stored_ns
 from bridge.batch import EventBatch, event_identity
 from bridge.dead_letters import MAX_DELIVERIES
 from bridge.enqueue import Enqueuer, connect_redis
@@ -76,6 +78,9 @@ class DeadLetter:
     consumer: str
     code: str
     reason: str
+    #: When the stream stored the message (ns since the epoch); None on core NATS, when JetStream did
+    #: not give the message, and in records written before the field existed.
+    stored_ns: int | None = None
 
     @property
     def original_missing(self) -> bool:
@@ -206,7 +211,8 @@ class DeadLetterStore:
             subject = str(stored["subject"])
         except (JetStreamError, nats.errors.Error, OSError, TimeoutError, KeyError, ValueError) as exc:
             return redact_urls_in(f"{type(exc).__name__}: {exc}")
-        return replace(letter, subject=subject, data=data, headers=headers, size=len(data))
+        return replace(letter, subject=subject, data=data, headers=headers, size=len(data),
+                       stored_ns=stored_ns(stored))
 
     async def _jetstream(self) -> JetStreamApi:
         """The JetStream API on a connection made on first use; a refused one is not retried per record."""
@@ -258,10 +264,10 @@ class DeadLetterStore:
         queues = {Lane.REALTIME: s.queues.realtime, Lane.DOMAIN: s.queues.domain}
         events = EventBatch(self._enqueuer.new_batch(), self._factory.begin(), queues, letter.at,
                             s.realtime.typing_ttl, s.realtime.presence_ttl, s.events.max_payload_bytes)
-        own = event_identity(letter.stream, letter.seq, letter.headers)
+        own = event_identity(letter.stream, letter.seq, letter.headers, letter.stored_ns)
         events.add(letter.subject, letter.data, letter.headers or None, consumer=letter.consumer,
                    stream=letter.stream, stream_seq=letter.seq, delivered=letter.delivered,
-                   identity=own if own is not None else f"dead-letter:{letter.id}")
+                   stored_ns=letter.stored_ns, identity=own if own is not None else f"dead-letter:{letter.id}")
         return events
 
     @staticmethod
@@ -284,6 +290,7 @@ def _record(entry_id: str, raw: Mapping[bytes, bytes]) -> DeadLetter:
         id=entry_id, at=_when(text("at"), entry_id), subject=text("subject"), headers=_headers(text("headers")),
         data=data, size=_int(text("size")) or len(data), stream=text("stream") or None, seq=_int(text("seq")),
         delivered=_int(text("delivered")), consumer=text("consumer"), code=text("code"), reason=text("reason"),
+        stored_ns=_int(text("ts")),
     )
 
 

@@ -13,6 +13,9 @@ it is idempotent too (a redelivered poison message is stored once). Fields:
 ``size``       the payload's full length in bytes (``len(data) < size``: ``data`` is a prefix)
 ``stream``     JetStream stream (empty on core NATS)
 ``seq``        stream sequence (empty on core NATS)
+``ts``         when the stream stored the message, in nanoseconds since the epoch (part of the
+               event's identity, :func:`bridge.batch.event_identity`; empty on core NATS, when
+               JetStream did not give the message, and in records written before it existed)
 ``delivered``  JetStream delivery count (empty on core NATS)
 ``consumer``   durable name, or ``core``
 ``code``       stable reason code (:class:`events.RejectCode` or ``max_deliveries``)
@@ -51,10 +54,12 @@ def dead_letter_fields(
     stream_seq: int | None = None,
     delivered: int | None = None,
     size: int | None = None,
+    stored_ns: int | None = None,
 ) -> list[str | bytes]:
     """The stream entry's alternating field names and values.
 
     ``size`` is the full payload's length when ``data`` is only its prefix; else ``len(data)``.
+    ``stored_ns`` is the ``ts`` field: a replay rebuilds the event's identity from it.
     """
     return [
         "subject", subject,
@@ -63,6 +68,7 @@ def dead_letter_fields(
         "size", str(len(data) if size is None else size),
         "stream", stream or "",
         "seq", "" if stream_seq is None else str(stream_seq),
+        "ts", "" if stored_ns is None else str(stored_ns),
         "delivered", "" if delivered is None else str(delivered),
         "consumer", consumer,
         "code", code,

@@ -11,7 +11,8 @@ outage and keeps their order.
 What is held is bounded (:func:`hold_limits`): pulling stops when the circuit opens, so one
 outage can never hold more than ``max_in_flight`` events; the bounds stop a flapping Redis, or
 large payloads, from growing the process. What does not fit is nak'd (see
-:class:`~bridge.process.JetStreamProcessor`), and so is everything held at shutdown.
+:class:`~bridge.process.JetStreamProcessor`), and so is everything held at shutdown. A SIGHUP
+reload of ``max_in_flight`` moves the bound (:meth:`~bridge.process.JetStreamProcessor.retune`).
 
 In-progress acks go out per held batch once per ``ack_wait / 2`` (batches falling due within a
 quarter of that go together), as fire-and-forget publishes that the client pipelines into one write.
@@ -35,7 +36,7 @@ from bridge.metrics import BridgeMetrics
 from runtime import log_event, stop_task
 from settings import Consumer
 
-__all__ = ["MAX_HELD_PAYLOAD_BYTES", "MAX_RELEASE_BATCH", "Held", "HoldLimits", "Holding", "Inbound",
+__all__ = ["MAX_HELD_PAYLOAD_BYTES", "MAX_RELEASE_BATCH", "Held", "HoldLimits", "Holding", "Inbound", "Meta",
            "hold_limits", "reply_metadata"]
 
 log = logging.getLogger("bridge.holding")
@@ -46,23 +47,25 @@ MAX_HELD_PAYLOAD_BYTES: Final = 64 * 1024 * 1024
 #: Most events released in one enqueue script call (the pull loop's bound for one call, too).
 MAX_RELEASE_BATCH: Final = 1000
 
-#: ``(stream, stream_seq, delivered)`` of a JetStream message; None for a reply that is not one.
-Meta = tuple[str, int, int] | None
+#: ``(stream, stream_seq, delivered, stored_ns)`` of a JetStream message; None for a reply that is not one.
+Meta = tuple[str, int, int, int] | None
 
 
 def reply_metadata(reply: str) -> Meta:
-    """``(stream, stream_seq, delivered)`` from a JetStream ack subject, or None.
+    """``(stream, stream_seq, delivered, stored_ns)`` from a JetStream ack subject, or None.
 
     ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`` (9 tokens) or the
-    v2 form with domain and account hash (12+ tokens).
+    v2 form with domain and account hash (12+ tokens). ``ts`` (``stored_ns``) is when the stream
+    stored the message, in nanoseconds since the epoch: with the sequence it tells two
+    incarnations of a re-created stream apart (:func:`bridge.batch.event_identity`).
     """
     tokens = reply.split(".")
     count = len(tokens)
     try:
         if count == 9:
-            return tokens[2], int(tokens[5]), int(tokens[4])
+            return tokens[2], int(tokens[5]), int(tokens[4]), int(tokens[7])
         if count >= 12:
-            return tokens[4], int(tokens[7]), int(tokens[6])
+            return tokens[4], int(tokens[7]), int(tokens[6]), int(tokens[9])
     except ValueError:
         return None
     return None

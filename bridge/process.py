@@ -27,7 +27,7 @@ from bridge.batch import DEFAULT_MAX_PAYLOAD_BYTES, EventBatch
 from bridge.circuit import Circuit
 from bridge.enqueue import WRITTEN, Enqueuer
 from bridge.errors import RedisUnavailable
-from bridge.holding import Holding, Inbound, hold_limits, reply_metadata
+from bridge.holding import Holding, Inbound, Meta, hold_limits, reply_metadata
 from bridge.messages import MessageFactory
 from bridge.metrics import BridgeMetrics
 from events import Lane
@@ -100,10 +100,23 @@ class JetStreamProcessor:
         self._termed = m.termed.labels(label)
         circuit.subscribe(self._circuit_changed)
 
-    def pull_expiry_changed(self, expiry: float) -> None:
-        """The durable's pull expiry was reloaded. Requests sent before keep the old one, so
-        the overflow nak delay never shrinks below it."""
-        self._request_expiry = max(self._request_expiry, expiry)
+    def retune(self, consumer: Consumer) -> None:
+        """The durable's settings were reloaded (SIGHUP; :meth:`bridge.pull.PullConsumer.retune`).
+
+        Pull requests sent before keep their expiry, so the overflow nak delay never shrinks below
+        it. The hold bound follows ``max_in_flight`` (and ``max_ack_pending``, which is the
+        server's and so changes only with a restart) for what arrives next: what is held stays held
+        under a smaller bound (nothing is handed back early), and after an overflow a larger one
+        holds again only once the hold has emptied (a newer event is never held while an older one
+        was nak'd).
+        """
+        self._request_expiry = max(self._request_expiry, consumer.pull_expiry)
+        limits = hold_limits(consumer, self._max_payload)
+        if limits == self.holding.limits:
+            return
+        before, self.holding.limits = self.holding.limits, limits
+        log_event(log, "hold_bound_changed", consumer=self._name, limit_events=limits.events,
+                  limit_bytes=limits.payload_bytes, was_events=before.events, was_bytes=before.payload_bytes)
 
     async def process(self, msgs: list[Msg]) -> None:
         """Enqueue and settle ``msgs``, or hold them while Redis is down; never raises for Redis."""
@@ -204,9 +217,9 @@ class JetStreamProcessor:
                 if meta is None:
                     add(msg.subject, msg.data, msg.headers, consumer=name, received_at=received_at)  # no identity
                     continue
-                stream, seq, count = meta
+                stream, seq, count, stored_ns = meta
                 add(msg.subject, msg.data, msg.headers, consumer=name, stream=stream, stream_seq=seq,
-                    delivered=count, received_at=received_at)
+                    delivered=count, stored_ns=stored_ns, received_at=received_at)
         return events
 
     async def _enqueue(self, parts: Sequence[Inbound]) -> bool:
@@ -231,8 +244,7 @@ class JetStreamProcessor:
         await self._settle(msgs, events, flags, metas)
         return True
 
-    async def _settle(self, msgs: list[Msg], events: EventBatch, flags: bytes,
-                      metas: list[tuple[str, int, int] | None]) -> None:
+    async def _settle(self, msgs: list[Msg], events: EventBatch, flags: bytes, metas: list[Meta]) -> None:
         job_types = events.job_types
         to_ack: list[Msg] = []
         to_term: list[Msg] = []

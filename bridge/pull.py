@@ -174,7 +174,7 @@ class PullConsumer:
         state.heartbeat, state.max_in_flight = consumer.idle_heartbeat, consumer.max_in_flight
         self._max_missed = max_missed_heartbeats
         self.circuit.configure(max_missed_heartbeats, probe_cap(consumer.pull_expiry), consumer.idle_heartbeat)
-        self._processor.pull_expiry_changed(consumer.pull_expiry)
+        self._processor.retune(consumer)
         log_event(log, "pull_retuned", stream=self.consumer.stream, consumer=self.name, batch=state.batch,
                   expires_s=state.expires, heartbeat_s=state.heartbeat, max_in_flight=state.max_in_flight,
                   max_missed_heartbeats=max_missed_heartbeats)

@@ -23,6 +23,8 @@ from sentry_sdk.envelope import Envelope
 from sentry_sdk.integrations.dramatiq import DramatiqIntegration
 from sentry_sdk.transport import Transport
 
+from bridge.advisories import stored_ns
+from bridge.jsapi import JetStreamApi
 from bridge.testing import bridge_settings, queued_messages, running_bridge
 from tests.servers import NatsServer, RedisServer, async_wait_until, wait_until
 from tests.test_bridge_flow import L_JOINED
@@ -63,6 +65,7 @@ async def test_a_stock_dramatiq_worker_runs_and_retries_the_bridges_jobs_with_se
     async with running_bridge(settings):
         await nc.jetstream().publish("fechatter.message.created", C_CREATED)
         await async_wait_until(lambda: redis_server.client().llen(f"{NS}:domain") == 1, timeout=5)
+    stored_at = stored_ns((await JetStreamApi(nc).stream_msg_get("FECHATTER_EVENTS", 1))["message"])
     await nc.close()
 
     # When a stock dramatiq worker with an actor of the same name and queue runs, failing once
@@ -98,10 +101,11 @@ async def test_a_stock_dramatiq_worker_runs_and_retries_the_bridges_jobs_with_se
     assert "retries" not in first["options"]
     assert second["options"]["retries"] == 1
     assert second["message_id"] == first["message_id"]
-    # the bridge's deterministic id: uuid5 of stream + sequence
+    # the bridge's deterministic id: uuid5 of stream + sequence + the time the stream stored it
     from bridge.messages import message_id_for
 
-    assert first["message_id"] == message_id_for("FECHATTER_EVENTS:1")
+    assert stored_at is not None
+    assert first["message_id"] == message_id_for(f"FECHATTER_EVENTS:1:{stored_at}")
 
 
 PRODUCER_TRACE_ID = "771a43a4192642f0b136d5159a501700"

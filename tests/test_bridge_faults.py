@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 
+from bridge.holding import reply_metadata
 from bridge.jsapi import JetStreamApi
 from bridge.provision import consumer_config, stream_config
 from bridge.testing import TEST_CONSUMER, bridge_settings, queued_messages, running_bridge
@@ -173,12 +174,14 @@ async def test_a_message_that_reaches_max_deliver_becomes_a_dead_letter(
     await api.consumer_create(STREAM, consumer_config(settings.jetstream.consumers[0]))
     await nc.jetstream().publish("fechatter.message.created", created(7), headers={"Nats-Msg-Id": "poison"})
     sub = await nc.jetstream().pull_subscribe("", durable=DURABLE, stream=STREAM)
+    replies: list[str] = []
     for _ in range(2):
         async def one_delivery() -> bool:
             try:
-                return bool(await sub.fetch(1, timeout=0.5))
+                replies.extend(m.reply for m in await sub.fetch(1, timeout=0.5))
             except nats.errors.TimeoutError:
                 return False
+            return True
 
         await async_wait_until(one_delivery, timeout=5, interval=0.1)
     await sub.unsubscribe()
@@ -193,6 +196,11 @@ async def test_a_message_that_reaches_max_deliver_becomes_a_dead_letter(
     assert fields[b"data"] == created(7)
     assert json.loads(fields[b"headers"])["Nats-Msg-Id"] == "poison"
     assert (fields[b"seq"], fields[b"delivered"]) == (b"1", b"2")
+    # and the time the stream stored it, read back by sequence, is the ts its deliveries carried: a replay
+    # rebuilds the identity the pull path gives the event (bridge/batch.py event_identity)
+    stored = reply_metadata(replies[-1])
+    assert stored is not None and fields[b"ts"] == str(stored[3]).encode()
+    assert await rds.get(f"{NS}:bridge:dedupe:{STREAM}:1:{stored[3]}:max_deliveries") == b"dead-letter"
     assert await queued_messages(rds, NS, "domain") == []
     await rds.aclose()
 

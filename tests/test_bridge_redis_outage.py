@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -69,6 +70,37 @@ def test_the_hold_bound_derives_from_the_consumers_limits() -> None:
     assert holding.hold_limits(Consumer(max_in_flight=2000, max_ack_pending=1000), 256 * 1024) == (
         1000, holding.MAX_HELD_PAYLOAD_BYTES)
     assert holding.hold_limits(Consumer(max_in_flight=10, max_ack_pending=1000), 1000) == (10, 10_000)
+
+
+async def test_a_reload_moves_the_hold_bound_with_max_in_flight(
+    nats_server: NatsServer, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge")
+    # Given a bridge holding at most min(max_in_flight, max_ack_pending) = 1000 events
+    limit = 2048
+    started = bridge_settings(nats_server.url, redis_server.url, {"events": {"max_payload_bytes": limit}})
+    async with running_bridge(started) as bridge:
+        held = bridge.pull_consumers[0]._processor.holding
+        assert held.limits == (1000, 1000 * limit)
+
+        def reload(**fields: Any) -> Any:
+            return bridge.reload(bridge_settings(nats_server.url, redis_server.url, {
+                "events": {"max_payload_bytes": limit},
+                "jetstream": {"consumers": [consumer("3s", "2s", **fields)]}}))
+
+        # When a SIGHUP reload lowers max_in_flight, then raises it again
+        reload(max_in_flight=10)
+        lowered = held.limits
+        reload(max_in_flight=20)
+        raised = held.limits
+        # and when it lowers max_ack_pending, the server's own limit (applied only by a restart)
+        plan = reload(max_in_flight=20, max_ack_pending=5)
+    # Then the bound follows max_in_flight each time, and stays with the max_ack_pending in effect
+    assert (lowered, raised) == ((10, 10 * limit), (20, 20 * limit))
+    assert "jetstream.consumers[0].max_ack_pending" in plan.restart and held.limits == raised
+    changes = [(r.__dict__["limit_events"], r.__dict__["was_events"]) for r in caplog.records
+               if r.getMessage() == "hold_bound_changed"]
+    assert changes == [(10, 1000), (20, 10)]
 
 
 async def test_room_for_keeps_a_prefix_within_both_bounds_and_nothing_once_overflowing() -> None:

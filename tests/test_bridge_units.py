@@ -145,8 +145,8 @@ def test_message_ids_are_uuid5(identity: str) -> None:
 
 
 def test_reply_metadata_reads_both_ack_subject_forms() -> None:
-    assert reply_metadata("$JS.ACK.S.c.2.17.9.1700000000000000000.4") == ("S", 17, 2)
-    assert reply_metadata("$JS.ACK.dom.acc.S.c.3.18.9.1700000000000000000.4.tok") == ("S", 18, 3)
+    assert reply_metadata("$JS.ACK.S.c.2.17.9.1700000000000000001.4") == ("S", 17, 2, 1700000000000000001)
+    assert reply_metadata("$JS.ACK.dom.acc.S.c.3.18.9.1700000000000000002.4.tok") == ("S", 18, 3, 1700000000000000002)
     assert reply_metadata("_INBOX.x") is None
 
 
