@@ -11,6 +11,7 @@ import redis
 
 from events import Job
 from events.inbox import inbox_key, members_key
+from events.queues import queue_key
 from settings.model import Settings
 from tests.servers import RedisServer, wait_until
 from tests.test_workers_support import (
@@ -21,6 +22,8 @@ from tests.test_workers_support import (
     wait_drained,
     wait_subscribed,
 )
+from workers.broker import build_broker
+from workers.metrics import WorkerMetrics
 
 
 @pytest.fixture
@@ -94,3 +97,21 @@ def test_stock_polling_mode_still_delivers(client: redis.Redis, settings: Settin
         assert runtime.broker.wake is None
         enqueue(client, settings, receipt())
         wait_until(lambda: client.xlen(inbox_key("t", 7)) == 1, timeout=5)
+
+
+def test_a_closed_consumer_requeues_the_jobs_it_fetched_but_never_handed_out(
+        client: redis.Redis, settings: Settings) -> None:
+    # dramatiq's consumer thread stops between two messages: the rest of the fetched page must go
+    # back to the queue at once, not wait in this broker's acks for the heartbeat recovery.
+    ids = enqueue(client, settings, *(receipt(user) for user in (9, 10, 11, 12, 13)))
+    broker = build_broker(settings, WorkerMetrics())
+    try:
+        consumer = broker.consume("realtime", prefetch=4, timeout=100)
+        taken = next(consumer)
+        assert taken is not None and taken.message_id == ids[0]
+        assert client.llen(queue_key("t", "realtime")) == 1  # four fetched, one left
+        consumer.close()
+        waiting = [i.decode() for i in client.lrange(queue_key("t", "realtime"), 0, -1)]
+        assert sorted(waiting) == sorted(ids[1:]), waiting
+    finally:
+        broker.close()

@@ -15,10 +15,22 @@ per call (:mod:`workers.connections`): that checkout cost more CPU than the call
 
 Redis key layout: dramatiq's own, unchanged (docs/dramatiq-pitfalls.md#redis-key-layout), spelled
 once for the bridge, the workers and ``doctor`` in :mod:`events.queues`.
+
+After a Redis connection failure the broker continues under a new broker id
+(:meth:`WakeRedisBroker.connection_lost`): a Redis that came back without the acks this process sent
+(a Sentinel failover to a replica that never got them) would otherwise keep those jobs in this
+process's ack set for good, since maintenance requeues only the jobs of brokers whose heartbeat
+stopped. Under the new id the old one's heartbeat stops and :class:`workers.recovery.Recovery`
+requeues what it still holds after the heartbeat timeout; a job that was done meanwhile runs once
+more and its delivered markers make that a no-op.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -30,7 +42,7 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
 
-from runtime import LuaScript, sync_client
+from runtime import LuaScript, log_event, sync_client
 from workers.connections import ThreadConnections
 from workers.expiry import Expiry
 from workers.failures import retry_when
@@ -61,6 +73,10 @@ HEALTH_CHECK_INTERVAL_S: Final = 10
 #: The idle backoff cap of consumers and worker threads (dramatiq's ``worker_timeout``), in
 #: milliseconds. With doorbells it is only the fallback when no wake publish arrives.
 DEFAULT_WORKER_TIMEOUT_MS: Final = 1000
+#: Every consumer of a process sees the same Redis failure: one new broker id per this many seconds.
+NEW_ID_AT_MOST_EVERY_S: Final = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class WakeRedisBroker(RedisBroker):
@@ -75,6 +91,8 @@ class WakeRedisBroker(RedisBroker):
 
     def __init__(self, *, wake: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        self._id_lock = threading.Lock()
+        self._id_since = time.monotonic()
         self.wake: WakeListener | None = WakeListener(self.client, self.namespace) if wake else None
         self.conns = ThreadConnections(self.client)
         # dramatiq's own script file, the one its RedisBroker registers, through the one loader.
@@ -100,6 +118,16 @@ class WakeRedisBroker(RedisBroker):
             *args,
         )
         return self._dispatch_script.call(self.conns.call, [self.namespace], argv)
+
+    def connection_lost(self) -> None:
+        """Redis failed under this process: continue under a new broker id (see the module docstring)."""
+        with self._id_lock:
+            now = time.monotonic()
+            if now - self._id_since < NEW_ID_AT_MOST_EVERY_S:
+                return
+            old, self.broker_id, self._id_since = self.broker_id, str(uuid.uuid4()), now
+        log_event(log, "broker_id_changed", logging.WARNING, old=old, new=self.broker_id,
+                  reason="redis connection lost: jobs left under the old id are requeued after the heartbeat timeout")
 
     def maintain(self, queue_name: str) -> None:
         """Run dramatiq's queue maintenance for ``queue_name`` now.
@@ -146,6 +174,24 @@ class _WakeConsumer(_RedisConsumer):
         if self.outstanding_message_count <= self.prefetch // 2:
             self.doorbell.set()
 
+    def close(self) -> None:
+        """Requeue what was fetched but never handed to a worker thread, then close.
+
+        dramatiq's consumer thread stops between two messages and leaves the rest of the fetched
+        page in ``message_cache``; those jobs stay in this broker's acks until its heartbeat is
+        stale and recovery requeues them (``heartbeat_timeout``: 15 s late after every reload or
+        graceful stop, seen in chaos scenario reload_under_load).
+        """
+        try:
+            ids = [Message.decode(data).message_id for data in self.message_cache if data is not None]
+            self.message_cache = []
+            if ids:
+                self.broker.do_requeue(self.queue_name, *ids)
+        except redis.RedisError:
+            pass  # Redis gone: recovery requeues them once this broker's heartbeat is stale
+        finally:
+            super().close()
+
     def __next__(self) -> dramatiq.MessageProxy | None:
         try:
             while True:
@@ -171,6 +217,7 @@ class _WakeConsumer(_RedisConsumer):
                 # Return to the ConsumerThread so it can move delayed jobs and notice shutdown.
                 return None
         except redis.ConnectionError as exc:
+            self.broker.connection_lost()
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
 
 
