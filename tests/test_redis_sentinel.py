@@ -23,6 +23,7 @@ import yaml
 
 from bridge.enqueue import Enqueuer
 from bridge.errors import RedisUnavailable
+from events import messages_key, queue_key
 from events.inbox import inbox_key
 from fechatter_notify.doctor import diagnose
 from fechatter_notify.embedded import free_port
@@ -33,8 +34,8 @@ from runtime import async_client, describe_redis, sync_client
 from settings import ConfigError, Settings, load_settings, redacted, sentinel_target
 from tests.pipeline import PIPELINE_CONFIG, Pipeline, shutdown
 from tests.sentinel import MASTER_NAME, SentinelCluster
-from tests.servers import NatsServer, async_wait_until
-from workers import Services
+from tests.servers import NatsServer, RedisServer, async_wait_until, wait_until
+from workers import Services, WorkerMetrics, build_broker
 from workers.connections import ThreadConnections
 
 pytestmark = pytest.mark.timeout(120)
@@ -349,3 +350,33 @@ async def test_bridge_worker_and_gateway_processes_through_sentinel(sentinel_pip
         assert primary.xlen(inbox_key("sentinel-e2e", 9)) == 1
     finally:
         primary.close()
+
+
+def test_after_a_lost_connection_the_jobs_left_under_the_old_broker_id_come_back(redis_server: RedisServer) -> None:
+    # A failover to a replica that never got this process's acks leaves the jobs it had fetched in its
+    # ack set; the broker continues under a new id, so maintenance requeues them once the old one's
+    # heartbeat is older than the timeout.
+    settings = load(yaml.safe_dump({"redis": {"url": redis_server.url, "namespace": "rotate"}}))
+    broker = build_broker(settings, WorkerMetrics(), wake=False, heartbeat_timeout_ms=300)
+    client = redis_server.client()
+    try:
+        old = broker.broker_id
+        broker.maintain("domain")  # a heartbeat under the old id
+        client.hset(messages_key("rotate", "domain"), "job-1", "{}")
+        client.sadd(f"rotate:__acks__.{old}.domain", "job-1")  # fetched, its ack lost with the old primary
+        broker._id_since = 0.0  # the first loss may come at once in this test
+        broker.connection_lost()
+        assert broker.broker_id != old
+        broker.connection_lost()  # the other consumers' report of the same loss: one new id is enough
+        new = broker.broker_id
+        assert new != old
+        def requeued() -> list[bytes]:
+            broker.maintain("domain")  # what Recovery runs every few seconds
+            return list(client.lrange(queue_key("rotate", "domain"), 0, -1))
+
+        wait_until(requeued, timeout=5, interval=0.1, message="the old id's job was not requeued")
+        assert client.lrange(queue_key("rotate", "domain"), 0, -1) == [b"job-1"]
+        assert broker.broker_id == new
+    finally:
+        client.close()
+        broker.close()
