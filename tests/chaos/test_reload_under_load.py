@@ -92,7 +92,6 @@ RECOVER_BOUND_S: Final = 3.0
 #: in the stopped worker's hands came 10-15 s late; measured on the loaded 2-core machine: p99 0.75 s, max 0.77 s).
 LATENCY_BOUND_S: Final = 5.0
 DAY_S: Final = 24 * 3600
-NS: Final = 1_000_000_000
 
 
 @dataclass(frozen=True)
