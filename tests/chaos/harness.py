@@ -42,6 +42,7 @@ code and a reason; no other dead letter; no job in dramatiq's dead-letter queues
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -247,6 +248,16 @@ def fault_schedule(seed: int, duration_s: float, every: Mapping[str, tuple[float
 
 # --------------------------------------------------------------------------- the harness
 
+#: Harnesses not closed yet: an interrupted run (Ctrl-C in bench/chaos.py) still kills its processes at exit.
+_OPEN: set[Harness] = set()
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    for harness in list(_OPEN):
+        with contextlib.suppress(Exception):
+            harness.close()
+
 
 class Harness:
     """Servers, Procfile process instances and the operations on them (see the module docstring).
@@ -273,6 +284,7 @@ class Harness:
         self.key = SigningKey.generate()
         self.faults: list[FaultRecord] = []
         self._commands = procfile()
+        _OPEN.add(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -333,6 +345,7 @@ class Harness:
 
     def close(self) -> None:
         """kill -9 every instance, then the servers (whatever they hold is thrown away)."""
+        _OPEN.discard(self)
         for instance in self.instances.values():
             instance.kill()
         self.nats.close(kill=True)

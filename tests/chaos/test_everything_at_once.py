@@ -66,13 +66,17 @@ async def everything_at_once(workdir: Path, *, events: int, seed: int, traffic_s
     shape = Shape(events, traffic_s)
     plan = plan_traffic(events, seed)
     h = Harness(workdir, appendfsync=appendfsync)
-    h.start_servers()
-    h.add("bridge")
-    h.add("worker", 2, WORKER_ARGS)
-    h.start()
-    h.wait_ready(timeout=60)
-    result = await run_scenario(h, SCENARIO, plan, shape.schedule(seed), rate=shape.rate,
-                                settle_timeout=settle_timeout)
+    try:
+        h.start_servers()
+        h.add("bridge")
+        h.add("worker", 2, WORKER_ARGS)
+        h.start()
+        h.wait_ready(timeout=60)
+        result = await run_scenario(h, SCENARIO, plan, shape.schedule(seed), rate=shape.rate,
+                                    settle_timeout=settle_timeout)
+    except BaseException:
+        h.close()
+        raise
     return result, h
 
 
