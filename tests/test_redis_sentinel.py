@@ -20,6 +20,7 @@ import nats
 import pytest
 import redis
 import yaml
+from redis.asyncio import BlockingConnectionPool
 
 from bridge.enqueue import Enqueuer
 from bridge.errors import RedisUnavailable
@@ -30,7 +31,7 @@ from fechatter_notify.embedded import free_port
 from gateway import read_frames
 from gateway.hub import Announcement, Hub
 from gateway.testing import SigningKey
-from runtime import async_client, describe_redis, sync_client
+from runtime import async_client, async_pool, describe_redis, sync_client, sync_pool
 from settings import ConfigError, Settings, load_settings, redacted, sentinel_target
 from tests.pipeline import PIPELINE_CONFIG, Pipeline, shutdown
 from tests.sentinel import MASTER_NAME, SentinelCluster
@@ -123,6 +124,25 @@ def test_the_sentinel_url_and_the_keys_name_the_same_target_and_hide_their_secre
         "master 'notify' via sentinels 10.0.0.1:26379,10.0.0.2:26379,[fd00::3]:26380"
     assert ("error", "bad_redis_url", "redis.url") in problems("", {"REDIS_URL": "redis+sentinel://h:26379/"})
     assert sentinel_target(load("").redis) is None  # the default: one server by URL
+
+
+def test_the_clients_carry_the_primarys_and_the_sentinels_credentials_and_tls() -> None:
+    settings = load(yaml.safe_dump({"redis": {
+        "sentinels": ["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"], "master_name": "notify", "db": 3,
+        "username": "app", "password": "pw1", "sentinel_username": "watch", "sentinel_password": "pw2",
+        "tls": {"enabled": True, "ca_file": "/ca.pem"}, "socket_timeout": "2s"}}))
+    pool = sync_pool(settings.redis, health_check_interval=10)
+    primary = pool.connection_kwargs
+    assert (primary["db"], primary["username"], primary["password"], primary["ssl_ca_certs"]) == (3, "app", "pw1",
+                                                                                                  "/ca.pem")
+    assert pool.connection_class.__name__ == "SentinelManagedSSLConnection"
+    assert (primary["socket_timeout"], primary["health_check_interval"]) == (2.0, 10)
+    sentinel = pool.sentinel_manager.sentinels[0].connection_pool.connection_kwargs  # type: ignore[attr-defined]
+    assert (sentinel["username"], sentinel["password"], sentinel["socket_timeout"]) == ("watch", "pw2", 2.0)
+    assert sentinel["retry"].get_retries() == 0  # a dead sentinel costs one refused connect, not ten
+    aio = async_pool(settings.redis, blocking=True, max_connections=7)
+    assert isinstance(aio, BlockingConnectionPool) and aio.max_connections == 7
+    assert aio.connection_kwargs["password"] == "pw1"
 
 
 # ------------------------------------------------------------------------------------------ live
