@@ -13,7 +13,7 @@ from importlib import import_module
 
 import yaml
 
-from runtime import RET_CONFIG, RET_OK
+from runtime import RET_CONFIG, RET_OK, describe_redis
 from settings import ConfigError, Loaded, Problem, load_settings, redact_url, redacted
 
 #: Subcommands that run a process: name -> "module:function(loaded, args) -> int".
@@ -102,7 +102,7 @@ def _summary(loaded: Loaded) -> str:
                      f"{fmt(c.pull_expiry)}, heartbeat {fmt(c.idle_heartbeat)} per request, ack_wait "
                      f"{fmt(c.ack_wait)}, max_deliver {c.max_deliver}")
     lines.append(f"  core NATS (queue group {s.realtime.queue_group}): {', '.join(s.realtime.subjects)}")
-    lines.append(f"  redis: {redacted({'url': s.redis.url})['url']} namespace {s.redis.namespace!r}; "
+    lines.append(f"  redis: {describe_redis(s.redis)} namespace {s.redis.namespace!r}; "
                  f"queues {s.queues.realtime!r} (realtime), {s.queues.domain!r} (domain)")
     lines.append(f"  gateway: {s.gateway.host}:{s.gateway.port}; jwt key "
                  f"{'set' if s.gateway.jwt.public_key else 'NOT SET (every stream will get 401)'}")

@@ -22,8 +22,8 @@ from redis.exceptions import RedisError
 
 from bridge import BridgeError, DeadLetter, DeadLetterStore, ReplayOutcome
 from events import matches, validate_pattern
-from runtime import RET_CONFIG, RET_OK, RET_RUNTIME
-from settings import DurationError, Loaded, Settings, parse_duration, redact_url, redact_urls_in
+from runtime import RET_CONFIG, RET_OK, RET_RUNTIME, describe_redis
+from settings import DurationError, Loaded, Settings, parse_duration, redact_urls_in
 from workers import DeadLetterQueues, FailedJob, RequeueOutcome
 
 __all__ = ["RET_LEFT", "RET_OK", "RET_USAGE", "add_arguments", "run"]
@@ -396,7 +396,7 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_command(settings, args))
     except (BridgeError, RedisError, OSError) as exc:  # the store's RedisUnavailable is a BridgeError
-        where = redact_url(settings.redis.url.get_secret_value())
+        where = describe_redis(settings.redis)
         print(f"fechatter-notify dlq: Redis at {where} did not answer: {type(exc).__name__}: "
               f"{redact_urls_in(str(exc))}", file=sys.stderr)
         return RET_USAGE

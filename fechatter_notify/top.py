@@ -26,8 +26,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from runtime import RET_CONFIG, RET_OK, Snapshot, collect_snapshot
-from settings import Loaded, redact_url
+from runtime import RET_CONFIG, RET_OK, Snapshot, async_client, collect_snapshot, describe_redis
+from settings import Loaded
 
 __all__ = ["RET_OK", "RET_UNREACHABLE", "add_arguments", "render", "run"]
 
@@ -62,7 +62,7 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
     settings = loaded.settings
     namespace = args.namespace or settings.redis.namespace
     interval = max(float(args.interval), 0.1)
-    where = redact_url(settings.redis.url.get_secret_value())
+    where = describe_redis(settings.redis)
     try:
         if args.once:
             snapshot = asyncio.run(_once(_client(loaded), namespace, interval))
@@ -81,9 +81,9 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
 
 
 def _client(loaded: Loaded) -> aioredis.Redis:
-    r = loaded.settings.redis
-    return aioredis.Redis.from_url(r.url.get_secret_value(), socket_timeout=REDIS_TIMEOUT_S,
-                                   socket_connect_timeout=REDIS_TIMEOUT_S)
+    # The processes' own factory: a plain URL or Sentinel alike, with top's shorter timeouts.
+    return async_client(loaded.settings.redis, socket_timeout=REDIS_TIMEOUT_S,
+                        socket_connect_timeout=REDIS_TIMEOUT_S)
 
 
 async def _once(client: aioredis.Redis, namespace: str, interval: float) -> Snapshot:

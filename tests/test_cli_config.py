@@ -38,3 +38,13 @@ def test_config_check_reports_every_problem_with_file_and_line_and_exits_2(tmp_p
 def test_config_check_with_a_missing_explicit_file_exits_2(tmp_path: Path) -> None:
     result = run_cli("--config", str(tmp_path / "missing.yml"), "config", "check", cwd=tmp_path)
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_config_check_names_a_sentinel_deployment_without_its_passwords(tmp_path: Path) -> None:
+    config = tmp_path / "notify.yml"
+    config.write_text("redis:\n  sentinels: [127.0.0.1:26379, 127.0.0.1:26380, 127.0.0.1:26381]\n"
+                      "  master_name: notify\n  password: hunter2-primary\n  sentinel_password: hunter2-sentinel\n")
+    result = run_cli("config", "check", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "redis: master 'notify' via sentinels 127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381" in result.stdout
+    assert "hunter2" not in result.stdout + result.stderr
