@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import redis
 
+from events import parse_event
 from events.inbox import delivered_key, inbox_key, live_channel, members_key
 from tests.servers import RedisServer, wait_until
 from tests.test_workers_support import counter, make_settings
 from workers.connections import ThreadConnections
-from workers.delivery import CHUNK, Delivered, Delivery
+from workers.delivery import CHUNK, Delivered, Delivery, job_identity, notification_key
 from workers.metrics import WorkerMetrics
 
 NOTE = {"type": "typing_started", "chat_id": 42, "user_id": 9, "user_name": "Bob Li"}
@@ -166,3 +169,17 @@ def test_a_live_only_notification_is_announced_to_each_recipient_and_stored_nowh
     assert not client.exists(inbox_key("t", 11)) and not client.exists(inbox_key("t", 9))
     assert [k for k in client.scan_iter("t:delivered:*") if not k.endswith(b":r1")] == []
     pubsub.close()
+
+
+def test_a_recreated_streams_event_at_an_old_sequence_is_not_taken_for_the_old_one() -> None:
+    # An edit (deduplicated by its job identity, not by chat + message id) at stream sequence 1, in
+    # two incarnations of the stream: the bridge's message ids differ (they hold the stored time).
+    body = {"version": "V1", "kind": "Updated", "members": [7, 9], "occurred_at": "2025-06-27T02:45:46.790112345Z",
+            "msg": {"id": 5, "chat_id": 42, "sender_id": 7, "content": "x", "files": [],
+                    "created_at": "2025-06-27T02:45:46.782538Z", "idempotency_key": None}}
+    job = parse_event("fechatter.message.updated", json.dumps(body).encode(), stream="S", stream_seq=1,
+                      received_at=datetime.now(UTC))
+    first, second = "0" * 31 + "1", "0" * 31 + "2"
+    assert notification_key(job, first) != notification_key(job, second)
+    assert notification_key(job, first) == notification_key(job, first)  # a redelivery: the same key
+    assert job_identity(job, None) == "js:S:1"  # handed over without a message id

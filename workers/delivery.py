@@ -68,11 +68,19 @@ class Delivered(NamedTuple):
 
 
 def job_identity(job: Job, message_id: str | None) -> str:
-    """What stays the same across every redelivery of one event: JetStream ``stream:seq``,
-    else the publisher's event id, else the dramatiq message id (kept by retries and requeues)."""
+    """What stays the same across every redelivery of one event: for JetStream, the bridge's event
+    identity, else the publisher's event id, else the dramatiq message id (kept by retries and requeues).
+
+    A JetStream job's dramatiq message id is derived from the bridge's event identity, which holds
+    the time the stream stored the event: unlike ``stream:seq`` it differs after a stream is deleted
+    and re-created (sequences start at 1 again), so a new event is never taken for an old one whose
+    marker is still alive. ``stream:seq`` remains for a job handed over without a message id.
+    During a rolling upgrade a job redelivered across the change can be delivered once more (its
+    old marker has the old name); the typing and presence jobs that use this key are live-only.
+    """
     origin = job.origin
     if origin.stream is not None and origin.stream_seq is not None:
-        return f"js:{origin.stream}:{origin.stream_seq}"
+        return f"jsm:{message_id}" if message_id else f"js:{origin.stream}:{origin.stream_seq}"
     if origin.event_id:
         return f"ev:{origin.event_id}"
     return f"dq:{message_id}"
