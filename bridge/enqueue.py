@@ -205,7 +205,7 @@ class Enqueuer:
             except NoScriptError:
                 if attempt == 2:
                     raise
-                await self._client.script_load(_SCRIPT.source)
+                await LuaScript.load(self._client, [_SCRIPT])
         raise AssertionError("unreachable")
 
     def _check_replicas(self, acked: int) -> None:
