@@ -231,8 +231,10 @@ async def test_a_missed_idle_heartbeat_is_counted_recovered_and_marks_not_ready_
         checks = await bridge.readiness()
         # (under load a third miss may already have happened: the count only grows while silent)
         assert re.search(r"missed [2-9] idle heartbeats in a row", checks[f"consumer {STREAM}/{DURABLE}"] or "")
-        assert bridge.metrics.registry.get_sample_value(
-            "fechatter_notify_bridge_consumer_recoveries_total", {"consumer": DURABLE, "outcome": "ok"}) >= 2
+        # (each miss's consumer check, or the open circuit's probe, completes a moment after the miss is counted)
+        await async_wait_until(lambda: (bridge.metrics.registry.get_sample_value(
+            "fechatter_notify_bridge_consumer_recoveries_total", {"consumer": DURABLE, "outcome": "ok"}) or 0) >= 2,
+            timeout=10, message="the consumer was not checked after each miss")
         # When the inbox hears the server again, the bridge is ready and delivers
         subscription._cb = deliver
         await async_wait_until(lambda: puller.missed_in_a_row == 0, timeout=5)
