@@ -16,7 +16,7 @@ Whatever its copies, a message must give ONE ``new_message`` notification to eac
 sender: that is :meth:`TrafficPlan.expected`, the map the auditor (tests/chaos/audit.py) compares
 the inboxes with. U and N carry no usable member list, so the workers take it from the membership
 cache, which only copies carrying members fill: each chat's first message is therefore published
-in C or L alone, in a warm-up (:attr:`TrafficPlan.warmup`) the scenario awaits
+in C and/or L only, in a warm-up (:attr:`TrafficPlan.warmup`) the scenario awaits
 (:func:`membership_known`) before any other copy is sent.
 
 About 1 % of the events are malformed (truncated JSON, not an object, unknown kind, an invalid id,
