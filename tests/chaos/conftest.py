@@ -1,4 +1,4 @@
-"""Marks every chaos test ``slow`` and hands scenarios their size and seed."""
+"""Marks every chaos test ``slow`` (and puts them in one xdist group) and hands scenarios their size and seed."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.slow)
+            # Under pytest-xdist (--dist loadgroup, as ./run test runs it) every scenario goes to the
+            # same worker: each loads the machine on purpose, and two at once would measure each other.
+            item.add_marker(pytest.mark.xdist_group("chaos"))
 
 
 @pytest.fixture
