@@ -17,7 +17,7 @@ import redis
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import TimeLimitExceeded
 
-__all__ = ["TRANSIENT", "is_transient", "retry_when"]
+__all__ = ["TRANSIENT", "TRANSIENT_REPLIES", "is_transient", "retry_when"]
 
 #: Exception types worth retrying. ``redis.ConnectionError`` covers refused, reset and
 #: ``BusyLoadingError`` (a restarting Redis replaying its AOF).
@@ -33,9 +33,20 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
+#: Server replies that mean "not now" (a demoted or loading server, a primary without its replicas).
+#: Inside a Lua script they reach redis-py as a plain ``ResponseError`` that quotes them (Redis 6:
+#: ``ERR Error running script ... -READONLY You can't write ...``), so the type alone misses them.
+TRANSIENT_REPLIES: tuple[str, ...] = ("READONLY", "LOADING", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN")
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` may go away if the same job runs again later."""
-    return isinstance(exc, TRANSIENT)
+    if isinstance(exc, TRANSIENT):
+        return True
+    if isinstance(exc, redis.ResponseError):
+        text = str(exc)
+        return any(text.startswith(code) or f"-{code} " in text for code in TRANSIENT_REPLIES)
+    return False
 
 
 def retry_when(max_retries: int) -> Callable[[int, BaseException], bool]:
