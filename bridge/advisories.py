@@ -12,6 +12,15 @@ The stored message's ``time`` (when the stream stored it) goes into the dead let
 its marker: a replay then rebuilds the identity the pull path gave the event
 (:func:`bridge.batch.event_identity`), and a re-created stream's message at a sequence seen
 before is a new dead letter, not a duplicate of the old incarnation's.
+
+An event whose own dedupe marker (``{namespace}:bridge:dedupe:{identity}``, written by
+:file:`enqueue.lua`) is still there already reached Redis: a bridge enqueued it and was killed before
+its ack reached JetStream, often enough to reach ``max_deliver``. Its job (or its dead letter, when
+the marker says ``dead-letter``) exists, so no ``max_deliveries`` dead letter is written; it is
+counted (``max_deliveries_already_enqueued``) and logged once per burst. Only an event with no marker
+(never enqueued, or enqueued longer than ``redis.dedupe_window`` ago: the safe side) or whose original
+could not be read becomes a dead letter. The marker is read just before the write, not in the same
+script: after the give-up JetStream delivers the message to nobody, so nothing enqueues it meanwhile.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -31,6 +41,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from redis.exceptions import RedisError
 
 from bridge.batch import event_identity
 from bridge.dead_letters import MAX_DELIVERIES, dead_letter_fields
@@ -41,12 +52,18 @@ from bridge.metrics import BridgeMetrics
 from runtime import backoff_delay, log_event, stop_task
 from settings import Consumer
 
-__all__ = ["MAX_PENDING", "MaxDeliveries", "advisory_subject", "parse_headers", "stored_ns", "stored_time_ns"]
+__all__ = ["ALREADY_ENQUEUED_LOG_INTERVAL_S", "MAX_PENDING", "MaxDeliveries", "advisory_subject", "parse_headers",
+           "stored_ns", "stored_time_ns"]
 
 log = logging.getLogger("bridge.advisories")
 
 #: Dead letters from advisories waiting for Redis, at most.
 MAX_PENDING: Final = 10_000
+#: Seconds between two log lines about advisories of already-enqueued events (a crash under a backlog
+#: gives up on up to ``max_ack_pending`` of them at once: one line per burst, with the count).
+ALREADY_ENQUEUED_LOG_INTERVAL_S: Final = 10.0
+#: The value :file:`enqueue.lua` gives the marker of an event it stored as a dead letter.
+_DEAD_LETTER_MARKER: Final = b"dead-letter"
 
 
 def advisory_subject(consumer: Consumer) -> str:
@@ -112,6 +129,9 @@ class MaxDeliveries:
         self._pending: list[list[Any]] = []
         self._retry: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Already-enqueued give-ups: when the last log line was written, and how many since.
+        self._quiet_since = -ALREADY_ENQUEUED_LOG_INTERVAL_S
+        self._quiet_count = 0
 
     async def start(self) -> None:
         """Subscribe to every consumer's advisory subject."""
@@ -156,25 +176,64 @@ class MaxDeliveries:
         # Stream + sequence (+ stored time when read): one dead letter per stored message, whichever
         # replica hears its advisory, and a new one for a re-created stream's message at that sequence.
         identity = event_identity(stream, seq, None, when)
-        dedupe = f"{self._enqueuer.namespace}:{DEDUPE_PREFIX}:{identity}:{MAX_DELIVERIES}"
-        log_event(log, "max_deliveries", logging.WARNING, subject=subject, stream=stream, consumer=durable, seq=seq,
-                  delivered=deliveries)
-        await self._write([dedupe, fields, durable])
+        prefix = f"{self._enqueuer.namespace}:{DEDUPE_PREFIX}"
+        dedupe = f"{prefix}:{identity}:{MAX_DELIVERIES}"
+        # The marker the pull path gave the event (its Nats-Msg-Id counts there); none when the original
+        # was not read: without its time or headers the identity is unknown, so it is dead-lettered.
+        marker = f"{prefix}:{event_identity(stream, seq, headers, when)}" if subject else ""
+        await self._write([dedupe, fields, durable, marker, seq, deliveries])
 
     async def _write(self, item: list[Any]) -> bool:
-        batch = self._enqueuer.new_batch()
-        batch.add_dead_letter(item[0], item[1])
         try:
-            flags = await self._enqueuer.run(batch)
+            await self._store(item)
         except RedisUnavailable:
             if len(self._pending) < MAX_PENDING:
                 self._pending.append(item)
             if self._retry is None or self._retry.done():
                 self._retry = asyncio.get_running_loop().create_task(self._retry_pending())
             return False
-        if flags == b"1":
-            self._metrics.dead_lettered.labels(item[2], MAX_DELIVERIES).inc()
         return True
+
+    async def _store(self, item: list[Any]) -> None:
+        """The dead letter of ``item``, unless the event's own marker says it reached Redis.
+
+        Raises:
+          RedisUnavailable: Redis refused or timed out; nothing was decided.
+        """
+        dedupe, fields, durable, marker, seq, deliveries = item
+        held = await self._marker(marker) if marker else None
+        if held is not None:
+            self._already_enqueued(durable, seq, deliveries, "dead_letter" if held == _DEAD_LETTER_MARKER else "job")
+            return
+        log_event(log, "max_deliveries", logging.WARNING, subject=_text(fields, "subject"),
+                  stream=_text(fields, "stream"), consumer=durable, seq=seq, delivered=deliveries)
+        batch = self._enqueuer.new_batch()
+        batch.add_dead_letter(dedupe, fields)
+        if await self._enqueuer.run(batch) == b"1":
+            self._metrics.dead_lettered.labels(durable, MAX_DELIVERIES).inc()
+
+    async def _marker(self, key: str) -> bytes | None:
+        """The value of the event marker ``key``, None when absent."""
+        # Enqueuer keeps its client to itself (enqueue.py is the Redis contract's owner); one GET
+        # on the same connection pool, with the same redis-py errors mapped as run() maps them.
+        client = self._enqueuer._client
+        try:
+            value = await client.get(key)
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from None
+        return value if isinstance(value, bytes) or value is None else str(value).encode()
+
+    def _already_enqueued(self, durable: str, seq: int, deliveries: int, marker: str) -> None:
+        """Count a give-up on an event that reached Redis; log the first of a burst and then every
+        :data:`ALREADY_ENQUEUED_LOG_INTERVAL_S` with how many were counted since."""
+        self._metrics.max_deliveries_already_enqueued.labels(durable, marker).inc()
+        self._quiet_count += 1
+        now = time.monotonic()
+        if now - self._quiet_since < ALREADY_ENQUEUED_LOG_INTERVAL_S:
+            return
+        log_event(log, "max_deliveries_already_enqueued", logging.INFO, consumer=durable, seq=seq,
+                  delivered=deliveries, marker=marker, count=self._quiet_count)
+        self._quiet_since, self._quiet_count = now, 0
 
     async def _retry_pending(self) -> None:
         attempt = 0
@@ -182,13 +241,15 @@ class MaxDeliveries:
             await asyncio.sleep(backoff_delay(attempt, 0.1, 5.0))
             attempt += 1
             item = self._pending.pop(0)
-            batch = self._enqueuer.new_batch()
-            batch.add_dead_letter(item[0], item[1])
             try:
-                flags = await self._enqueuer.run(batch)
+                await self._store(item)
             except RedisUnavailable:
                 self._pending.insert(0, item)
                 continue
             attempt = 0
-            if flags == b"1":
-                self._metrics.dead_lettered.labels(item[2], MAX_DELIVERIES).inc()
+
+
+def _text(fields: list[str | bytes], name: str) -> str:
+    """The value of field ``name`` in :func:`dead_letter_fields`' alternating list."""
+    value = fields[fields.index(name) + 1]
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

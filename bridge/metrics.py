@@ -86,6 +86,11 @@ class BridgeMetrics:
                                   ["consumer", "reason"], registry=r)
         self.advisories = Counter(f"{PREFIX}_max_deliveries_advisories", "Max-deliveries advisories received",
                                   ["consumer"], registry=r)
+        # Give-ups on events that had reached Redis (bridge/advisories.py): no dead letter is written.
+        self.max_deliveries_already_enqueued = Counter(
+            f"{PREFIX}_max_deliveries_already_enqueued",
+            "Max-deliveries advisories of events whose marker was in Redis (marker: job or dead_letter); "
+            "not dead-lettered", ["consumer", "marker"], registry=r)
         # Operating figures (`fechatter-notify top`, deploy/grafana): redeliveries by the JetStream delivery
         # count of each settled message (bridge/acks.py).
         self.redeliveries = Counter(f"{PREFIX}_redeliveries",

@@ -1,0 +1,130 @@
+"""Max-deliveries advisories of events that had already reached Redis are not dead letters.
+
+A bridge killed under a backlog has enqueued events whose acks never reached JetStream; after
+``max_deliver`` such kills JetStream gives up on them. Their jobs exist, so the advisory is counted,
+not stored as a ``max_deliveries`` dead letter; an event that never reached Redis still is one.
+Real nats-server and redis-server; the "killed bridge" is the bridge's own enqueue path
+(EventBatch + Enqueuer, as bridge/process.py builds it) followed by no ack.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import nats
+import nats.errors
+import pytest
+import redis.asyncio as aioredis
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from bridge.batch import EventBatch
+from bridge.enqueue import Enqueuer
+from bridge.holding import reply_metadata
+from bridge.jsapi import JetStreamApi
+from bridge.messages import MessageFactory
+from bridge.provision import consumer_config, stream_config
+from bridge.testing import TEST_CONSUMER, bridge_settings, queued_messages, running_bridge
+from events import Lane
+from settings.model import Settings
+from tests.servers import NatsServer, RedisServer, async_wait_until
+
+pytestmark = pytest.mark.slow
+
+NS = "test-notify"
+STREAM = "FECHATTER_EVENTS"
+DURABLE = "notification_processor"
+ALREADY = "fechatter_notify_bridge_max_deliveries_already_enqueued_total"
+
+
+def created(i: int) -> bytes:
+    """A core-dialect message-created event with message id ``i``."""
+    return json.dumps({
+        "version": "V1", "kind": "Created",
+        "msg": {"id": i, "chat_id": 42, "sender_id": 7, "content": f"m{i}", "files": [],
+                "created_at": "2025-06-27T02:45:46.782538Z", "idempotency_key": None},
+        "members": [7, 9], "occurred_at": "2025-06-27T02:45:46.790112345Z"}).encode()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+async def enqueue_without_ack(settings: Settings, msgs: list[Msg]) -> bytes:
+    """What a bridge killed between its enqueue and its ack did: the jobs and markers are in Redis."""
+    meta = [reply_metadata(m.reply) for m in msgs]
+    enqueuer = Enqueuer.for_settings(settings)
+    s = settings
+    events = EventBatch(enqueuer.new_batch(), MessageFactory().begin(),
+                        {Lane.REALTIME: s.queues.realtime, Lane.DOMAIN: s.queues.domain}, datetime.now(UTC),
+                        s.realtime.typing_ttl, s.realtime.presence_ttl, s.events.max_payload_bytes)
+    for msg, m in zip(msgs, meta, strict=True):
+        assert m is not None
+        stream, seq, count, stored_ns = m
+        events.add(msg.subject, msg.data, msg.headers, consumer=DURABLE, stream=stream, stream_seq=seq,
+                   delivered=count, stored_ns=stored_ns)
+    try:
+        return await enqueuer.run(events.batch)
+    finally:
+        await enqueuer.close()
+
+
+async def test_a_give_up_on_an_enqueued_event_is_counted_and_only_a_never_enqueued_one_is_a_dead_letter(
+    nats_server: NatsServer, redis_server: RedisServer, nc: NATS, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.advisories")
+    # Given a durable with max_deliver 2 and three events: 1 (no Nats-Msg-Id) and 2 (with one) enqueued by a
+    # bridge that never got to ack them, 3 never enqueued (its bridge died before Redis answered)
+    consumer = {**TEST_CONSUMER, "max_deliver": 2, "ack_wait": "1500ms"}
+    settings = bridge_settings(nats_server.url, redis_server.url, {
+        "redis": {"socket_timeout": "200ms"}, "jetstream": {"consumers": [consumer]}})
+    api = JetStreamApi(nc)
+    await api.stream_create(stream_config(settings.jetstream.streams[0]))
+    await api.consumer_create(STREAM, consumer_config(settings.jetstream.consumers[0]))
+    js = nc.jetstream()
+    await js.publish("fechatter.message.created", created(1))
+    await js.publish("fechatter.message.created", created(2), headers={"Nats-Msg-Id": "m2"})
+    await js.publish("fechatter.message.created", created(3))
+    sub = await js.pull_subscribe("", durable=DURABLE, stream=STREAM)
+    rounds: list[list[Msg]] = []
+
+    async def delivered_all_three() -> bool:
+        try:
+            got = await sub.fetch(3, timeout=0.5)
+        except nats.errors.TimeoutError:
+            return False
+        rounds.append(got)
+        return len(got) == 3
+
+    for _ in range(2):  # two kills: the second delivery reaches max_deliver
+        await async_wait_until(delivered_all_three, timeout=10, interval=0.05)
+    await sub.unsubscribe()
+    assert await enqueue_without_ack(settings, rounds[0][:2]) == b"11"
+    rds = aioredis.Redis.from_url(redis_server.url)
+    # When a bridge runs and JetStream gives up on all three
+    async with running_bridge(settings) as bridge:
+        def already() -> float:
+            return bridge.metrics.registry.get_sample_value(ALREADY, {"consumer": DURABLE, "marker": "job"}) or 0.0
+
+        letters = await async_wait_until(lambda: rds.xrange(f"{NS}:dead-letters"), timeout=10,
+                                         message="no dead letter for the event that never reached Redis")
+        await async_wait_until(lambda: already() >= 2, timeout=10, message=lambda: f"counted {already()}, not 2")
+        advisories = bridge.metrics.registry.get_sample_value(
+            "fechatter_notify_bridge_max_deliveries_advisories_total", {"consumer": DURABLE})
+        letters = await rds.xrange(f"{NS}:dead-letters")
+    # Then only event 3 is a dead letter, events 1 and 2 are counted (their jobs queued once each)
+    assert advisories == 3
+    assert [(f[b"code"], f[b"seq"], f[b"data"]) for _, f in letters] == [(b"max_deliveries", b"3", created(3))]
+    assert already() == 2
+    jobs = [m["args"][0]["message_id"] for m in await queued_messages(rds, NS, "domain")]
+    assert sorted(jobs) == [1, 2]
+    # and the burst is one log line, not one per event
+    lines = [r for r in caplog.records if r.getMessage() == "max_deliveries_already_enqueued"]
+    assert len(lines) == 1
+    await rds.aclose()
