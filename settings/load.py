@@ -20,6 +20,7 @@ from settings.checks import run_checks
 from settings.fechatter_layout import FECHATTER_SECTIONS, fechatter_equivalent, is_fechatter_layout, translate
 from settings.model import Settings
 from settings.problems import ConfigError, Path, Problem, dotted
+from settings.redact import MASK, is_secret_key
 from settings.sources import (
     Origins,
     env_overrides,
@@ -268,6 +269,8 @@ def _validation_problems(exc: ValidationError, origins: Origins) -> list[Problem
         value = err.get("input")
         if isinstance(value, dict | list):
             value = None
+        elif loc and isinstance(loc[-1], str) and is_secret_key(loc[-1]):
+            value = MASK  # a token or password refused for its shape is still a secret
         msg = str(err["msg"])
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]

@@ -53,6 +53,11 @@ def redact_urls_in(text: str) -> str:
     return _USERINFO_IN_URL.sub(mask, text)
 
 
+def is_secret_key(key: str) -> bool:
+    """Whether a setting named ``key`` holds a secret (its value is never printed)."""
+    return bool(_SECRET_KEY.search(key))
+
+
 def _redact_value(key: str, value: Any) -> Any:
     if isinstance(value, SecretStr):
         raw = value.get_secret_value()

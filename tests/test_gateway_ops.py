@@ -260,7 +260,9 @@ def test_a_weak_or_unsafe_ops_token_is_refused_without_being_shown(token: str) -
         load_settings(env={"NOTIFY__GATEWAY__OPS_TOKEN": token}, text="")
     (problem,) = [p for p in raised.value.problems if p.level == "error"]
     assert "ops_token" in problem.message
-    assert token.strip() not in str(raised.value) and problem.value is None
+    # Named at its key and its source, the value masked
+    assert problem.path == "gateway.ops_token" and problem.origin == "env NOTIFY__GATEWAY__OPS_TOKEN"
+    assert token.strip() not in str(raised.value) and problem.value == "***"
 
 
 def test_an_empty_ops_token_is_off_and_a_set_one_is_redacted() -> None:
