@@ -40,12 +40,12 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
-from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
+from dramatiq.middleware import CurrentMessage, Middleware, TimeLimit
 
 from runtime import LuaScript, log_event, sync_client
 from workers.connections import ThreadConnections
 from workers.expiry import Expiry
-from workers.failures import retry_when
+from workers.failures import DurableRetries, retry_when
 from workers.recovery import DEFAULT_INTERVAL_S, Recovery
 from workers.wake import WakeListener
 
@@ -226,7 +226,9 @@ def middleware_stack(settings: Settings, metrics: WorkerMetrics, *,
     """The middleware of every worker broker, in order (``before_*`` hooks run top-down).
 
     The ``after_*`` hooks run bottom-up, so :class:`Retries` decides "retry or dead-letter"
-    before the metrics and Sentry middleware above it look at ``message.failed``.
+    before the metrics and Sentry middleware above it look at ``message.failed``. It is
+    :class:`workers.failures.DurableRetries`: a retry that cannot be enqueued (Redis down) waits
+    for Redis instead of being dropped while the job is acked.
     """
     from workers.failure_reasons import FailureReasons
     from workers.metrics import MetricsMiddleware
@@ -240,7 +242,7 @@ def middleware_stack(settings: Settings, metrics: WorkerMetrics, *,
         CurrentMessage(),
         Expiry(metrics),
         TimeLimit(time_limit=int(delivery.time_limit * 1000)),
-        Retries(
+        DurableRetries(
             max_retries=delivery.max_retries,
             min_backoff=max(1, int(delivery.min_backoff * 1000)),
             max_backoff=max(1, int(delivery.max_backoff * 1000)),

@@ -5,19 +5,34 @@ time limit hit while a server hung): the same job can succeed later, so dramatiq
 :class:`~dramatiq.middleware.Retries` re-enqueues it with backoff. Everything else is
 permanent (an undecodable job, a bug): retrying cannot help, so the job goes to dramatiq's
 dead-letter queue (``{ns}:{queue}.XQ``) on its first failure, where an operator can read it.
+
+:class:`DurableRetries` is dramatiq's ``Retries`` whose retry enqueue waits for Redis instead of
+being dropped (see its docstring).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
+from typing import Any, Final
 
+import dramatiq
 import psycopg
 import psycopg_pool
 import redis
 from dramatiq.errors import BrokerConnectionError
-from dramatiq.middleware import TimeLimitExceeded
+from dramatiq.middleware import Retries, TimeLimitExceeded
 
-__all__ = ["TRANSIENT", "TRANSIENT_REPLIES", "is_transient", "retry_when"]
+from runtime import log_event
+
+__all__ = ["TRANSIENT", "TRANSIENT_REPLIES", "DurableRetries", "is_transient", "retry_when"]
+
+#: First and largest pause, in seconds, between attempts to enqueue a retry while Redis is down.
+ENQUEUE_RETRY_FIRST_S: Final = 0.1
+ENQUEUE_RETRY_MAX_S: Final = 2.0
+
+log = logging.getLogger(__name__)
 
 #: Exception types worth retrying. ``redis.ConnectionError`` covers refused, reset and
 #: ``BusyLoadingError`` (a restarting Redis replaying its AOF).
@@ -63,3 +78,72 @@ def retry_when(max_retries: int) -> Callable[[int, BaseException], bool]:
         return retries < max_retries and is_transient(exc)
 
     return predicate
+
+
+class DurableRetries(Retries):
+    """dramatiq's :class:`~dramatiq.middleware.Retries`, whose retry is enqueued before the job is acked.
+
+    Why: stock ``Retries`` enqueues the retry from ``after_process_message``. When Redis is down
+    (the usual reason a job failed here), that enqueue raises, ``Broker.emit_after`` only logs it
+    (``Unexpected failure in after_process_message``), the message is not marked failed, and the
+    worker thread's ``post_process_message`` then retries the *ack* every 5 s until Redis answers
+    and acks the original: the job is gone, its notifications never delivered.
+
+    What: the retry's enqueue is retried the same way the ack is, until Redis answers (pauses
+    :data:`ENQUEUE_RETRY_FIRST_S` doubling to :data:`ENQUEUE_RETRY_MAX_S`); only then does the
+    ack follow. The wait is bounded exactly as the ack's already is: a worker thread cannot finish
+    a job without Redis anyway (its ack waits without limit in dramatiq), so this adds no new way
+    for a thread to hang; and if the process is stopped or dies while waiting, the original is
+    still unacked in its broker's ack set, which recovery requeues once that heartbeat is stale.
+    An enqueue error that is not transient (:func:`is_transient`) will not go away by waiting: the
+    job is failed instead, so it is nacked into the dead letters, not acked.
+
+    Chosen over "leave the original unacked / requeue it": dramatiq acks under the broker id of
+    the moment, and the broker may have continued under a new id since the fetch
+    (``WakeRedisBroker.connection_lost``), so a requeue could miss the ack set the job sits in and
+    the job would come back only after the heartbeat timeout. Waiting touches no ack set at all.
+
+    Duplicates: an enqueue whose reply was lost may have been applied, so the retry can exist
+    twice, and an original left in an abandoned ack set runs again after recovery; each copy
+    writes through the per-user delivered markers (``workers.delivery``), so a notification
+    already in an inbox is not written or published again.
+    """
+
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, *,
+                              result: Any = None, exception: BaseException | None = None) -> None:
+        super().after_process_message(  # type: ignore[no-untyped-call]
+            _PatientEnqueue(broker, message), message, result=result, exception=exception)
+
+
+class _PatientEnqueue:
+    """The broker as ``Retries`` sees it: ``enqueue`` retries transient failures until Redis answers."""
+
+    def __init__(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        self._broker = broker
+        self._job = message
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._broker, name)
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        pause, attempts = ENQUEUE_RETRY_FIRST_S, 0
+        while True:
+            try:
+                enqueued: dramatiq.Message[Any] = self._broker.enqueue(message, delay=delay)
+            except Exception as exc:
+                if not is_transient(exc):
+                    log_event(log, "retry_enqueue_failed", logging.ERROR, message_id=message.message_id,
+                              error=type(exc).__name__, outcome="job failed: dead-lettered, not acked")
+                    self._job.fail()
+                    return message
+                if attempts == 0:
+                    log_event(log, "retry_enqueue_waiting", logging.WARNING, message_id=message.message_id,
+                              error=type(exc).__name__,
+                              reason="redis unavailable: the job is acked only once its retry is enqueued")
+                attempts += 1
+                time.sleep(pause)
+                pause = min(pause * 2, ENQUEUE_RETRY_MAX_S)
+                continue
+            if attempts:
+                log_event(log, "retry_enqueued", message_id=message.message_id, failed_attempts=attempts)
+            return enqueued
