@@ -15,8 +15,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, f
 from settings.durations import parse_duration
 from settings.sizes import parse_size, parse_size_or_percent
 
-Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
-PositiveSeconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+#: The longest duration any setting accepts (10 years). Every timing here is far below it; a larger
+#: value is a typo, and one past ~3e8 s would overflow the event loop's timers or JetStream's int64
+#: nanoseconds at run time instead of being refused here.
+MAX_DURATION_S = 10 * 365 * 24 * 3600.0
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=MAX_DURATION_S)]
+PositiveSeconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=MAX_DURATION_S)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 #: Subjects Fechatter's server publishes durable domain events on: the seed's

@@ -1,5 +1,6 @@
 import pytest
 
+from settings import ConfigError, load_settings
 from settings.durations import DurationError, format_duration, parse_duration
 
 
@@ -22,3 +23,18 @@ def test_non_durations_are_rejected_with_the_expected_form(bad: object) -> None:
 def test_durations_are_rendered_as_written(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("key", ["gateway.keep_alive", "jetstream.consumers[0].ack_wait", "redis.dedupe_window"])
+def test_a_duration_beyond_ten_years_is_refused_at_its_key(key: str) -> None:
+    section, _, rest = key.partition(".")
+    if rest.startswith("consumers[0]."):
+        text = f"{section}:\n  consumers:\n    - {rest.split('.', 1)[1]}: 99999999999999999999d\n"
+    else:
+        text = f"{section}:\n  {rest}: 99999999999999999999d\n"
+    with pytest.raises(ConfigError) as refused:
+        load_settings(text=text, env={})
+    assert [p.path for p in refused.value.problems if p.level == "error"] == [key]
+    if key == "gateway.keep_alive":  # (the others' timing rules refuse 10 years for reasons of their own)
+        assert load_settings(text=text.replace("99999999999999999999d", "3650d"), env={}).settings.gateway.keep_alive \
+            == 3650 * 24 * 3600
