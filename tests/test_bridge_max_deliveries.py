@@ -79,8 +79,9 @@ async def test_a_give_up_on_an_enqueued_event_is_counted_and_only_a_never_enqueu
     nats_server: NatsServer, redis_server: RedisServer, nc: NATS, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="bridge.advisories")
-    # Given a durable with max_deliver 2 and three events: 1 (no Nats-Msg-Id) and 2 (with one) enqueued by a
-    # bridge that never got to ack them, 3 never enqueued (its bridge died before Redis answered)
+    # Given a durable with max_deliver 2 and four events: 1 (no Nats-Msg-Id) and 2 (with one) enqueued by a
+    # bridge that never got to ack them, 3 never enqueued (its bridge died before Redis answered), and 4, not
+    # JSON, stored as a dead letter by a bridge that died before its term
     consumer = {**TEST_CONSUMER, "max_deliver": 2, "ack_wait": "1500ms"}
     settings = bridge_settings(nats_server.url, redis_server.url, {
         "redis": {"socket_timeout": "200ms"}, "jetstream": {"consumers": [consumer]}})
@@ -91,37 +92,45 @@ async def test_a_give_up_on_an_enqueued_event_is_counted_and_only_a_never_enqueu
     await js.publish("fechatter.message.created", created(1))
     await js.publish("fechatter.message.created", created(2), headers={"Nats-Msg-Id": "m2"})
     await js.publish("fechatter.message.created", created(3))
+    await js.publish("fechatter.message.created", b"not json")
     sub = await js.pull_subscribe("", durable=DURABLE, stream=STREAM)
     rounds: list[list[Msg]] = []
 
-    async def delivered_all_three() -> bool:
+    async def delivered_all_four() -> bool:
         try:
-            got = await sub.fetch(3, timeout=0.5)
+            got = await sub.fetch(4, timeout=0.5)
         except nats.errors.TimeoutError:
             return False
         rounds.append(got)
-        return len(got) == 3
+        return len(got) == 4
 
     for _ in range(2):  # two kills: the second delivery reaches max_deliver
-        await async_wait_until(delivered_all_three, timeout=10, interval=0.05)
+        await async_wait_until(delivered_all_four, timeout=10, interval=0.05)
     await sub.unsubscribe()
-    assert await enqueue_without_ack(settings, rounds[0][:2]) == b"11"
+    first = rounds[0]
+    assert await enqueue_without_ack(settings, [first[0], first[1], first[3]]) == b"111"
     rds = aioredis.Redis.from_url(redis_server.url)
-    # When a bridge runs and JetStream gives up on all three
+    # When a bridge runs and JetStream gives up on all four
     async with running_bridge(settings) as bridge:
-        def already() -> float:
-            return bridge.metrics.registry.get_sample_value(ALREADY, {"consumer": DURABLE, "marker": "job"}) or 0.0
+        def already(marker: str = "job") -> float:
+            return bridge.metrics.registry.get_sample_value(ALREADY, {"consumer": DURABLE, "marker": marker}) or 0.0
 
-        letters = await async_wait_until(lambda: rds.xrange(f"{NS}:dead-letters"), timeout=10,
-                                         message="no dead letter for the event that never reached Redis")
-        await async_wait_until(lambda: already() >= 2, timeout=10, message=lambda: f"counted {already()}, not 2")
+        def written() -> float:
+            return bridge.metrics.registry.get_sample_value(
+                "fechatter_notify_bridge_dead_letters_total", {"consumer": DURABLE, "code": "max_deliveries"}) or 0.0
+
+        await async_wait_until(lambda: already() + already("dead_letter") >= 3, timeout=10,
+                               message=lambda: f"counted {already()} + {already('dead_letter')}, not 3")
+        await async_wait_until(lambda: written() >= 1, timeout=10, message="no max_deliveries dead letter")
         advisories = bridge.metrics.registry.get_sample_value(
             "fechatter_notify_bridge_max_deliveries_advisories_total", {"consumer": DURABLE})
         letters = await rds.xrange(f"{NS}:dead-letters")
-    # Then only event 3 is a dead letter, events 1 and 2 are counted (their jobs queued once each)
-    assert advisories == 3
-    assert [(f[b"code"], f[b"seq"], f[b"data"]) for _, f in letters] == [(b"max_deliveries", b"3", created(3))]
-    assert already() == 2
+    # Then event 3 is the only max_deliveries dead letter, 4 keeps its one not_json dead letter, events 1 and 2
+    # are counted (their jobs queued once each)
+    assert advisories == 4
+    assert sorted((f[b"code"], f[b"seq"]) for _, f in letters) == [(b"max_deliveries", b"3"), (b"not_json", b"4")]
+    assert [f[b"data"] for _, f in letters if f[b"code"] == b"max_deliveries"] == [created(3)]
+    assert (already(), already("dead_letter")) == (2, 1)
     jobs = [m["args"][0]["message_id"] for m in await queued_messages(rds, NS, "domain")]
     assert sorted(jobs) == [1, 2]
     # and the burst is one log line, not one per event
