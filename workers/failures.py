@@ -12,7 +12,9 @@ being dropped (see its docstring).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -22,7 +24,7 @@ import psycopg
 import psycopg_pool
 import redis
 from dramatiq.errors import BrokerConnectionError
-from dramatiq.middleware import Retries, TimeLimitExceeded
+from dramatiq.middleware import Retries, TimeLimit, TimeLimitExceeded
 
 from runtime import log_event
 
@@ -102,6 +104,8 @@ class DurableRetries(Retries):
     the moment, and the broker may have continued under a new id since the fetch
     (``WakeRedisBroker.connection_lost``), so a requeue could miss the ack set the job sits in and
     the job would come back only after the heartbeat timeout. Waiting touches no ack set at all.
+    The job's time limit is disarmed while waiting (the actor is done): an outage longer than
+    what was left of it would otherwise interrupt the wait and the original would be acked.
 
     Duplicates: an enqueue whose reply was lost may have been applied, so the retry can exist
     twice, and an original left in an abandoned ack set runs again after recovery; each copy
@@ -130,20 +134,33 @@ class _PatientEnqueue:
         while True:
             try:
                 enqueued: dramatiq.Message[Any] = self._broker.enqueue(message, delay=delay)
-            except Exception as exc:
+                break
+            # TimeLimitExceeded is a BaseException raised into this thread by the TimeLimit
+            # middleware, possibly already on its way when the deadline is disarmed below.
+            except (Exception, TimeLimitExceeded) as exc:
                 if not is_transient(exc):
                     log_event(log, "retry_enqueue_failed", logging.ERROR, message_id=message.message_id,
                               error=type(exc).__name__, outcome="job failed: dead-lettered, not acked")
                     self._job.fail()
                     return message
                 if attempts == 0:
+                    self._disarm_time_limit()
                     log_event(log, "retry_enqueue_waiting", logging.WARNING, message_id=message.message_id,
                               error=type(exc).__name__,
                               reason="redis unavailable: the job is acked only once its retry is enqueued")
                 attempts += 1
+            with contextlib.suppress(TimeLimitExceeded):  # raised as it was disarmed: fires once
                 time.sleep(pause)
-                pause = min(pause * 2, ENQUEUE_RETRY_MAX_S)
-                continue
-            if attempts:
-                log_event(log, "retry_enqueued", message_id=message.message_id, failed_attempts=attempts)
-            return enqueued
+            pause = min(pause * 2, ENQUEUE_RETRY_MAX_S)
+        if attempts:
+            log_event(log, "retry_enqueued", message_id=message.message_id, failed_attempts=attempts)
+        return enqueued
+
+    def _disarm_time_limit(self) -> None:
+        # The job's actor is done; its time limit is cleared by TimeLimit's own after-hook, which
+        # runs only after this one (after-hooks run bottom-up). Left armed, it would interrupt
+        # the wait for Redis with a BaseException that emit_after does not catch, and the job
+        # would be acked without its retry: the loss this class exists to prevent.
+        for middleware in self._broker.middleware:
+            if isinstance(middleware, TimeLimit):
+                middleware.manager.remove_timeout(threading.get_ident())  # type: ignore[no-untyped-call]
