@@ -31,6 +31,7 @@ from bridge.jsapi import JetStreamApi
 from bridge.messages import message_id_for
 from bridge.provision import stream_config
 from bridge.testing import bridge_settings, running_bridge
+from tests.bridge_proc import created
 from tests.servers import NatsServer, RedisServer, async_wait_until
 
 NS = "test-notify"
@@ -39,15 +40,6 @@ DURABLE = "notification_processor"
 DL_KEY = f"{NS}:dead-letters"
 #: Dead-letters the long events below, so a replay under the default limit enqueues them.
 LOW_LIMIT = 1024
-
-
-def created(i: int, content: str = "") -> bytes:
-    """A core-dialect message-created event with message id ``i`` (no ``Nats-Msg-Id`` is ever given)."""
-    return json.dumps({
-        "version": "V1", "kind": "Created",
-        "msg": {"id": i, "chat_id": 42, "sender_id": 7, "content": content or f"m{i}", "files": [],
-                "created_at": "2025-06-27T02:45:46.782538Z", "idempotency_key": None},
-        "members": [7, 9], "occurred_at": "2025-06-27T02:45:46.790112345Z"}).encode()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ nats-server and redis-server.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from bridge.jsapi import JetStreamApi
 from bridge.nats_circuit import PROBE_BASE_S, PROBE_CAP_S, CircuitState, NatsCircuit, probe_cap
 from bridge.provision import Provisioner, stream_config
 from bridge.testing import bridge_settings, queued_messages, running_bridge
+from tests.bridge_proc import created
 from tests.faultproxy import FaultProxy
 from tests.servers import HOST, NatsServer, RedisServer, async_wait_until
 
@@ -132,14 +132,6 @@ def test_bounds_come_from_the_consumer_and_a_reload_keeps_the_state() -> None:
 
 
 # -- a real bridge whose stream disappears ------------------------------------------------------
-
-
-def created(i: int) -> bytes:
-    return json.dumps({
-        "version": "V1", "kind": "Created",
-        "msg": {"id": i, "chat_id": 42, "sender_id": 7, "content": f"m{i}", "files": [],
-                "created_at": "2025-06-27T02:45:46.782538Z", "idempotency_key": None},
-        "members": [7, 9], "occurred_at": "2025-06-27T02:45:46.790112345Z"}).encode()
 
 
 async def enqueued(rds: aioredis.Redis) -> list[int]:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,42 +14,12 @@ import pytest
 import redis
 
 from bridge.testing import settings_yaml
+from tests.bridge_proc import BridgeProcess, created
 from tests.servers import NatsServer, RedisServer, async_wait_until, free_port
 
 NS = "test-notify"
 STREAM = "FECHATTER_EVENTS"
 DURABLE = "notification_processor"
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def created(i: int) -> bytes:
-    return json.dumps({
-        "version": "V1", "kind": "Created",
-        "msg": {"id": i, "chat_id": 42, "sender_id": 7, "content": f"m{i}", "files": [],
-                "created_at": "2025-06-27T02:45:46.782538Z", "idempotency_key": None},
-        "members": [7, 9], "occurred_at": "2025-06-27T02:45:46.790112345Z"}).encode()
-
-
-class BridgeProcess:
-    """``fechatter-notify bridge --config FILE`` in a subprocess, its stderr in a file."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("NOTIFY") and k not in {"NATS_URL", "REDIS_URL", "SENTRY_DSN"}}
-        self._log = log.open("ab")
-        self.log_path = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "fechatter_notify", "bridge", "--config", str(config)],
-                                     cwd=ROOT, env=env, stdout=self._log, stderr=self._log)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        self._log.close()
-        return code
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 @pytest.fixture

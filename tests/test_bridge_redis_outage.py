@@ -16,8 +16,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -34,27 +32,18 @@ from redis.exceptions import RedisError
 from bridge import holding
 from bridge.app import Bridge
 from bridge.testing import bridge_settings, running_bridge, settings_yaml
+from tests.bridge_proc import BridgeProcess, created
 from tests.servers import NatsServer, RedisServer, async_wait_until, free_port
 
 NS = "test-notify"
 STREAM = "FECHATTER_EVENTS"
 DURABLE = "notification_processor"
-ROOT = Path(__file__).resolve().parents[1]
 #: Events per second published through an outage.
 RATE = 25.0
 #: Allowed delay beyond the outage itself: the probe's backoff cap (1 s + jitter) and the release.
 SLACK_S = 2.0
 #: Far longer than any outage here: an event nak'd with the expiry as its delay would miss every bound.
 LONG_EXPIRY = "30s"
-
-
-def created(i: int) -> bytes:
-    """A core-dialect message-created event with message id ``i``."""
-    return json.dumps({
-        "version": "V1", "kind": "Created",
-        "msg": {"id": i, "chat_id": 42, "sender_id": 7, "content": f"m{i}", "files": [],
-                "created_at": "2025-06-27T02:45:46.782538Z", "idempotency_key": None},
-        "members": [7, 9], "occurred_at": "2025-06-27T02:45:46.790112345Z"}).encode()
 
 
 def consumer(ack_wait: str, expires: str = LONG_EXPIRY, **more: Any) -> dict[str, Any]:
@@ -356,28 +345,6 @@ async def test_what_does_not_fit_under_the_hold_bound_is_nakd_and_arrives_after_
         assert sorted(watcher.ids) == list(range(1, 42))
         assert watcher.delivered == [1] * n + [2] * (41 - n)
         assert await aioredis.Redis.from_url(redis.url).xlen(f"{NS}:dead-letters") == 0
-
-
-class BridgeProcess:
-    """``fechatter-notify bridge --config FILE`` in a subprocess, its output in a file."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("NOTIFY") and k not in {"NATS_URL", "REDIS_URL", "SENTRY_DSN"}}
-        self._log = log.open("ab")
-        self.log_path = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "fechatter_notify", "bridge", "--config", str(config)],
-                                     cwd=ROOT, env=env, stdout=self._log, stderr=self._log)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        self._log.close()
-        return code
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 def metric(port: int, name: str) -> float:
