@@ -20,7 +20,10 @@ the marker says ``dead-letter``) exists, so no ``max_deliveries`` dead letter is
 counted (``max_deliveries_already_enqueued``) and logged once per burst. Only an event with no marker
 (never enqueued, or enqueued longer than ``redis.dedupe_window`` ago: the safe side) or whose original
 could not be read becomes a dead letter. The marker is read just before the write, not in the same
-script: after the give-up JetStream delivers the message to nobody, so nothing enqueues it meanwhile.
+script (:file:`enqueue.lua` checks only the dead letter's own marker): after the give-up JetStream
+delivers the message to nobody. A copy a live bridge still holds (mid-enqueue, or held through a Redis
+outage) can land after the read; the event is then both enqueued and a dead letter, as before this
+check, and ``dlq replay`` answers ``already_delivered``.
 """
 
 from __future__ import annotations
