@@ -9,9 +9,10 @@ Real nats-server and redis-server; the "killed bridge" is the bridge's own enque
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import nats
@@ -99,7 +100,7 @@ async def test_a_give_up_on_an_enqueued_event_is_counted_and_only_a_never_enqueu
     async def delivered_all_four() -> bool:
         try:
             got = await sub.fetch(4, timeout=0.5)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py raises its own, or asyncio.TimeoutError when the deadline runs out
             return False
         rounds.append(got)
         return len(got) == 4
@@ -136,4 +137,62 @@ async def test_a_give_up_on_an_enqueued_event_is_counted_and_only_a_never_enqueu
     # and the burst is one log line, not one per event
     lines = [r for r in caplog.records if r.getMessage() == "max_deliveries_already_enqueued"]
     assert len(lines) == 1
+    await rds.aclose()
+
+
+async def test_a_give_up_heard_while_redis_is_down_is_decided_by_the_marker_once_redis_is_back(
+    nats_server: NatsServer, redis_server_factory: Callable[..., RedisServer], nc: NATS
+) -> None:
+    # Given event 1 enqueued by a bridge that never acked it and event 2 never enqueued, both delivered
+    # max_deliver (2) times, and a Redis that keeps its data across a restart
+    redis = redis_server_factory(aof=True)
+    consumer = {**TEST_CONSUMER, "max_deliver": 2, "ack_wait": "1500ms"}
+    settings = bridge_settings(nats_server.url, redis.url, {
+        "redis": {"socket_timeout": "200ms"}, "jetstream": {"consumers": [consumer]}})
+    api = JetStreamApi(nc)
+    await api.stream_create(stream_config(settings.jetstream.streams[0]))
+    await api.consumer_create(STREAM, consumer_config(settings.jetstream.consumers[0]))
+    js = nc.jetstream()
+    for i in (1, 2):
+        await js.publish("fechatter.message.created", created(i))
+    sub = await js.pull_subscribe("", durable=DURABLE, stream=STREAM)
+    rounds: list[list[Msg]] = []
+
+    async def delivered_both() -> bool:
+        try:
+            got = await sub.fetch(2, timeout=0.5)
+        except TimeoutError:  # nats-py raises its own, or asyncio.TimeoutError when the deadline runs out
+            return False
+        rounds.append(got)
+        return len(got) == 2
+
+    for _ in range(2):
+        await async_wait_until(delivered_both, timeout=10, interval=0.05)
+    assert await enqueue_without_ack(settings, rounds[0][:1]) == b"1"
+    # When Redis is down as JetStream gives up (a pull after ack_wait, the test's or the bridge's)
+    redis.stop()
+    async with running_bridge(settings) as bridge:
+        registry = bridge.metrics.registry
+
+        def sample(name: str, **labels: str) -> float:
+            return registry.get_sample_value(f"fechatter_notify_bridge_{name}", {"consumer": DURABLE, **labels}) or 0.0
+
+        async def given_up() -> bool:
+            with contextlib.suppress(TimeoutError):
+                await sub.fetch(1, timeout=0.3)
+            return sample("max_deliveries_advisories_total") == 2
+
+        await async_wait_until(given_up, timeout=10, message="no advisories while Redis was down")
+        # Then nothing is decided while Redis is down
+        assert sample("max_deliveries_already_enqueued_total", marker="job") == 0
+        assert sample("dead_letters_total", code="max_deliveries") == 0
+        # and once it is back, the retry reads the marker: event 1 counted, event 2 a dead letter
+        redis.start()
+        await async_wait_until(lambda: sample("max_deliveries_already_enqueued_total", marker="job") == 1
+                               and sample("dead_letters_total", code="max_deliveries") == 1, timeout=15,
+                               message="the pending give-ups were not decided after Redis came back")
+    await sub.unsubscribe()
+    rds = aioredis.Redis.from_url(redis.url)
+    letters = await rds.xrange(f"{NS}:dead-letters")
+    assert [(f[b"code"], f[b"seq"]) for _, f in letters] == [(b"max_deliveries", b"2")]
     await rds.aclose()
