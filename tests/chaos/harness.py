@@ -47,6 +47,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -55,6 +56,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -206,6 +208,37 @@ class Instance:
         except OSError as exc:
             return f"<no log: {exc}>"
         return "\n".join(text.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def logged_at(line: str) -> float:
+    """The ``ts=`` of a log line (UTC, ms), as a ``time.time()``."""
+    match = re.search(r"\bts=(\S+)Z\b", line)
+    assert match, line
+    return datetime.fromisoformat(match.group(1)).replace(tzinfo=UTC).timestamp()
+
+
+class LogTail:
+    """An instance's log from an offset on, searched by ``event=`` and ``key=value`` fields.
+
+    A field matches whole (``reason=reconnected`` is not ``reason=reconnected_late``).
+    """
+
+    def __init__(self, instance: Instance) -> None:
+        self.path = instance.log_path
+        self.offset = self.path.stat().st_size
+
+    def lines(self) -> list[str]:
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            return f.read().decode(errors="replace").splitlines()
+
+    def events(self, event: str, **fields: object) -> list[str]:
+        pattern = re.compile(rf"\bevent={re.escape(event)}(\s|$)")
+        return [line for line in self.lines() if pattern.search(line)
+                and all(re.search(rf"\b{key}={re.escape(str(value))}(\s|$)", line) for key, value in fields.items())]
 
 
 # --------------------------------------------------------------------------- faults

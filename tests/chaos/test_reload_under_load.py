@@ -46,7 +46,6 @@ import re
 import signal
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -58,7 +57,16 @@ from nats.aio.msg import Msg
 
 from bridge.testing import deep_merge
 from tests.chaos.audit import inbox_entries, notification_key
-from tests.chaos.harness import CHAOS_CONFIG, Fault, FaultRecord, Harness, Instance, ScenarioResult, run_scenario
+from tests.chaos.harness import (
+    CHAOS_CONFIG,
+    Fault,
+    FaultRecord,
+    Harness,
+    LogTail,
+    ScenarioResult,
+    logged_at,
+    run_scenario,
+)
 from tests.chaos.traffic import TrafficPlan, plan_traffic
 from tests.servers import async_wait_until
 
@@ -147,31 +155,6 @@ def rounds(count: int) -> list[Tuning]:
 
 
 # --------------------------------------------------------------------------- logs and the wire
-
-
-def logged_at(line: str) -> float:
-    """The ``ts=`` of a log line (UTC, ms), as a ``time.time()``."""
-    match = re.search(r"\bts=(\S+)Z\b", line)
-    assert match, line
-    return datetime.fromisoformat(match.group(1)).replace(tzinfo=UTC).timestamp()
-
-
-class LogTail:
-    """An instance's log from an offset on, searched by ``event=`` and ``key=value`` fields."""
-
-    def __init__(self, instance: Instance) -> None:
-        self.path = instance.log_path
-        self.offset = self.path.stat().st_size
-
-    def lines(self) -> list[str]:
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            return f.read().decode(errors="replace").splitlines()
-
-    def events(self, event: str, **fields: object) -> list[str]:
-        pattern = re.compile(rf"\bevent={re.escape(event)}(\s|$)")
-        return [line for line in self.lines() if pattern.search(line)
-                and all(re.search(rf"\b{key}={re.escape(str(value))}(\s|$)", line) for key, value in fields.items())]
 
 
 class PullWatch:

@@ -31,10 +31,8 @@ CI size: :data:`CI_EVENTS` events in about :data:`CI_TRAFFIC_S` s; ``--events N`
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,7 +42,17 @@ import yaml
 from nats.aio.msg import Msg
 
 from bridge.testing import deep_merge
-from tests.chaos.harness import CHAOS_CONFIG, Fault, FaultRecord, Harness, Instance, ScenarioResult, run_scenario
+from tests.chaos.harness import (
+    CHAOS_CONFIG,
+    Fault,
+    FaultRecord,
+    Harness,
+    Instance,
+    LogTail,
+    ScenarioResult,
+    logged_at,
+    run_scenario,
+)
 from tests.chaos.traffic import TrafficPlan, plan_traffic
 from tests.faultproxy import FaultProxy
 from tests.servers import HOST, async_wait_until
@@ -91,31 +99,6 @@ def notice_bound_s() -> float:
     return PING_INTERVAL_S * MAX_OUTSTANDING_PINGS + PING_INTERVAL_S + SCHEDULING_MARGIN_S
 
 
-def logged_at(line: str) -> float:
-    """The ``ts=`` of a log line (UTC, ms), as a ``time.time()``."""
-    match = re.search(r"\bts=(\S+)Z\b", line)
-    assert match, line
-    return datetime.fromisoformat(match.group(1)).replace(tzinfo=UTC).timestamp()
-
-
-class BridgeLog:
-    """The bridge's log from an offset on, as lines of ``event=...``."""
-
-    def __init__(self, instance: Instance) -> None:
-        self.path = instance.log_path
-        self.offset = self.path.stat().st_size
-
-    def lines(self) -> list[str]:
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            return f.read().decode(errors="replace").splitlines()
-
-    def events(self, event: str, **fields: str) -> list[str]:
-        pattern = re.compile(rf"\bevent={re.escape(event)}\b")
-        return [line for line in self.lines() if pattern.search(line)
-                and all(f"{key}={value}" in line for key, value in fields.items())]
-
-
 @dataclass
 class Cut:
     """What the cut measured."""
@@ -140,13 +123,13 @@ class ApiWatch:
 
 
 async def cut_while_flowing(h: Harness, proxy: FaultProxy, bridge: Instance, plan: TrafficPlan,
-                            watch: ApiWatch, log: list[BridgeLog]) -> Cut:
+                            watch: ApiWatch, log: list[LogTail]) -> Cut:
     """Wait for main traffic, cut silently, wait until the bridge notices, hold, restore, wait for its pull."""
     warm = sum(len(event.copies) for event in plan.warmup)
     await async_wait_until(lambda: asyncio.to_thread(h.stream_messages), timeout=60, interval=0.1,
                            message="traffic never flowed")
     await async_wait_until(lambda: _at_least(h, warm + FLOWING_AFTER), timeout=60, interval=0.05)
-    bridge_log = BridgeLog(bridge)
+    bridge_log = LogTail(bridge)
     log.append(bridge_log)
     cut = Cut()
     await asyncio.to_thread(proxy.cut_silently)
@@ -175,7 +158,7 @@ async def _at_least(h: Harness, messages: int) -> bool:
 
 
 async def silent_cut(workdir: Path, *, events: int, seed: int,
-                     traffic_s: float) -> tuple[ScenarioResult, Cut, BridgeLog, Harness, FaultProxy]:
+                     traffic_s: float) -> tuple[ScenarioResult, Cut, LogTail, Harness, FaultProxy]:
     """Run scenario 3 once; the caller closes the harness and the proxy."""
     plan = plan_traffic(events, seed)
     h = Harness(workdir, config=config())
@@ -189,7 +172,7 @@ async def silent_cut(workdir: Path, *, events: int, seed: int,
     watcher = await nats.connect(h.nats.url)
     watch = ApiWatch()
     await watcher.subscribe("$JS.API.>", cb=watch.on)
-    log: list[BridgeLog] = []
+    log: list[LogTail] = []
     try:
         cutting = asyncio.create_task(cut_while_flowing(h, proxy, bridge, plan, watch, log))
         result = await run_scenario(h, SCENARIO, plan, [], rate=events / traffic_s, settle_timeout=60)
