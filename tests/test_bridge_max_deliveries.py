@@ -10,7 +10,6 @@ Real nats-server and redis-server; the "killed bridge" is the bridge's own enque
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from bridge.provision import consumer_config, stream_config
 from bridge.testing import TEST_CONSUMER, bridge_settings, queued_messages, running_bridge
 from events import Lane
 from settings.model import Settings
+from tests.bridge_proc import created
 from tests.servers import NatsServer, RedisServer, async_wait_until
 
 pytestmark = pytest.mark.slow
@@ -39,15 +39,6 @@ NS = "test-notify"
 STREAM = "FECHATTER_EVENTS"
 DURABLE = "notification_processor"
 ALREADY = "fechatter_notify_bridge_max_deliveries_already_enqueued_total"
-
-
-def created(i: int) -> bytes:
-    """A core-dialect message-created event with message id ``i``."""
-    return json.dumps({
-        "version": "V1", "kind": "Created",
-        "msg": {"id": i, "chat_id": 42, "sender_id": 7, "content": f"m{i}", "files": [],
-                "created_at": "2025-06-27T02:45:46.782538Z", "idempotency_key": None},
-        "members": [7, 9], "occurred_at": "2025-06-27T02:45:46.790112345Z"}).encode()
 
 
 @pytest.fixture
