@@ -21,8 +21,8 @@ from nats.aio.msg import Msg
 from bridge.reload import apply_live, plan_reload
 from bridge.testing import TEST_CONSUMER, bridge_settings, running_bridge, settings_yaml
 from settings.model import Settings
+from tests.bridge_proc import BridgeProcess
 from tests.servers import NatsServer, RedisServer, async_wait_until
-from tests.test_bridge_process import BridgeProcess
 
 NEXT = "$JS.API.CONSUMER.MSG.NEXT.FECHATTER_EVENTS.notification_processor"
 
