@@ -696,6 +696,21 @@ async def _settle(h: Harness, plan: TrafficPlan, expected_total: int, patience_s
     return None
 
 
+async def drive_traffic(h: Harness, publisher: Publisher, plan: TrafficPlan, schedule: Sequence[Fault],
+                        rate: float | None) -> float:
+    """``plan.warmup``, then (once every chat's membership is cached, so the main traffic is not
+    a cold start) ``plan.main`` at ``rate`` while ``schedule`` runs; the seconds the main part took."""
+    await publisher.publish(plan.warmup)
+    with h.client() as client:
+        await async_wait_until(lambda: membership_known(client, plan.chats, h.namespace), timeout=60,
+                               interval=0.2, message="the warm-up did not fill every chat's membership cache")
+    t0 = time.time()
+    traffic = asyncio.create_task(publisher.publish(plan.main, rate))
+    await h.run_faults(schedule, t0)
+    await traffic
+    return time.time() - t0
+
+
 async def run_scenario(h: Harness, name: str, plan: TrafficPlan, schedule: Sequence[Fault], *,
                        rate: float | None = None, settle_timeout: float = 60) -> ScenarioResult:
     """Warm-up, then ``plan.main`` at ``rate`` during ``schedule``, then settle and check.
@@ -713,15 +728,7 @@ async def run_scenario(h: Harness, name: str, plan: TrafficPlan, schedule: Seque
 
     await publisher.nc.subscribe(f"{MAX_DELIVERIES_ADVISORY}.>", cb=advisory)
     try:
-        await publisher.publish(plan.warmup)
-        with h.client() as client:
-            await async_wait_until(lambda: membership_known(client, plan.chats, h.namespace), timeout=60,
-                                   interval=0.2, message="the warm-up did not fill every chat's membership cache")
-        t0 = time.time()
-        traffic = asyncio.create_task(publisher.publish(plan.main, rate))
-        await h.run_faults(schedule, t0)
-        await traffic
-        published_s = time.time() - t0
+        published_s = await drive_traffic(h, publisher, plan, schedule, rate)
     finally:
         await publisher.close()
     await asyncio.to_thread(h.wait_ready, None, 120)

@@ -50,11 +50,12 @@ from tests.chaos.harness import (
     ScenarioResult,
     _settle,
     check_dead_letters,
+    drive_traffic,
     recover_times,
 )
-from tests.chaos.traffic import Event, Publisher, TrafficPlan, membership_known, plan_traffic
+from tests.chaos.traffic import Event, Publisher, TrafficPlan, plan_traffic
 from tests.cluster import ClusterSnapshot, NatsCluster
-from tests.servers import async_wait_until, wait_until
+from tests.servers import wait_until
 
 SCENARIO: Final = "nats_cluster"
 CI_EVENTS: Final = 800
@@ -343,15 +344,7 @@ async def run(h: ClusterHarness, plan: TrafficPlan, faults: Sequence[Fault],
     bridge = h.instances["bridge-1"]
     with Sampler(h.cluster, f"http://127.0.0.1:{bridge.port}/metrics") as sampler:
         try:
-            await publisher.publish(plan.warmup)
-            with h.client() as client:
-                await async_wait_until(lambda: membership_known(client, plan.chats, h.namespace), timeout=60,
-                                       interval=0.2, message="the warm-up did not fill every chat's membership cache")
-            t0 = time.time()
-            traffic = asyncio.create_task(publisher.publish(plan.main, rate))
-            await h.run_faults(faults, t0)
-            await traffic
-            published_s = time.time() - t0
+            published_s = await drive_traffic(h, publisher, plan, faults, rate)
         finally:
             await publisher.close()
         await asyncio.to_thread(h.wait_ready, None, 60)
