@@ -40,8 +40,8 @@ import redis
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from events import INBOX_FIELD, inbox_key
 from settings import ConfigError, load_settings
+from tests.chaos.audit import inbox_entries
 from tests.chaos.bad_configs import BASE, ConfigCase, _dump, config_cases
 from tests.chaos.malformed import MAX_PAYLOAD_BYTES, BadPayload, Recipe, build, recipes
 from tests.pipeline import Pipeline, shutdown, start_pipeline
@@ -242,13 +242,10 @@ def _bad_sent(pipeline: Pipeline, payloads: list[BadPayload], run: Run) -> None:
 
 
 def _inboxes(client: redis.Redis) -> dict[int, list[tuple[int, dict[str, Any]]]]:
-    users = range(1, CHATS * CHAT_SIZE + 1)
-    with client.pipeline(transaction=False) as pipe:
-        for user in users:
-            pipe.xrange(inbox_key(NAMESPACE, user))
-        results = pipe.execute()
-    return {user: [(int(entry.split(b"-")[0]), json.loads(fields[INBOX_FIELD.encode()])) for entry, fields in entries]
-            for user, entries in zip(users, results, strict=True)}
+    """Every user's inbox as ``[(entry time ms, notification)]``."""
+    return {user: [(int(entry.split("-")[0]), notification)
+                   for entry, notification in inbox_entries(client, NAMESPACE, user)]
+            for user in range(1, CHATS * CHAT_SIZE + 1)}
 
 
 def _delivered(client: redis.Redis, goods: list[Good]) -> bool:

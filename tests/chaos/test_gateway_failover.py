@@ -31,8 +31,8 @@ import nats
 import pytest
 import redis
 
-from events import INBOX_FIELD, inbox_key
 from fechatter_notify.embedded import free_port
+from tests.chaos.audit import inbox_entries
 from tests.chaos.balancer import Balancer
 from tests.chaos.eventsource import EventSourceClient
 from tests.pipeline import Pipeline, shutdown, start_pipeline
@@ -139,14 +139,10 @@ def read_inboxes(url: str) -> dict[int, list[tuple[str, int]]]:
     """Every user's inbox as ``[(entry id, message id)]``."""
     client = redis.Redis.from_url(url)
     try:
-        with client.pipeline(transaction=False) as pipe:
-            for user in range(1, USERS + 1):
-                pipe.xrange(inbox_key(NAMESPACE, user))
-            results = pipe.execute()
+        return {user: [(entry, notification["id"]) for entry, notification in inbox_entries(client, NAMESPACE, user)]
+                for user in range(1, USERS + 1)}
     finally:
         client.close()
-    return {user: [(entry.decode(), json.loads(fields[INBOX_FIELD.encode()])["id"]) for entry, fields in entries]
-            for user, entries in zip(range(1, USERS + 1), results, strict=True)}
 
 
 def audit(expected: dict[int, list[int]], inboxes: dict[int, list[tuple[str, int]]],
