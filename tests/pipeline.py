@@ -20,8 +20,9 @@ from fechatter_notify.embedded import free_port
 from gateway.testing import SigningKey
 from tests.servers import NatsServer, RedisServer, wait_until
 
-#: Short timings so faults heal within a test's patience, while obeying every config rule.
-PIPELINE_CONFIG = """
+#: Short timings so faults heal within a test's patience, while obeying every config rule; the
+#: base of PIPELINE_CONFIG here and of the chaos suite's CHAOS_CONFIG (tests/chaos/harness.py).
+SHORT_TIMINGS = """
 nats:
   ping_interval: 1s
   max_outstanding_pings: 2
@@ -33,14 +34,17 @@ jetstream:
       ack_wait: 5s
       idle_heartbeat: 2s
       batch: 100
-realtime:
-  typing_ttl: 5s
 redis:
   socket_timeout: 1s
   socket_connect_timeout: 1s
 gateway:
   host: 127.0.0.1
   keep_alive: 1s
+"""
+
+PIPELINE_CONFIG = SHORT_TIMINGS + """\
+realtime:
+  typing_ttl: 5s
 """
 
 

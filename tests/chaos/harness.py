@@ -69,6 +69,7 @@ from fechatter_notify.embedded import free_port
 from gateway.testing import SigningKey
 from tests.chaos.audit import DEFAULT_NAMESPACE, Audit, audit_inboxes, inbox_entries, notification_key
 from tests.chaos.traffic import Event, Publisher, TrafficPlan, membership_known
+from tests.pipeline import SHORT_TIMINGS
 from tests.servers import NatsServer, RedisServer, WaitTimeout, async_wait_until, wait_until
 
 __all__ = [
@@ -96,30 +97,13 @@ STREAM = "FECHATTER_EVENTS"
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 AppendFsync = Literal["always", "everysec"]
 
-#: Short timings so that every fault heals within seconds, while obeying every config rule;
+#: Short timings so that every fault heals within seconds (tests/pipeline.py's SHORT_TIMINGS);
 #: inboxes capped far above what a scenario delivers to one user (tests/chaos/audit.py).
-CHAOS_CONFIG = """
-nats:
-  ping_interval: 1s
-  max_outstanding_pings: 2
-  reconnect_backoff_base: 100ms
-  reconnect_backoff_cap: 1s
-jetstream:
-  consumers:
-    - durable: notification_processor
-      ack_wait: 5s
-      idle_heartbeat: 2s
-      batch: 100
-redis:
-  socket_timeout: 1s
-  socket_connect_timeout: 1s
+CHAOS_CONFIG = SHORT_TIMINGS + """\
 delivery:
   inbox_max_len: 10000000
   min_backoff: 100ms
   max_backoff: 2s
-gateway:
-  host: 127.0.0.1
-  keep_alive: 1s
 """
 
 
