@@ -8,10 +8,13 @@ When a test fails, the tail of each server's log is attached to its report.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn
 
+import nats
 import pytest
+import redis
+from nats.aio.client import Client as NATS
 
 from fechatter_notify.embedded import find_binary
 from tests.servers import (
@@ -158,6 +161,22 @@ def redis_url(redis_server: RedisServer) -> str:
 def redis_server_aof(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
     """A fresh redis-server with ``appendonly yes`` + ``appendfsync always``."""
     return redis_server_factory(aof=True)
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    """A core NATS client of :func:`nats_server` (a test module may define its own ``nc``)."""
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def rds(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A (sync) client of :func:`redis_server` (a test module may define its own ``rds``)."""
+    client = redis_server.client()
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-import nats
 import pytest
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
@@ -36,13 +35,6 @@ L_JOINED = b'{"chat_id":42,"user_id":11,"joined_at":"2025-06-27T02:45:46.782538Z
 @pytest.fixture
 def settings(nats_server: NatsServer, redis_server: RedisServer) -> Settings:
     return bridge_settings(nats_server.url, redis_server.url)
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
 
 
 @pytest.fixture

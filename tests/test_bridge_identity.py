@@ -13,12 +13,9 @@ that one against the ack subject of the deliveries).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import nats
-import pytest
 import redis
 from nats.aio.client import Client as NATS
 
@@ -40,20 +37,6 @@ DURABLE = "notification_processor"
 DL_KEY = f"{NS}:dead-letters"
 #: Dead-letters the long events below, so a replay under the default limit enqueues them.
 LOW_LIMIT = 1024
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-def rds(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis_server.client()
-    yield client
-    client.close()
 
 
 def domain_jobs(rds: redis.Redis) -> list[dict[str, Any]]:

@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 
-import nats
 import pytest
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
@@ -136,13 +134,6 @@ def test_bounds_come_from_the_consumer_and_a_reload_keeps_the_state() -> None:
 
 async def enqueued(rds: aioredis.Redis) -> list[int]:
     return sorted(m["args"][0]["message_id"] for m in await queued_messages(rds, NS, "domain"))
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
 
 
 class ApiCounter:

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,20 +69,6 @@ def _no_environment_servers(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("NOTIFY") or name in {"NATS_URL", "REDIS_URL", "DATABASE_URL", "PORT", "SENTRY_DSN"}:
             monkeypatch.delenv(name)
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-def rds(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis_server.client()
-    yield client
-    client.close()
 
 
 class Cli:

@@ -6,12 +6,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import nats
-import pytest
 from nats.aio.client import Client as NATS
 
 from bridge.jsapi import JetStreamApi
@@ -25,13 +22,6 @@ from tests.servers import NatsServer, RedisServer, async_wait_until, free_port
 NS = "test-notify"
 STREAM = "FECHATTER_EVENTS"
 DURABLE = "notification_processor"
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
 
 
 def codes(findings: list[Problem], level: str | None = None) -> list[str]:
