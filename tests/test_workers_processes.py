@@ -65,6 +65,22 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def spawn_worker(tmp_path: Path, redis_url: str) -> tuple[Path, Path, subprocess.Popen[bytes]]:
+    """``fechatter-notify --config FILE worker -p 1 -t 1`` on namespace ``t``: (config, log, process).
+
+    It runs in its own session, so that ``os.killpg`` stops its worker processes with it.
+    """
+    config = tmp_path / "notify.yml"
+    config.write_text(settings_yaml(make_settings(redis_url, namespace="t")))
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fechatter_notify", "--config", str(config), "worker", "-p", "1", "-t", "1"],
+            env=child_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    return config, log_path, proc
+
+
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     c = redis_server.client()
@@ -173,14 +189,7 @@ def test_an_unknown_queue_is_a_configuration_error(redis_server: RedisServer, tm
 def test_sighup_replaces_the_worker_processes_with_the_new_configuration(
     redis_server: RedisServer, client: redis.Redis, tmp_path: Path
 ) -> None:
-    config = tmp_path / "notify.yml"
-    config.write_text(settings_yaml(make_settings(redis_server.url, namespace="t")))
-    log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fechatter_notify", "--config", str(config), "worker", "-p", "1", "-t", "1"],
-            env=child_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    config, log_path, proc = spawn_worker(tmp_path, redis_server.url)
     subscribers = lambda channel: dict(client.pubsub_numsub(channel))[channel.encode()]  # noqa: E731
     try:
         wait_until(lambda: subscribers("t:wake:realtime") == 1, timeout=20, message="worker never subscribed")
@@ -214,14 +223,7 @@ def test_sighup_stops_the_old_worker_process_only_once_the_new_one_consumes(
 ) -> None:
     # A spawned process takes seconds to import and connect on a busy machine (chaos scenario
     # reload_under_load saw queues without a consumer for 13 s when the old one was stopped at once).
-    config = tmp_path / "notify.yml"
-    config.write_text(settings_yaml(make_settings(redis_server.url, namespace="t")))
-    log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fechatter_notify", "--config", str(config), "worker", "-p", "1", "-t", "1"],
-            env=child_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    _, log_path, proc = spawn_worker(tmp_path, redis_server.url)
     events = lambda: [line.split(" event=", 1)[1].split(" ", 1)[0]  # noqa: E731
                       for line in log_path.read_text().splitlines() if " event=" in line]
     try:
