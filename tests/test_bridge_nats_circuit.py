@@ -18,6 +18,7 @@ from bridge.jsapi import JetStreamApi
 from bridge.nats_circuit import PROBE_BASE_S, PROBE_CAP_S, CircuitState, NatsCircuit, probe_cap
 from bridge.provision import Provisioner, stream_config
 from bridge.testing import bridge_settings, queued_messages, running_bridge
+from settings import Settings
 from tests.bridge_proc import created
 from tests.faultproxy import FaultProxy
 from tests.servers import HOST, NatsServer, RedisServer, async_wait_until
@@ -160,17 +161,23 @@ def max_probes(elapsed: float, threshold: int, cap: float) -> int:
         delays, failures = delays + 1, failures + 1
 
 
+async def provisioned_verify_mode(nats_server: NatsServer, redis_server: RedisServer, nc: NATS, *,
+                                  missed_heartbeats: int) -> tuple[JetStreamApi, Settings]:
+    """Provision the default stream and durable, then settings for a bridge in verify mode (it may
+    re-create a durable, never a stream) whose circuit opens after ``missed_heartbeats`` in a row."""
+    api = JetStreamApi(nc)
+    await Provisioner(api, bridge_settings(nats_server.url, redis_server.url).jetstream).prepare()
+    return api, bridge_settings(nats_server.url, redis_server.url,
+                                {"jetstream": {"provision": "verify", "max_missed_heartbeats": missed_heartbeats}})
+
+
 async def test_a_vanished_stream_opens_the_circuit_probes_sparingly_and_the_first_event_after_it_returns_arrives(
     nats_server: NatsServer, redis_server: RedisServer, nc: NATS, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="bridge")
     # Given a stream and durable provisioned, and a verify-mode bridge (it may re-create a durable,
     # never a stream) that opens its circuit after 2 failures in a row
-    auto = bridge_settings(nats_server.url, redis_server.url)
-    api = JetStreamApi(nc)
-    await Provisioner(api, auto.jetstream).prepare()
-    settings = bridge_settings(nats_server.url, redis_server.url,
-                               {"jetstream": {"provision": "verify", "max_missed_heartbeats": 2}})
+    api, settings = await provisioned_verify_mode(nats_server, redis_server, nc, missed_heartbeats=2)
     consumer = settings.jetstream.consumers[0]
     cap = probe_cap(consumer.pull_expiry)
     counter = ApiCounter()
@@ -237,11 +244,7 @@ async def test_a_reconnect_while_open_probes_at_once(nats_server: NatsServer, re
                                                      nc: NATS, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="bridge")
     # Given a bridge whose circuit is open because its stream is gone (verify mode)
-    auto = bridge_settings(nats_server.url, redis_server.url)
-    api = JetStreamApi(nc)
-    await Provisioner(api, auto.jetstream).prepare()
-    settings = bridge_settings(nats_server.url, redis_server.url,
-                               {"jetstream": {"provision": "verify", "max_missed_heartbeats": 1}})
+    api, settings = await provisioned_verify_mode(nats_server, redis_server, nc, missed_heartbeats=1)
     async with running_bridge(settings) as bridge:
         puller = bridge.pull_consumers[0]
         await api.request(f"STREAM.DELETE.{STREAM}")
