@@ -67,7 +67,7 @@ from events.inbox import delivered_key, inbox_key, members_key
 from events.queues import dead_letter_queue, delay_queue, messages_key
 from fechatter_notify.embedded import free_port
 from gateway.testing import SigningKey
-from tests.chaos.audit import DEFAULT_NAMESPACE, Audit, audit_inboxes, inbox_entries, notification_key
+from tests.chaos.audit import DEFAULT_NAMESPACE, Audit, Key, audit_inboxes, inbox_entries, notification_key
 from tests.chaos.traffic import Event, Publisher, TrafficPlan, membership_known
 from tests.pipeline import SHORT_TIMINGS
 from tests.servers import NatsServer, RedisServer, WaitTimeout, async_wait_until, wait_until
@@ -78,10 +78,14 @@ __all__ = [
     "FaultRecord",
     "Harness",
     "Instance",
+    "LogTail",
     "ScenarioResult",
+    "drive_traffic",
     "fault_schedule",
+    "logged_at",
     "procfile",
     "run_scenario",
+    "settle",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -680,6 +684,15 @@ async def _settle(h: Harness, plan: TrafficPlan, expected_total: int, patience_s
     return None
 
 
+async def settle(h: Harness, plan: TrafficPlan, expected: Mapping[int, Sequence[Key]],
+                 patience_s: float) -> tuple[str | None, float]:
+    """After the traffic: wait for everything ``expected`` to have settled (see :func:`_settle`);
+    ``(None or what was still not so at the deadline, seconds waited)``."""
+    began = time.time()
+    error = await _settle(h, plan, sum(len(keys) for keys in expected.values()), patience_s)
+    return error, time.time() - began
+
+
 async def drive_traffic(h: Harness, publisher: Publisher, plan: TrafficPlan, schedule: Sequence[Fault],
                         rate: float | None) -> float:
     """``plan.warmup``, then (once every chat's membership is cached, so the main traffic is not
@@ -718,10 +731,7 @@ async def run_scenario(h: Harness, name: str, plan: TrafficPlan, schedule: Seque
     await asyncio.to_thread(h.wait_ready, None, 120)
     stored: list[Event] = [e for e in plan.events if e.stored]
     expected = plan.expected(stored)
-    expected_total = sum(len(keys) for keys in expected.values())
-    began = time.time()
-    settle_error = await _settle(h, plan, expected_total, settle_timeout)
-    settled_s = time.time() - began
+    settle_error, settled_s = await settle(h, plan, expected, settle_timeout)
     with h.client() as client:
         audit = await asyncio.to_thread(audit_inboxes, client, expected, namespace=h.namespace)
         letters = h.dead_letters(client)

@@ -48,10 +48,10 @@ from tests.chaos.harness import (
     FaultRecord,
     Harness,
     ScenarioResult,
-    _settle,
     check_dead_letters,
     drive_traffic,
     recover_times,
+    settle,
 )
 from tests.chaos.traffic import Event, Publisher, TrafficPlan, plan_traffic
 from tests.cluster import ClusterSnapshot, NatsCluster
@@ -350,9 +350,7 @@ async def run(h: ClusterHarness, plan: TrafficPlan, faults: Sequence[Fault],
         await asyncio.to_thread(h.wait_ready, None, 60)
         stored: list[Event] = [e for e in plan.events if e.stored]
         expected = plan.expected(stored)
-        began = time.time()
-        settle_error = await _settle(h, plan, sum(len(keys) for keys in expected.values()), 60)
-        settled_s = time.time() - began
+        settle_error, settled_s = await settle(h, plan, expected, 60)
     with h.client() as client:
         audit = await asyncio.to_thread(audit_inboxes, client, expected, namespace=h.namespace)
         letters = h.dead_letters(client)
