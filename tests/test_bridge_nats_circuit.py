@@ -186,8 +186,8 @@ async def test_a_vanished_stream_opens_the_circuit_probes_sparingly_and_the_firs
     js = nc.jetstream()
     async with running_bridge(settings) as bridge:
         puller = bridge.pull_consumers[0]
-        # (Nats-Msg-Id: the re-created stream numbers from 1 again, and without an id the bridge
-        # would take its seq 1 for the old stream's, already enqueued within the dedupe window)
+        # (Nats-Msg-Id: each event names itself; tests/test_bridge_identity.py covers events without
+        # one across a re-created stream)
         await js.publish("fechatter.message.created", created(1), headers={"Nats-Msg-Id": "m1"})
         await async_wait_until(lambda: enqueued(rds), timeout=10)
         # When the stream is deleted under it
