@@ -108,7 +108,11 @@ class Consumer(Section):
     #: Empty means the whole stream (cheapest: one filter costs nothing, two cost ~19%).
     filter_subjects: list[str] = Field(default_factory=list)
     ack_wait: PositiveSeconds = 45.0
-    max_deliver: int = Field(default=3, ge=-1)
+    #: Deliveries before JetStream gives up (a ``max_deliveries`` dead letter). Parse failures are
+    #: terminated at once and a Redis outage holds events with +WPI, so only a bridge that dies (or is
+    #: cut off) holding a delivered batch spends deliveries: 10 lets a bridge crash-loop under a
+    #: backlog several times before an event is given up on; -1 (never give up) is allowed.
+    max_deliver: int = Field(default=10, ge=-1)
     #: Redelivery delays; no longer than max_deliver.
     backoff: list[PositiveSeconds] = Field(default_factory=list)
     max_ack_pending: int = Field(default=1000, ge=1)

@@ -77,6 +77,34 @@ async def test_auto_updates_a_differing_consumer_and_never_sets_a_consumer_heart
     assert not config.get("idle_heartbeat") and not config.get("inactive_threshold")
 
 
+@pytest.mark.parametrize("mode", ["auto", "verify"])
+async def test_a_durable_made_with_the_old_default_max_deliver_is_updated_or_named(
+    nats_server: NatsServer, redis_server: RedisServer, mode: str
+) -> None:
+    # Given a durable created when the default max_deliver was 3, and settings that leave it unset
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await js.add_stream(name=STREAM, subjects=SUBJECTS)
+    await js.add_consumer(STREAM, ConsumerConfig(durable_name=DURABLE, ack_wait=3, max_deliver=3,
+                                                 max_ack_pending=1000))
+    await nc.close()
+    consumer = {key: value for key, value in TEST_CONSUMER.items() if key != "max_deliver"}
+    settings = bridge_settings(nats_server.url, redis_server.url,
+                               {"jetstream": {"provision": mode, "consumers": [consumer]}})
+    if mode == "auto":
+        # Then auto mode updates it in place to the default of 10
+        async with running_bridge(settings):
+            pass
+        assert (await _consumer_config(nats_server.url))["max_deliver"] == 10
+        return
+    # Then verify mode refuses, naming both values, and leaves the durable alone
+    with pytest.raises(ProvisionRefused) as refused:
+        async with running_bridge(settings):
+            pass
+    assert "max_deliver: server 3, settings 10" in str(refused.value)
+    assert (await _consumer_config(nats_server.url))["max_deliver"] == 3
+
+
 async def test_verify_starts_when_everything_matches(nats_server: NatsServer, redis_server: RedisServer) -> None:
     # Given streams and consumers an auto-mode bridge provisioned
     async with running_bridge(bridge_settings(nats_server.url, redis_server.url)):
