@@ -1,0 +1,643 @@
+"""The whole pipeline under load: NATS publish -> bridge -> workers -> gateway -> SSE frame.
+
+    python bench/pipeline.py                 # load ladders for chats of 3 and 50, then scale-out
+    python bench/pipeline.py --quick         # a small version (about 2 minutes)
+    python bench/pipeline.py --json out.json --seed 7
+
+Everything runs as in production, on this machine: tests/chaos/harness.py's :class:`Harness` starts a
+nats-server (JetStream, file store) and a redis-server (AOF, ``appendfsync everysec``) on free ports,
+runs the Procfile's ``release:`` line (provision), then its ``bridge:``, ``worker:`` (``-p N``
+worker processes under one supervisor) and ``web:`` lines as subprocesses. Helper processes
+(bench/_pipeline_roles.py) stand in for the rest of the world:
+
+- SSE clients (2 processes, uvloop): one stream per chat member, every recipient connected; with
+  two gateways the users are spread over both;
+- a publisher: Fechatter's ``fechatter.message.created`` (the ``Created`` dialect, member list
+  included) on JetStream at a paced offered load, PubAcks counted asynchronously. Each message's
+  content is its publish time, which the clients subtract from each frame's receive time (same
+  clock): the publish -> SSE frame latency, end to end.
+
+1. Load ladder, per chat size (3 and 50 members; every user in one chat, chats drawn at random
+   with ``--seed``): steps of increasing offered msg/s, each ``--step-seconds`` long, the system
+   drained between steps. Per step: offered and delivered msg/s (worker jobs done), notifications/s
+   (inbox entries written), frames/s at the clients, latency p50/p99/max, the backlog (JetStream
+   pending + ack pending + dramatiq jobs waiting) at the step's start and end, and the CPU of every
+   process (from /proc/<pid>/stat deltas, % of one core). A step is *held* when p99 <= 50 ms, the
+   backlog did not grow, every frame arrived and the publisher kept the pace. The ladder stops at
+   the first step that builds a backlog.
+2. Scale-out, at one offered load above the 1-worker limit: delivered notifications/s with 1, 2, 4
+   worker processes; 1 vs 2 bridges and 1 vs 2 gateways (each beside 2 worker processes), each a
+   ratio to its one-process run in the same invocation, with the CPU table that says which process
+   (or the whole machine) was full.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.chaos.harness import Harness  # noqa: E402
+
+ROLES = Path(__file__).with_name("_pipeline_roles.py")
+#: Production defaults, but the gateway on loopback (the harness gives every process its ports).
+CONFIG = """\
+gateway:
+  host: 127.0.0.1
+"""
+P99_TARGET_MS = 50.0
+DEFAULT_STEPS = {3: [200, 500, 1000, 2000, 4000], 50: [50, 100, 200, 500, 1000]}
+QUICK_STEPS = {3: [500, 2000], 50: [100, 400]}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far; None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (a worker supervisor's worker processes)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return sorted(found)
+
+
+def is_worker_process(pid: int) -> bool:
+    """A supervisor's child that runs jobs, not multiprocessing's resource tracker."""
+    try:
+        return b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+# --------------------------------------------------------------------------- helpers' processes
+
+
+class Helper:
+    """A bench/_pipeline_roles.py process spoken to over its stdin/stdout."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
+        self.name, self.proc = name, proc
+
+    @classmethod
+    async def spawn(cls, name: str, *args: str) -> Helper:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROLES), *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            cwd=ROOT, limit=1 << 30, start_new_session=True)
+        return cls(name, proc)
+
+    async def ask(self, command: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        await self.proc.stdin.drain()
+        line = await self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name} exited while answering {command[:40]!r}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(b"quit\n")
+            await asyncio.wait_for(self.proc.wait(), 5)
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+
+
+# --------------------------------------------------------------------------- the system under test
+
+
+@dataclass(frozen=True)
+class Layout:
+    bridges: int = 1
+    workers: int = 1
+    gateways: int = 1
+
+    def label(self) -> str:
+        return f"{self.bridges} bridge, {self.workers} worker proc, {self.gateways} gateway"
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """Counters of one /metrics page summed by metric name (``name{outcome="ok"}`` kept apart)."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith("fechatter_notify_"):
+            continue
+        name, _, value = line.rpartition(" ")
+        base = name.split("{", 1)[0]
+        if 'outcome="ok"' in name:
+            base += "{ok}"
+        sums[base] = sums.get(base, 0.0) + float(value)
+    return sums
+
+
+@dataclass
+class Rig:
+    """Servers, the Procfile's processes, the publisher and the SSE clients of one run."""
+
+    workdir: Path
+    layout: Layout
+    chat_size: int
+    users: int
+    seed: int
+    client_procs: int = 2
+    harness: Harness | None = None
+    publisher: Helper | None = None
+    clients: list[Helper] = field(default_factory=list)
+    chats: list[tuple[int, list[int]]] = field(default_factory=list)
+    worker_pids: list[int] = field(default_factory=list)
+
+    @property
+    def h(self) -> Harness:
+        assert self.harness is not None
+        return self.harness
+
+    @property
+    def fanout(self) -> int:
+        return self.chat_size - 1
+
+    async def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        h = self.harness = Harness(self.workdir, config=CONFIG, appendfsync="everysec")
+        await asyncio.to_thread(h.start_servers)
+        release = h.add("release")[0]
+        release.start()
+        assert release.proc is not None
+        code = await asyncio.to_thread(release.proc.wait, 120)
+        if code != 0:
+            raise RuntimeError(f"provision exited with {code}:\n{release.log_tail()}")
+        del h.instances[release.name]
+        h.add("bridge", self.layout.bridges)
+        h.add("worker", 1, ["-p", str(self.layout.workers)])
+        h.add("web", self.layout.gateways)
+        h.start()
+        await asyncio.to_thread(h.wait_ready, None, 120)
+        await self._start_helpers()
+        await self._warm_up()
+        self.worker_pids = [c for i in self.instances("worker") for c in children(self._pid(i))
+                            if is_worker_process(c)]
+
+    def instances(self, role: str) -> list[str]:
+        return [name for name, i in self.h.instances.items() if i.role == role]
+
+    def _pid(self, name: str) -> int:
+        proc = self.h.instances[name].proc
+        assert proc is not None
+        return proc.pid
+
+    async def _start_helpers(self) -> None:
+        rng = random.Random(self.seed)
+        count = max(1, self.users // self.chat_size)
+        users = list(range(1, count * self.chat_size + 1))
+        rng.shuffle(users)
+        self.chats = [(1 + c, sorted(users[c * self.chat_size:(c + 1) * self.chat_size])) for c in range(count)]
+        (self.workdir / "chats.json").write_text(json.dumps(self.chats))
+        ports = [self.h.instances[n].port for n in self.instances("web")]
+        assign = [[u, ports[u % len(ports)], self.h.key.token(u, lifetime=6 * 3600)] for u in sorted(users)]
+        (self.workdir / "assign.json").write_text(json.dumps(assign))
+        self.publisher = await Helper.spawn("publisher", "publisher", "--nats", self.h.nats.url,
+                                            "--chats", str(self.workdir / "chats.json"), "--seed", str(self.seed))
+        # About 10 recipients of each message record latencies: enough for a p99, little client CPU.
+        sample = max(1, round(self.fanout / 10))
+        share = math.ceil(len(assign) / self.client_procs)
+        for i in range(self.client_procs):
+            first, n = i * share, min(share, len(assign) - i * share)
+            self.clients.append(await Helper.spawn(
+                f"client-{i + 1}", "client", "--assign", str(self.workdir / "assign.json"), "--first", str(first),
+                "--count", str(n), "--sample", str(sample)))
+        answers = await asyncio.gather(*(c.ask("connect") for c in self.clients))
+        failed = sum(a["failed"] for a in answers)
+        if failed:
+            raise RuntimeError(f"{failed} SSE streams did not connect: {[a['failures'] for a in answers]}")
+
+    async def _warm_up(self) -> None:
+        """A little traffic first: connections, scripts and caches warm, and proof the path works."""
+        base = await self.frames()
+        assert self.publisher is not None
+        sent = (await self.publisher.ask(json.dumps({"rate": 100, "seconds": 1.0})))["sent"]
+        if not await self.wait_delivered(base + sent * self.fanout, 60):
+            raise RuntimeError(f"the warm-up did not arrive: {await self.frames() - base} of "
+                               f"{sent * self.fanout} frames\n{self.h.logs(10)}")
+        await asyncio.gather(*(c.ask("take") for c in self.clients))
+
+    async def frames(self) -> int:
+        return sum(a["frames"] for a in await asyncio.gather(*(c.ask("report") for c in self.clients)))
+
+    def backlog(self) -> int:
+        """Events not yet turned into notifications: JetStream pending and ack pending, dramatiq jobs."""
+        state = self.h.consumer_state()
+        with self.h.client() as client:
+            return state["num_pending"] + state["num_ack_pending"] + self.h.jobs_waiting(client)
+
+    async def wait_delivered(self, frames: int, patience_s: float) -> bool:
+        """Until the clients counted ``frames`` and nothing is left in the pipeline; False at the deadline."""
+        deadline = time.monotonic() + patience_s
+        while time.monotonic() < deadline:
+            if await self.frames() >= frames and await asyncio.to_thread(self.backlog) == 0:
+                return True
+            await asyncio.sleep(0.25)
+        return False
+
+    def pids(self) -> dict[str, int]:
+        """Every process measured, by the name printed."""
+        found = {name: self._pid(name) for role in ("bridge", "worker", "web") for name in self.instances(role)}
+        found.update({f"wproc-{i + 1}": pid for i, pid in enumerate(self.worker_pids)})
+        found.update({"nats-server": self.h.nats.pid or 0, "redis-server": self.h.redis.pid or 0})
+        assert self.publisher is not None
+        found["publisher"] = self.publisher.proc.pid
+        found.update({c.name: c.proc.pid for c in self.clients})
+        return found
+
+    def scrape(self) -> dict[str, float]:
+        """The pipeline's counters summed over the processes: acked, jobs done, notifications, frames sent."""
+        totals: dict[str, float] = {}
+        for instance in self.h.instances.values():
+            for key, value in _scrape(f"http://127.0.0.1:{instance.port}/metrics").items():
+                totals[key] = totals.get(key, 0.0) + value
+        return {
+            "acked": totals.get("fechatter_notify_bridge_events_acked_total", 0.0),
+            "jobs": totals.get("fechatter_notify_worker_jobs_total{ok}", 0.0),
+            "notifications": totals.get("fechatter_notify_worker_notifications_total", 0.0),
+            "frames_sent": totals.get("fechatter_notify_gateway_frames_sent_total", 0.0),
+        }
+
+    async def close(self) -> None:
+        for helper in [*self.clients, *([self.publisher] if self.publisher else [])]:
+            await helper.close()
+        if self.harness is not None:
+            await asyncio.to_thread(self.harness.close)
+
+
+@dataclass
+class Snapshot:
+    at: float
+    cpu: dict[str, float | None]
+    busy: tuple[float, float]
+    counters: dict[str, float]
+    frames: int
+    backlog: int
+
+    @classmethod
+    async def take(cls, rig: Rig, pids: dict[str, int]) -> Snapshot:
+        frames = await rig.frames()
+        counters = await asyncio.to_thread(rig.scrape)
+        backlog = await asyncio.to_thread(rig.backlog)
+        return cls(time.time(), {n: cpu_seconds(p) for n, p in pids.items()}, machine_busy(), counters, frames,
+                   backlog)
+
+
+def rates(a: Snapshot, b: Snapshot) -> dict[str, Any]:
+    """Per-second rates and CPU shares between two snapshots."""
+    span = b.at - a.at
+    cpu = {n: 100.0 * (b.cpu[n] - v) / span for n, v in a.cpu.items()  # type: ignore[operator]
+           if v is not None and b.cpu.get(n) is not None}
+    busy, total = b.busy[0] - a.busy[0], b.busy[1] - a.busy[1]
+    return {
+        "span_s": span,
+        "delivered_msgs_s": (b.counters["jobs"] - a.counters["jobs"]) / span,
+        "acked_s": (b.counters["acked"] - a.counters["acked"]) / span,
+        "notifications_s": (b.counters["notifications"] - a.counters["notifications"]) / span,
+        "frames_sent_s": (b.counters["frames_sent"] - a.counters["frames_sent"]) / span,
+        "frames_s": (b.frames - a.frames) / span,
+        "cpu": cpu,
+        "machine_cpu": 100.0 * (os.cpu_count() or 1) * busy / total if total else 0.0,
+    }
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return math.nan
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# --------------------------------------------------------------------------- the load ladder
+
+
+async def run_step(rig: Rig, rate: float, seconds: float, drain_s: float) -> dict[str, Any]:
+    """One offered-load step, then the drain; what it measured (see the module docstring)."""
+    assert rig.publisher is not None
+    pids = rig.pids()
+    start = await Snapshot.take(rig, pids)
+    publish = asyncio.create_task(rig.publisher.ask(json.dumps({"rate": rate, "seconds": seconds})))
+    peak = start.backlog
+    while not publish.done():
+        await asyncio.wait({publish}, timeout=1.0)
+        peak = max(peak, await asyncio.to_thread(rig.backlog))
+    sent = publish.result()
+    end = await Snapshot.take(rig, pids)
+    expected = start.frames + sent["sent"] * rig.fanout
+    drained = await rig.wait_delivered(expected, drain_s)
+    received = await rig.frames() - start.frames
+    takes = await asyncio.gather(*(c.ask("take") for c in rig.clients))
+    latency = sorted(1000.0 * x for t in takes for x in t["latency"])
+    missing = max(0, sent["sent"] * rig.fanout - received)
+    # Frames that never came within the drain count as infinitely late: more than 1 % missing
+    # makes the p99 infinite, one missing the max.
+    share_missing = missing / max(1, sent["sent"] * rig.fanout)
+    p99 = math.inf if share_missing > 0.01 else percentile(latency, 0.99)
+    result = rates(start, end)
+    offered = sent["sent"] / (sent["t1"] - sent["t0"])
+    growth = end.backlog - start.backlog
+    growing = growth > max(100.0, 0.25 * rate)
+    result.update({
+        "target_msgs_s": rate, "offered_msgs_s": offered, "sent": sent["sent"], "pub_acked": sent["acked"],
+        "pub_errors": sent["errors"], "p50_ms": percentile(latency, 0.5), "p99_ms": p99,
+        "max_ms": math.inf if missing else (latency[-1] if latency else math.nan), "samples": len(latency),
+        "missing_frames": missing, "backlog_start": start.backlog, "backlog_end": end.backlog,
+        "backlog_peak": peak, "growing_backlog": growing, "drained": drained,
+        "load_avg": os.getloadavg()[0],
+    })
+    result["held"] = bool(p99 <= P99_TARGET_MS and not growing and not missing and offered >= 0.95 * rate)
+    return result
+
+
+def saturated(step: dict[str, Any]) -> str:
+    """Which process was fullest in ``step`` (the machine named when all its cores were busy)."""
+    cpu = {n: v for n, v in step["cpu"].items() if not n.startswith(("client", "publisher"))}
+    name = max(cpu, key=lambda n: cpu[n])
+    cores = os.cpu_count() or 1
+    machine = step["machine_cpu"]
+    text = f"{name} ({cpu[name]:.0f} % of a core)"
+    if machine >= 90.0 * cores:
+        text += f"; the machine was full ({machine:.0f} % of {cores} cores, helpers included)"
+    return text
+
+
+async def ladder(args: argparse.Namespace, size: int, steps: list[int], work: Path) -> dict[str, Any]:
+    rig = Rig(work / f"ladder-{size}", Layout(1, args.workers, 1), size, args.users, args.seed)
+    results: list[dict[str, Any]] = []
+    try:
+        await rig.start()
+        print(f"\n== chats of {size} members: {len(rig.chats)} chats, {len(rig.chats) * size} SSE streams, "
+              f"{rig.layout.label()}, steps of {args.step_seconds:g} s", flush=True)
+        print(LADDER_HEADER)
+        for rate in steps:
+            step = await run_step(rig, rate, args.step_seconds, args.drain_seconds)
+            results.append(step)
+            print_step(size, step)
+            if step["growing_backlog"] or not step["drained"]:
+                print(f"   (ladder stopped: the backlog grew at {rate} msg/s"
+                      + ("" if step["drained"] else " and did not drain") + ")", flush=True)
+                break
+    finally:
+        await rig.close()
+    held = [s["target_msgs_s"] for s in results if s["held"]]
+    first_fail = next((s for s in results if not s["held"]), None)
+    summary = {
+        "chat_size": size, "steps": results, "max_held_msgs_s": max(held) if held else 0,
+        "saturates_first": saturated(first_fail) if first_fail else "none within the steps run",
+        "failed_at_msgs_s": first_fail["target_msgs_s"] if first_fail else None,
+    }
+    print_cpu(f"CPU per step, chats of {size} (% of one core)", [(f"{s['target_msgs_s']}/s", s) for s in results])
+    print(f"chats of {size}: highest load held with p99 <= {P99_TARGET_MS:g} ms and no growing backlog: "
+          f"{summary['max_held_msgs_s']} msg/s ({summary['max_held_msgs_s'] * (size - 1)} notifications/s); "
+          f"first step not held: {summary['failed_at_msgs_s']}; saturates first: {summary['saturates_first']}",
+          flush=True)
+    return summary
+
+
+def _ms(value: float) -> str:
+    return "inf" if math.isinf(value) else ("-" if math.isnan(value) else f"{value:.1f}")
+
+
+LADDER_HEADER = (f"{'size':>4} {'target':>7} {'offered':>8} {'deliv/s':>8} {'notif/s':>8} {'frames/s':>9} "
+                 f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'missing':>7} {'backlog':>13} {'held':>5}")
+
+
+def print_step(size: int, s: dict[str, Any]) -> None:
+    backlog = f"{s['backlog_start']}->{s['backlog_end']}"
+    print(f"{size:>4} {s['target_msgs_s']:>7.0f} {s['offered_msgs_s']:>8.0f} {s['delivered_msgs_s']:>8.0f} "
+          f"{s['notifications_s']:>8.0f} {s['frames_s']:>9.0f} {_ms(s['p50_ms']):>7} {_ms(s['p99_ms']):>7} "
+          f"{_ms(s['max_ms']):>7} {s['missing_frames']:>7} {backlog:>13} {'yes' if s['held'] else 'NO':>5}",
+          flush=True)
+
+
+def print_cpu(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
+    names: list[str] = []
+    for _, s in rows:
+        names += [n for n in s["cpu"] if n not in names]
+    short = {n: n.replace("-server", "").replace("client-", "cli-").replace("publisher", "pub") for n in names}
+    width = max(12, *(len(label) for label, _ in rows)) + 1
+    print(f"\n{title}; machine = all {os.cpu_count()} cores (max {100 * (os.cpu_count() or 1)} %)")
+    print(f"{'':<{width}}" + "".join(f"{short[n]:>9}" for n in names) + f"{'machine':>9}")
+    for label, s in rows:
+        cells = "".join(f"{s['cpu'][n]:>9.0f}" if n in s["cpu"] else f"{'':>9}" for n in names)
+        print(f"{label:<{width}}{cells}{s['machine_cpu']:>9.0f}")
+
+
+# --------------------------------------------------------------------------- scale-out
+
+
+async def scale_point(args: argparse.Namespace, layout: Layout, work: Path) -> dict[str, Any]:
+    """Delivered rates at ``--scale-rate`` with ``layout``, measured after a warm-up of the load."""
+    rig = Rig(work / f"scale-{layout.bridges}b{layout.workers}w{layout.gateways}g", layout, args.scale_size,
+              args.users, args.seed)
+    try:
+        await rig.start()
+        assert rig.publisher is not None
+        pids = rig.pids()
+        total = args.scale_warm + args.scale_seconds
+        publish = asyncio.create_task(rig.publisher.ask(json.dumps({"rate": args.scale_rate, "seconds": total})))
+        await asyncio.sleep(args.scale_warm)
+        start = await Snapshot.take(rig, pids)
+        await asyncio.sleep(args.scale_seconds)
+        end = await Snapshot.take(rig, pids)
+        sent = await publish
+        result = rates(start, end)
+        result.update({"layout": layout.__dict__, "offered_msgs_s": sent["sent"] / (sent["t1"] - sent["t0"]),
+                       "backlog_start": start.backlog, "backlog_end": end.backlog})
+        await asyncio.gather(*(c.ask("take") for c in rig.clients))  # drop the samples
+    finally:
+        await rig.close()
+    print(f"   {layout.label():<42} offered {result['offered_msgs_s']:>6.0f} msg/s: delivered "
+          f"{result['delivered_msgs_s']:>6.0f} msg/s, {result['notifications_s']:>7.0f} notif/s, "
+          f"{result['frames_s']:>7.0f} frames/s, backlog {start.backlog}->{end.backlog}", flush=True)
+    return result
+
+
+async def scale_out(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    print(f"\n== scale-out: chats of {args.scale_size}, offered {args.scale_rate} msg/s, "
+          f"{args.scale_warm:g} s warm-up then {args.scale_seconds:g} s measured, {os.cpu_count()} cores", flush=True)
+    w = args.scale_others_workers
+    layouts = {"workers=1": Layout(1, 1, 1), "workers=2": Layout(1, 2, 1), "workers=4": Layout(1, 4, 1),
+               f"bridges=2 (w={w})": Layout(2, w, 1), f"gateways=2 (w={w})": Layout(1, w, 2)}
+    if w not in (1, 2, 4):
+        layouts[f"workers={w}"] = Layout(1, w, 1)
+    points = {name: await scale_point(args, layout, work) for name, layout in layouts.items()}
+    base_w = points[f"workers={w}"]
+    ratios = [
+        ("2 worker procs / 1", points["workers=2"], points["workers=1"]),
+        ("4 worker procs / 1", points["workers=4"], points["workers=1"]),
+        (f"2 bridges / 1 (w={w})", points[f"bridges=2 (w={w})"], base_w),
+        (f"2 gateways / 1 (w={w})", points[f"gateways=2 (w={w})"], base_w),
+    ]
+    print(f"\n{'scale-out ratio':<26}{'notif/s':>10}{'of one':>10}{'ratio':>8}{'frames/s ratio':>16}")
+    table = []
+    for name, point, base in ratios:
+        ratio = point["notifications_s"] / base["notifications_s"] if base["notifications_s"] else math.nan
+        frames = point["frames_s"] / base["frames_s"] if base["frames_s"] else math.nan
+        table.append({"name": name, "notifications_s": point["notifications_s"],
+                      "baseline_notifications_s": base["notifications_s"], "ratio": ratio, "frames_ratio": frames})
+        print(f"{name:<26}{point['notifications_s']:>10.0f}{base['notifications_s']:>10.0f}{ratio:>8.2f}"
+              f"{frames:>16.2f}")
+    print_cpu("CPU per scale-out run (% of one core)", list(points.items()))
+    return {"points": points, "ratios": table}
+
+
+# --------------------------------------------------------------------------- output
+
+
+def figures(ladders: list[dict[str, Any]], scale: dict[str, Any] | None) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def fig(name: str, value: float, unit: str, baseline: str | None = None, target: str | None = None) -> None:
+        out.append({"name": name, "value": None if math.isinf(value) or math.isnan(value) else float(value),
+                    "unit": unit, "baseline": baseline, "target": target})
+
+    for lad in ladders:
+        size = lad["chat_size"]
+        fig(f"pipeline.chat{size}.max_held_msgs_s", lad["max_held_msgs_s"], "msg/s")
+        for s in lad["steps"]:
+            p = f"pipeline.chat{size}.at{s['target_msgs_s']}"
+            fig(f"{p}.offered_msgs_s", s["offered_msgs_s"], "msg/s")
+            fig(f"{p}.delivered_msgs_s", s["delivered_msgs_s"], "msg/s")
+            fig(f"{p}.notifications_s", s["notifications_s"], "notifications/s")
+            fig(f"{p}.frames_s", s["frames_s"], "frames/s")
+            fig(f"{p}.p50_ms", s["p50_ms"], "ms")
+            fig(f"{p}.p99_ms", s["p99_ms"], "ms", target=f"<= {P99_TARGET_MS:g}")
+            fig(f"{p}.max_ms", s["max_ms"], "ms")
+            fig(f"{p}.backlog_growth", s["backlog_end"] - s["backlog_start"], "events")
+    if scale is not None:
+        for name, point in scale["points"].items():
+            key = name.split(" ")[0].replace("=", "")
+            fig(f"pipeline.scale.{key}.notifications_s", point["notifications_s"], "notifications/s")
+        names = {"2 worker procs / 1": ("workers2", "workers1"), "4 worker procs / 1": ("workers4", "workers1")}
+        for row in scale["ratios"]:
+            mine, base = names.get(row["name"], (row["name"].split(" ")[1] + "2", f"workers{row['name'][-2]}"))
+            fig(f"pipeline.scale.{mine}_vs_1", row["ratio"], "ratio",
+                baseline=f"pipeline.scale.{base}.notifications_s")
+    return out
+
+
+def _clean(value: Any) -> Any:
+    """JSON without infinities (null instead)."""
+    if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _steps(text: str) -> tuple[int, list[int]]:
+    size, _, rates_ = text.partition("=")
+    return int(size), [int(r) for r in rates_.split(",") if r]
+
+
+async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="fechatter-notify-pipeline-"))
+    started = time.time()
+    steps = dict(QUICK_STEPS if args.quick else DEFAULT_STEPS)
+    steps.update(dict(args.steps or []))
+    print(f"bench/pipeline.py: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start "
+          f"(the machine may be shared: other processes' CPU shows in the 'machine' column); work dir {work}")
+    ladders: list[dict[str, Any]] = []
+    scale = None
+    try:
+        if not args.no_ladder:
+            for size in args.sizes:
+                ladders.append(await ladder(args, size, steps[size], work))
+        if not args.no_scale:
+            scale = await scale_out(args, work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"\ndone in {time.time() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at the end")
+    meta = {"cpus": os.cpu_count(), "quick": args.quick, "seed": args.seed, "users": args.users,
+            "step_seconds": args.step_seconds, "scale_rate": args.scale_rate, "scale_size": args.scale_size,
+            "load_avg_end": os.getloadavg()[0], "seconds": time.time() - started,
+            "ladders": ladders, "scale_out": scale, "shared_machine": True}
+    return _clean({"figures": figures(ladders, scale), "meta": meta})  # type: ignore[no-any-return]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small steps and runs (about 2 minutes)")
+    parser.add_argument("--seed", type=int, default=1, help="chats' membership and the traffic's draw")
+    parser.add_argument("--json", metavar="PATH", help="write the figures there")
+    parser.add_argument("--sizes", type=lambda t: [int(x) for x in t.split(",")], default=[3, 50],
+                        help="chat sizes of the load ladders (default 3,50)")
+    parser.add_argument("--steps", type=_steps, action="append", metavar="SIZE=R1,R2,...",
+                        help="offered msg/s steps for a chat size (default 3=200,...,4000 and 50=50,...,1000)")
+    parser.add_argument("--users", type=int, default=600, help="SSE streams (users) per run: users/size chats")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes in the ladders")
+    parser.add_argument("--step-seconds", type=float, default=None, help="each step (default 10, quick 3)")
+    parser.add_argument("--drain-seconds", type=float, default=30.0, help="wait for the backlog to drain")
+    parser.add_argument("--scale-rate", type=float, default=4000, help="offered msg/s of the scale-out runs")
+    parser.add_argument("--scale-size", type=int, default=3, help="chat size of the scale-out runs")
+    parser.add_argument("--scale-seconds", type=float, default=None, help="measured (default 8, quick 3)")
+    parser.add_argument("--scale-warm", type=float, default=None, help="load before measuring (default 3, quick 1.5)")
+    parser.add_argument("--scale-others-workers", type=int, default=2,
+                        help="worker processes beside the 1-vs-2 bridge and gateway runs")
+    parser.add_argument("--no-ladder", action="store_true")
+    parser.add_argument("--no-scale", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    args = parser.parse_args()
+    if args.step_seconds is None:
+        args.step_seconds = 3.0 if args.quick else 10.0
+    if args.scale_seconds is None:
+        args.scale_seconds = 3.0 if args.quick else 8.0
+    if args.scale_warm is None:
+        args.scale_warm = 1.5 if args.quick else 3.0
+    if args.quick:
+        args.drain_seconds = min(args.drain_seconds, 15.0)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # unwind: the harness kills what it started
+    report = asyncio.run(orchestrate(args))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
