@@ -1,0 +1,263 @@
+"""bench/report.py and bench/run_all.py on canned benchmark output: no server, no real benchmark.
+
+Given the JSON documents a few bench runs wrote (the shape every bench script shares), the report
+has the right medians and min-max, ratios computed round by round against the baseline measured
+in the same run, targets checked, a markdown table per bench, the plots as files; run_all records
+a failing bench (exit code, stderr tail) and goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str) -> ModuleType:
+    # bench/ is scripts, not a package: load the modules by path, as run_all.py does by sys.path.
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _load("report")
+run_all = _load("run_all")
+
+
+def bridge_round(round_: int, bridge: float, fetch: float, raw: float) -> Any:
+    """What bench/bridge.py --json writes (the shape of the shared rules), as a Run."""
+    document = {"figures": [
+        {"name": "fetch() events/s", "value": fetch, "unit": "events/s", "baseline": None, "target": None},
+        {"name": "MSG.NEXT events/s", "value": raw, "unit": "events/s", "baseline": None, "target": None},
+        {"name": "bridge events/s", "value": bridge, "unit": "events/s", "baseline": "MSG.NEXT events/s",
+         "target": ">= 0.60"},
+        {"name": "bridge / fetch()", "value": bridge / fetch, "unit": "ratio", "baseline": "fetch() events/s",
+         "target": "> 1"},
+    ], "meta": {"events": 50000}}
+    return report.Run.from_output("bridge", round_, document, seconds=30.0 + round_)
+
+
+def latency_round(round_: int, p99: float | None, samples: list[float]) -> Any:
+    document = {"figures": [
+        {"name": "wake p99", "value": p99, "unit": "ms", "baseline": None, "target": "<= 20"},
+        {"name": "lost", "value": 0, "unit": "events", "baseline": None, "target": "== 0"},
+    ], "meta": {"samples": {"wake 1000/s": samples}}}
+    return report.Run.from_output("latency", round_, document, seconds=12.0)
+
+
+@pytest.fixture
+def runs() -> list[Any]:
+    return [
+        bridge_round(1, bridge=100.0, fetch=50.0, raw=200.0),   # bridge/raw 0.50
+        bridge_round(2, bridge=150.0, fetch=60.0, raw=200.0),   # 0.75
+        bridge_round(3, bridge=130.0, fetch=70.0, raw=200.0),   # 0.65
+        latency_round(1, 3.0, [1.0, 2.0, 3.0]),
+        latency_round(2, None, [4.0]),                          # p99 not measured this round (NaN/null)
+        report.Run("latency", 3, seconds=300.0, exit_code=None, error="stopped after the 300 s timeout",
+                   stderr_tail="Traceback (most recent call last):\nTimeoutError"),
+    ]
+
+
+def by_name(summaries: list[Any]) -> dict[str, Any]:
+    return {s.name: s for s in summaries}
+
+
+def test_each_figure_is_the_median_and_min_max_over_its_rounds(runs: list[Any]) -> None:
+    bridge = by_name(report.aggregate(runs)["bridge"])
+
+    fetch = bridge["fetch() events/s"]
+    assert (fetch.value.median, fetch.value.low, fetch.value.high, fetch.value.n) == (60.0, 50.0, 70.0, 3)
+    assert fetch.ratio is None and fetch.meets is None  # an absolute number, no target
+
+
+def test_a_figure_with_a_baseline_of_the_same_unit_is_a_ratio_computed_round_by_round(runs: list[Any]) -> None:
+    bridge = by_name(report.aggregate(runs)["bridge"])["bridge events/s"]
+
+    # The median of the per-round ratios (0.50, 0.75, 0.65), not the ratio of the medians (130/200).
+    assert bridge.ratio.median == pytest.approx(0.65)
+    assert (bridge.ratio.low, bridge.ratio.high) == (pytest.approx(0.50), pytest.approx(0.75))
+    assert bridge.value.median == 130.0
+    # The target applies to the ratio: 0.65 >= 0.60.
+    assert bridge.meets is True
+
+
+def test_a_figure_written_as_a_ratio_is_taken_as_is(runs: list[Any]) -> None:
+    ratio = by_name(report.aggregate(runs)["bridge"])["bridge / fetch()"]
+
+    assert ratio.ratio is None  # units differ: the value already is the ratio
+    assert ratio.value.median == pytest.approx(2.0)  # 100/50, 150/60, 130/70
+    assert ratio.meets is True
+
+
+def test_a_round_without_the_figure_counts_less_and_a_missed_target_says_no(runs: list[Any]) -> None:
+    latency = by_name(report.aggregate(runs)["latency"])
+
+    p99 = latency["wake p99"]
+    assert p99.value.n == 1 and p99.rounds == 3
+    assert p99.meets is True
+    table = "\n".join(report.bench_table(report.aggregate(runs)["latency"]))
+    assert "| wake p99 | 3.00 | \u2013 | ms | \u2013 | <= 20 | yes | 1 of 3 |" in table
+
+    late = report.aggregate([latency_round(1, 25.0, [1.0]), latency_round(2, 21.0, [1.0])])["latency"]
+    assert by_name(late)["wake p99"].meets is False
+    assert "| wake p99 | 23.0 | 21.0\u201325.0 | ms | \u2013 | <= 20 | **no** | 2 |" in report.bench_table(late)
+
+
+@pytest.mark.parametrize(("text", "value", "meets"), [
+    (">= 0.60", 0.6, True), (">= 0.60", 0.59, False), ("<= 20", 20.5, False), ("== 0", 0.0, True),
+    ("\u2265 1,000", 1000.0, True), ("> 1", 1.0, False), ("about twice", 2.0, None),
+])
+def test_targets_are_parsed_and_checked(text: str, value: float, meets: bool | None) -> None:
+    assert report.Target.parse(text).met_by(value) is meets
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (57123.4, "57,123"), (143.4, "143"), (12.345, "12.3"), (0.6512, "0.65"), (0.0012, "0.0012"), (0.0, "0"),
+])
+def test_numbers_read_with_about_three_significant_digits(value: float, shown: str) -> None:
+    assert report.number(value) == shown
+
+
+def test_the_markdown_table_shows_the_ratio_beside_its_baseline(runs: list[Any]) -> None:
+    table = report.bench_table(report.aggregate(runs)["bridge"])
+
+    assert table[0] == ("| figure | median | min\u2013max | unit | vs baseline (same run) | target | met | rounds |")
+    assert ("| bridge events/s | 130 | 100\u2013150 | events/s | **0.65\u00d7** MSG.NEXT events/s "
+            "(0.50\u20130.75) | >= 0.60 | yes | 3 |") in table
+    assert "| bridge / fetch() | 2.00 | 1.86\u20132.50 | ratio | ratio to fetch() events/s | > 1 | yes | 3 |" in table
+
+
+def context() -> Any:
+    return report.ReportContext(started="2026-11-29 21:00 UTC", command="python bench/run_all.py --rounds 3",
+                                rounds=3, seed=1, quick=False, elapsed_s=600.0,
+                                machine={"CPU": "Test CPU, 2 logical CPUs", "other load at start": "load 0.10"},
+                                commands={"bridge": "python bench/bridge.py --seed 1 --json PATH"})
+
+
+def test_the_report_names_the_machine_the_targets_and_each_failure(runs: list[Any], tmp_path: Path) -> None:
+    text = report.render(context(), runs, {}, tmp_path)
+
+    assert text.startswith("# Benchmark results\n")
+    assert "| CPU | Test CPU, 2 logical CPUs |" in text
+    assert "`python bench/bridge.py --seed 1 --json PATH`" in text
+    assert "| bridge | bridge events/s | >= 0.60 | 0.65\u00d7 MSG.NEXT events/s | yes |" in text
+    assert "## bridge" in text and "## latency" in text
+    assert "Round 3 failed (did not finish, after 300 s): stopped after the 300 s timeout" in text
+    assert "```\nTraceback (most recent call last):\nTimeoutError\n```" in text
+
+
+def test_writing_the_report_creates_the_plots_and_runs_json_it_can_be_written_again_from(
+        runs: list[Any], tmp_path: Path) -> None:
+    scaled = report.Run.from_output("pipeline", 1, {"figures": [], "meta": {
+        "scale_out": {"workers": {"1": 1000, "2": 1800, "4": 2600}, "bridges": [[1, 500], [2, 900]]},
+        "cdf": {"3 members @ 200/s": [[1.0, 0.5], [2.0, 0.99], [9.0, 1.0]]}}})
+
+    path = report.write_report(context(), [*runs, scaled], tmp_path)
+
+    assert path == tmp_path / "RESULTS.md"
+    plots = sorted(p.name for p in (tmp_path / "results").glob("*.png"))
+    assert plots == ["latency-latency-cdf.png", "pipeline-latency-cdf.png", "pipeline-scale-out.png",
+                     "ratios.png", "throughput.png"]
+    assert all((tmp_path / "results" / name).read_bytes().startswith(b"\x89PNG") for name in plots)
+    text = path.read_text()
+    assert "![throughput](results/throughput.png)" in text
+    assert "![pipeline pipeline-scale-out](results/pipeline-scale-out.png)" in text
+
+    saved_context, saved_runs = report.load_runs(tmp_path / "results" / "runs.json")
+    assert saved_runs == [*runs, scaled]
+    assert report.render(saved_context, saved_runs, {}, tmp_path) == report.render(context(), [*runs, scaled],
+                                                                                    {}, tmp_path)
+
+
+def test_latency_samples_are_pooled_over_rounds_and_a_bench_without_them_has_no_curve(runs: list[Any]) -> None:
+    curves = report.latency_curves([r for r in runs if r.bench == "latency"])
+
+    assert curves == {"wake 1000/s": [(1.0, 0.25), (2.0, 0.5), (3.0, 0.75), (4.0, 1.0)]}
+    assert report.latency_curves([r for r in runs if r.bench == "bridge"]) == {}
+
+
+def test_scale_out_steps_are_ratios_to_each_rounds_first_step() -> None:
+    rounds = [report.Run.from_output("pipeline", i, {"figures": [], "meta": {"scale_out": {"workers": steps}}})
+              for i, steps in enumerate([{"1": 100, "2": 190}, [{"n": 1, "value": 200}, {"n": 2, "value": 300}]])]
+
+    (series, steps), = report.scale_out_steps(rounds).items()
+
+    assert series == "workers"
+    assert [(n, s.median, s.low, s.high) for n, s in steps] == [(1.0, 1.0, 1.0, 1.0), (2.0, 1.7, 1.5, 1.9)]
+
+
+def fake_bench(tmp_path: Path, body: str) -> Any:
+    script = tmp_path / "fake_bench.py"
+    script.write_text(textwrap.dedent(body))
+    return run_all.Bench("fake", str(script))
+
+
+def options(**overrides: Any) -> argparse.Namespace:
+    return argparse.Namespace(**{"quick": True, "seed": 7, **overrides})
+
+
+def test_run_all_collects_what_a_bench_wrote_with_its_arguments(tmp_path: Path) -> None:
+    bench = fake_bench(tmp_path, """
+        import json, sys
+        args = sys.argv[1:]
+        path = args[args.index("--json") + 1]
+        figures = [{"name": "args", "value": len(args), "unit": "", "baseline": None, "target": None}]
+        json.dump({"figures": figures, "meta": {"argv": args}}, open(path, "w"))
+    """)
+
+    run = run_all.run_one(bench, 2, options(), tmp_path)
+
+    assert not run.failed and run.exit_code == 0 and run.round == 2
+    assert run.meta["argv"][:3] == ["--quick", "--seed", "7"]
+
+
+def test_run_all_records_a_failing_bench_with_the_tail_of_its_stderr(tmp_path: Path) -> None:
+    bench = fake_bench(tmp_path, """
+        import sys
+        for n in range(40):
+            print(f"line {n}", file=sys.stderr)
+        sys.exit(3)
+    """)
+
+    run = run_all.run_one(bench, 1, options(), tmp_path)
+
+    assert run.failed and run.exit_code == 3 and run.error == "exit code 3"
+    assert run.stderr_tail.splitlines() == [f"line {n}" for n in range(20, 40)]
+    assert run.figures == []
+
+
+def test_run_all_stops_a_bench_past_its_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run_all, "QUICK_TIMEOUT_S", 0.5)
+    bench = fake_bench(tmp_path, "import time\ntime.sleep(60)\n")
+
+    run = run_all.run_one(bench, 1, options(), tmp_path)
+
+    assert run.failed and run.exit_code is None and run.error.startswith("stopped after")
+
+
+def test_run_all_rejects_an_unknown_bench_name() -> None:
+    with pytest.raises(SystemExit):
+        run_all._arguments(["--only", "bridge,nope"])
+    assert [b.name for b in run_all._arguments(["--only", "latency,bridge"]).benches] == ["bridge", "latency"]
+
+
+def test_a_bench_json_with_nan_counts_as_not_measured() -> None:
+    document = json.loads('{"figures": [{"name": "recover_max_s", "value": NaN, "unit": "s"}]}')
+    run = report.Run.from_output("chaos", 1, document)
+
+    assert run.figures[0].value is None
+    assert by_name(report.aggregate([run])["chaos"])["recover_max_s"].value is None
