@@ -1,16 +1,26 @@
-"""Benchmark: the bridge's JetStream -> Redis throughput beside the raw nats-py pull + ack limit.
+"""Benchmark: the bridge's JetStream -> Redis throughput beside the pull + ack limits and two user-built bridges.
 
 Starts its own nats-server and redis-server (tests/servers.py), publishes N Fechatter-shaped
 events into JetStream, then measures in the same run, each on its own durable over the same
-stored events:
+stored events (interleaved over ``--runs``, in an order shuffled per run with ``--seed``):
 
-* raw own MSG.NEXT: a pull loop publishing ``$JS.API.CONSUMER.MSG.NEXT`` itself, ack per message;
-* raw fetch(): nats-py ``pull_subscribe`` + ``fetch(batch)``, ack per message;
+* raw own MSG.NEXT: a pull loop publishing ``$JS.API.CONSUMER.MSG.NEXT`` itself, ``msg.ack()`` per
+  message (the nats-py pull + ack limit);
+* raw fetch(): nats-py ``pull_subscribe`` + ``fetch(batch)``, ``msg.ack()`` per message;
+* naive bridge: ``fetch(batch)``, then per message ``json.loads`` + dramatiq ``actor.send()`` through
+  a ``RedisBroker`` on the same redis-server, then ``msg.ack()`` (what a user would write first);
+* faststream bridge: a faststream ``NatsBroker`` pull subscriber (``PullSub(batch)``) whose handler
+  gets the decoded JSON and calls ``actor.send()``; faststream acks after the handler (its logger
+  off, its best case);
 * the bridge: parse, enqueue onto dramatiq's Redis queues (one script call per batch), ack.
 
-Usage: ``python bench/bridge.py [-n 50000] [--batch 500] [--runs 3] [--profile out.prof]``
-Prints events/s for each and the bridge's ratio to both raw limits (the target is >= 60 % of
-the fetch() limit, the one a nats-py consumer would otherwise use).
+Usage: ``python bench/bridge.py [-n 50000] [--batch 500] [--runs 3] [--seed 1] [--quick]
+[--json PATH] [--profile out.prof] [--no-users]``
+
+Prints events/s for each (median, min-max) and, beside the bridge's, the CPU time of this Python
+process per event (the figure that matters on a shared machine), then the bridge's ratio to each
+(median of the per-run ratios, each measured side by side; min-max). Targets: bridge / own MSG.NEXT
+>= 0.60; bridge / fetch() > 1.
 
 ``--min-replicas-acked N`` gives the redis-server N replicas and adds, in each run, the bridge with
 ``redis.min_replicas_acked: N`` (every batch's enqueue followed by ``WAIT N`` in the same pipeline):
@@ -25,14 +35,19 @@ import contextlib
 import cProfile
 import json
 import logging
+import random
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import dramatiq
 import nats
+from dramatiq.brokers.redis import RedisBroker
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
@@ -41,6 +56,16 @@ from bridge.testing import bridge_settings
 from tests.servers import NatsServer, RedisServer, async_wait_until, wait_until
 
 STREAM = "FECHATTER_EVENTS"
+QUICK_EVENTS = 5000
+
+#: The measurements, in the order printed; ``ratio`` ones get the bridge's ratio to them.
+RAW_NEXT, RAW_FETCH, NAIVE, FASTSTREAM, BRIDGE, BRIDGE_WAIT = (
+    "raw own MSG.NEXT pull + ack", "raw fetch() + ack", "naive bridge (fetch + send + ack)",
+    "faststream bridge (PullSub + send)", "bridge (parse + enqueue + ack)", "bridge + WAIT (min_replicas_acked)")
+KEYS = {RAW_NEXT: "raw_own_next", RAW_FETCH: "raw_fetch", NAIVE: "naive_bridge", FASTSTREAM: "faststream_bridge",
+        BRIDGE: "bridge", BRIDGE_WAIT: "bridge_wait"}
+TARGETS = {RAW_NEXT: ">= 0.60", RAW_FETCH: "> 1"}
+
 
 #: Fechatter-shaped payloads (docs/event-contract.md#payloads), ids varied per event.
 def _events(n: int) -> list[tuple[str, bytes]]:
@@ -84,8 +109,24 @@ async def publish(url: str, n: int) -> None:
     await nc.close()
 
 
-async def raw_own_pull(url: str, n: int, batch: int) -> float:
-    """Own MSG.NEXT pull loop + ack per message; events/s."""
+class Sample:
+    """One measurement: events/s (wall clock) and this process's CPU time per event."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._wall = time.perf_counter()
+        self._cpu = time.process_time()
+        self.rate = 0.0
+        self.cpu_us = 0.0
+
+    def stop(self) -> Sample:
+        self.rate = self.n / (time.perf_counter() - self._wall)
+        self.cpu_us = (time.process_time() - self._cpu) / self.n * 1e6
+        return self
+
+
+async def raw_own_pull(url: str, n: int, batch: int) -> Sample:
+    """Own MSG.NEXT pull loop + ack per message."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     await js.add_consumer(STREAM, ConsumerConfig(durable_name="raw_next", ack_wait=30, max_ack_pending=-1))
@@ -112,24 +153,24 @@ async def raw_own_pull(url: str, n: int, batch: int) -> float:
             await nc.publish(subject, request, reply=inbox)
 
     await nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
-    began = time.perf_counter()
+    sample = Sample(n)
     pending = batch
     await nc.publish(subject, request, reply=inbox)
     await done.wait()
     await nc.flush()
-    elapsed = time.perf_counter() - began
+    sample.stop()
     await nc.close()
-    return n / elapsed
+    return sample
 
 
-async def raw_fetch(url: str, n: int, batch: int) -> float:
-    """nats-py fetch(batch) + ack per message; events/s."""
+async def raw_fetch(url: str, n: int, batch: int) -> Sample:
+    """nats-py fetch(batch) + ack per message."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     sub = await js.pull_subscribe("", durable="raw_fetch", stream=STREAM,
                                   config=ConsumerConfig(ack_wait=30, max_ack_pending=-1))
     count = 0
-    began = time.perf_counter()
+    sample = Sample(n)
     while count < n:
         try:
             msgs = await sub.fetch(batch, timeout=2)
@@ -139,14 +180,81 @@ async def raw_fetch(url: str, n: int, batch: int) -> float:
             await msg.ack()
         count += len(msgs)
     await nc.flush()
-    elapsed = time.perf_counter() - began
+    sample.stop()
     await nc.close()
-    return n / elapsed
+    return sample
+
+
+def _actor(redis_url: str, namespace: str) -> dramatiq.Actor[..., None]:
+    """A dramatiq actor on its own RedisBroker (default middleware), as a user's bridge would send to."""
+    broker = RedisBroker(url=redis_url, namespace=namespace)
+
+    def handle_event(subject: str, payload: Any) -> None:  # never runs here: no worker
+        return None
+
+    return dramatiq.actor(handle_event, broker=broker, actor_name="handle_event", queue_name="domain")
+
+
+async def naive_bridge(url: str, redis_url: str, n: int, batch: int, run: int) -> Sample:
+    """fetch(batch) -> per message json.loads + actor.send() (one Redis round trip each) -> ack."""
+    actor = _actor(redis_url, f"bench-naive-{run}")
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    sub = await js.pull_subscribe("", durable="naive", stream=STREAM,
+                                  config=ConsumerConfig(ack_wait=60, max_ack_pending=-1))
+    count = 0
+    sample = Sample(n)
+    while count < n:
+        try:
+            msgs = await sub.fetch(batch, timeout=2)
+        except nats.errors.TimeoutError:
+            continue
+        for msg in msgs:
+            actor.send(msg.subject, json.loads(msg.data))
+            await msg.ack()
+        count += len(msgs)
+    await nc.flush()
+    sample.stop()
+    await nc.close()
+    actor.broker.close()
+    return sample
+
+
+async def faststream_bridge(url: str, redis_url: str, n: int, batch: int, run: int) -> Sample:
+    """A faststream NATS pull subscriber (PullSub(batch)) whose handler sends each event to dramatiq."""
+    from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+
+    actor = _actor(redis_url, f"bench-faststream-{run}")
+    nc = await nats.connect(url)
+    await nc.jetstream().add_consumer(STREAM, ConsumerConfig(durable_name="faststream", ack_wait=60,
+                                                             max_ack_pending=-1))
+    await nc.close()
+    broker = NatsBroker(url, logger=None)
+    done = asyncio.Event()
+    count = 0
+
+    @broker.subscriber("fechatter.>", stream=JStream(STREAM, declare=False), durable="faststream",
+                       pull_sub=PullSub(batch, timeout=2))
+    async def handle(body: dict[str, Any], message: NatsMessage) -> None:
+        nonlocal count
+        actor.send(message.raw_message.subject, body)
+        count += 1
+        if count >= n:
+            done.set()
+
+    sample = Sample(n)
+    await broker.start()
+    await done.wait()
+    await asyncio.sleep(0)  # the last handler's ack follows its return
+    sample.stop()
+    await broker.stop()
+    actor.broker.close()
+    return sample
 
 
 async def run_bridge(nats_url: str, redis_url: str, n: int, batch: int, durable: str,
-                     profile: cProfile.Profile | None, min_replicas_acked: int = 0) -> float:
-    """The bridge until every event is enqueued and acked; events/s (from its first pull)."""
+                     profile: cProfile.Profile | None, min_replicas_acked: int = 0) -> Sample:
+    """The bridge until every event is enqueued and acked (measured from its first pull)."""
     wait = {"min_replicas_acked": min_replicas_acked, "replica_ack_timeout": "2s"} if min_replicas_acked else {}
     settings = bridge_settings(nats_url, redis_url, {
         "nats": {"ping_interval": "5s"},
@@ -161,69 +269,145 @@ async def run_bridge(nats_url: str, redis_url: str, n: int, batch: int, durable:
     task = asyncio.get_running_loop().create_task(bridge.run(stop))
     await bridge.started.wait()
     acked = bridge.metrics.acked.labels(durable)
-    began = time.perf_counter()
+    sample = Sample(n)
     if profile is not None:
         profile.enable()
     await async_wait_until(lambda: acked._value.get() >= n, timeout=600, interval=0.005)
-    elapsed = time.perf_counter() - began
+    sample.stop()
     if profile is not None:
         profile.disable()
     stop.set()
     await task
-    return n / elapsed
+    return sample
+
+
+def _steps(nats_url: str, redis_url: str, args: argparse.Namespace, run: int,
+           profile: cProfile.Profile | None) -> dict[str, Callable[[], Awaitable[Sample]]]:
+    """Each measurement of run ``run``, to be started in the run's order."""
+    n, b = args.n, args.batch
+    return {
+        RAW_NEXT: lambda: raw_own_pull(nats_url, n, b),
+        RAW_FETCH: lambda: raw_fetch(nats_url, n, b),
+        NAIVE: lambda: naive_bridge(nats_url, redis_url, n, b, run),
+        FASTSTREAM: lambda: faststream_bridge(nats_url, redis_url, n, b, run),
+        BRIDGE: lambda: run_bridge(nats_url, redis_url, n, b, f"bench_{run}", profile),
+        BRIDGE_WAIT: lambda: run_bridge(nats_url, redis_url, n, b, f"bench_wait_{run}", None,
+                                        args.min_replicas_acked),
+    }
+
+
+def _write_json(path: str, document: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(document, indent=2) + "\n")
+
+
+def _median_range(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> dict[str, Any]:
+    """Print the table and the ratios; return the --json document."""
+    figures: list[dict[str, Any]] = []
+    per_run: dict[str, list[float]] = {}
+    print(f"\n{args.runs} run(s), {args.n} events, batch {args.batch} (median, min-max over the runs):")
+    for name, got in samples.items():
+        rate, low, high = _median_range([s.rate for s in got])
+        cpu = statistics.median(s.cpu_us for s in got)
+        print(f"  {name:36s}: {rate:10,.0f} events/s  ({low:,.0f}-{high:,.0f})   CPU {cpu:5.1f} us/event")
+        key = KEYS[name]
+        per_run[f"{key}_events_per_s"] = [round(s.rate, 1) for s in got]
+        per_run[f"{key}_cpu_us_per_event"] = [round(s.cpu_us, 2) for s in got]
+        figures.append({"name": f"{key}_events_per_s", "value": round(rate, 1), "unit": "events/s",
+                        "baseline": None, "target": None})
+        figures.append({"name": f"{key}_cpu_us_per_event", "value": round(cpu, 2), "unit": "us/event",
+                        "baseline": None, "target": None})
+    bridge = samples[BRIDGE]
+    print("  the bridge's ratio to each (median of per-run ratios, min-max):")
+    for name, got in samples.items():
+        if name == BRIDGE:
+            continue
+        if name == BRIDGE_WAIT:
+            ratios = [w.rate / b.rate for w, b in zip(got, bridge, strict=True)]
+            label, key = "bridge + WAIT / bridge", "bridge_wait_over_bridge"
+            baseline = "bridge_events_per_s"
+        else:
+            ratios = [b.rate / s.rate for b, s in zip(bridge, got, strict=True)]
+            label, key = f"bridge / {name}", f"bridge_over_{KEYS[name]}"
+            baseline = f"{KEYS[name]}_events_per_s"
+        ratio, low, high = _median_range(ratios)
+        target = TARGETS.get(name)
+        print(f"    {label:44s}: {ratio:6.2f}  ({low:.2f}-{high:.2f})" + (f"   target {target}" if target else ""))
+        per_run[key] = [round(r, 3) for r in ratios]
+        figures.append({"name": key, "value": round(ratio, 3), "unit": "ratio", "baseline": baseline,
+                        "target": target})
+    cpu_ratio = statistics.median(s.cpu_us for s in samples[RAW_NEXT]) / statistics.median(s.cpu_us for s in bridge)
+    print(f"    {'CPU/event: own MSG.NEXT / bridge':44s}: {cpu_ratio:6.2f}   (instructions the wall clock hides)")
+    figures.append({"name": "raw_own_next_cpu_over_bridge_cpu", "value": round(cpu_ratio, 3), "unit": "ratio",
+                    "baseline": "bridge_cpu_us_per_event", "target": None})
+    return {"figures": figures, "meta": {"benchmark": "bridge", "events": args.n, "batch": args.batch,
+                                         "runs": args.runs, "seed": args.seed, "per_run": per_run,
+                                         "min_replicas_acked": args.min_replicas_acked}}
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=50_000, help="events (default 50000)")
+    parser.add_argument("-n", type=int, default=None, help="events (default 50000; --quick: 5000)")
     parser.add_argument("--batch", type=int, default=500, help="pull batch (default 500)")
-    parser.add_argument("--runs", type=int, default=3, help="runs of each measurement; the median is printed")
+    parser.add_argument("--runs", type=int, default=None, help="runs of each measurement (default 3; --quick: 1)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the per-run measurement order (default 1)")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_EVENTS} events, 1 run (well under a minute)")
+    parser.add_argument("--json", metavar="PATH", help="write the figures there (bench/run_all.py's format)")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the bridge's runs into FILE")
+    parser.add_argument("--no-users", action="store_true", help="skip the naive and faststream bridges")
     parser.add_argument("--min-replicas-acked", type=int, default=0, metavar="N",
                         help="give Redis N replicas and also run the bridge with WAIT N (default 0: neither)")
     args = parser.parse_args()
+    args.n = args.n or (QUICK_EVENTS if args.quick else 50_000)
+    args.runs = args.runs or (1 if args.quick else 3)
     logging.basicConfig(level=logging.WARNING)
     profile = cProfile.Profile() if args.profile else None
+    order = random.Random(args.seed)
+    samples: dict[str, list[Sample]] = {RAW_NEXT: [], RAW_FETCH: []}
+    if not args.no_users:
+        samples.update({NAIVE: [], FASTSTREAM: []})
+    samples[BRIDGE] = []
+    if args.min_replicas_acked:
+        samples[BRIDGE_WAIT] = []
     with NatsServer() as ns, RedisServer() as rs, contextlib.ExitStack() as replicas:
         for _ in range(args.min_replicas_acked):
             replicas.enter_context(RedisServer(extra_args=["--replicaof", "127.0.0.1", str(rs.port)]))
+        client = rs.client()
         if args.min_replicas_acked:
-            client = rs.client()
             wait_until(lambda: int(client.info("replication")["connected_slaves"]) == args.min_replicas_acked,
                        timeout=30, message="replicas did not connect")
-            client.close()
         began = time.perf_counter()
         await publish(ns.url, args.n)
         print(f"published {args.n} events in {time.perf_counter() - began:.1f}s")
-        own, fetch, bridge, waiting = [], [], [], []
         for run in range(args.runs):
             # Each run reads the same stored events on fresh durables.
             nc = await nats.connect(ns.url)
             js = nc.jetstream()
-            for durable in ("raw_next", "raw_fetch"):
+            for durable in ("raw_next", "raw_fetch", "naive", "faststream"):
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     await js.delete_consumer(STREAM, durable)
             await nc.close()
-            own.append(await raw_own_pull(ns.url, args.n, args.batch))
-            fetch.append(await raw_fetch(ns.url, args.n, args.batch))
-            bridge.append(await run_bridge(ns.url, rs.url, args.n, args.batch, f"bench_{run}", profile))
-            if args.min_replicas_acked:
-                waiting.append(await run_bridge(ns.url, rs.url, args.n, args.batch, f"bench_wait_{run}", None,
-                                                args.min_replicas_acked))
-            print(f"run {run + 1}: raw own MSG.NEXT {own[-1]:,.0f}/s  raw fetch() {fetch[-1]:,.0f}/s  "
-                  f"bridge {bridge[-1]:,.0f}/s" + (f"  bridge+WAIT {waiting[-1]:,.0f}/s" if waiting else ""))
-    o, f, b = statistics.median(own), statistics.median(fetch), statistics.median(bridge)
-    print(f"\nmedian of {args.runs} runs, {args.n} events, batch {args.batch}:")
-    print(f"  raw nats-py own MSG.NEXT pull + ack : {o:10,.0f} events/s")
-    print(f"  raw nats-py fetch() + ack           : {f:10,.0f} events/s")
-    print(f"  bridge (parse + enqueue + ack)      : {b:10,.0f} events/s")
-    print(f"  bridge / raw fetch()                : {b / f:10.0%}   (target >= 60 %)")
-    print(f"  bridge / raw own MSG.NEXT           : {b / o:10.0%}")
-    if waiting:
-        w = statistics.median(waiting)
-        print(f"  bridge + WAIT (min_replicas_acked)  : {w:10,.0f} events/s")
-        print(f"  bridge + WAIT / bridge              : {w / b:10.0%}   ({args.min_replicas_acked} replica(s), "
-              "both on the replicated server)")
+            steps = _steps(ns.url, rs.url, args, run, profile)
+            names = [name for name in samples if name != BRIDGE_WAIT]
+            order.shuffle(names)
+            if args.min_replicas_acked:  # right after the bridge: its ratio is to that run
+                names.insert(names.index(BRIDGE) + 1, BRIDGE_WAIT)
+            line = []
+            for name in names:
+                sample = await steps[name]()
+                samples[name].append(sample)
+                line.append(f"{KEYS[name]} {sample.rate:,.0f}/s")
+                if not args.min_replicas_acked:
+                    client.flushall()  # the queues written so far: keep Redis' memory flat (not timed)
+            print(f"run {run + 1}: " + "  ".join(line))
+        client.close()
+    document = report(samples, args)
+    if args.json:
+        _write_json(args.json, document)
+        print(f"figures written to {args.json}")
     if profile is not None:
         profile.dump_stats(args.profile)
         print(f"profile written to {args.profile}")
