@@ -112,6 +112,18 @@ class Run:
         return cls(**data)
 
 
+def figure(name: str, value: float | None, unit: str, baseline: str | None = None,
+           target: str | None = None) -> dict[str, Any]:
+    """One entry of a bench's ``--json`` output (for the bench scripts that write it)."""
+    number = None if value is None or not math.isfinite(value) else float(value)
+    return {"name": name, "value": number, "unit": unit, "baseline": baseline, "target": target}
+
+
+def write_figures(path: Path | str, figures: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> None:
+    """A bench's ``--json PATH``: ``{"figures": [...], "meta": {...}}`` (NaN written as null)."""
+    Path(path).write_text(json.dumps({"figures": list(figures), "meta": dict(meta)}, indent=1, default=str) + "\n")
+
+
 def stderr_tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
     """The last ``lines`` non-empty lines of a failed run's stderr."""
     return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])

@@ -14,7 +14,9 @@ are consuming; the clock runs from the first enqueue until every job is acked. E
 delivers 49 notifications (everyone but the sender); the inboxes are counted afterwards to
 prove exactly-once.
 
-Usage: ``python bench/workers.py [--jobs 4000] [--processes 2] [--threads 8] [--modes ours,stock]``
+Usage: ``python bench/workers.py [--jobs 4000] [--processes 2] [--threads 8] [--modes ours,stock]
+[--json PATH] [--quick] [--seed N]`` (``--quick``: 500 jobs; ``--seed``: the message ids; ``--json``:
+the figures for bench/run_all.py, ours as ratios to stock measured in the same run).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import random
 import signal
 import sys
 import threading
@@ -35,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dramatiq  # noqa: E402
+from report import figure, write_figures  # noqa: E402
 
 from events import actor_name_for, job_to_args, parse_event  # noqa: E402
 from events.inbox import inbox_key, wake_channel  # noqa: E402
@@ -44,6 +48,7 @@ from tests.servers import RedisServer, wait_until  # noqa: E402
 NAMESPACE = "bench"
 MEMBERS = list(range(1001, 1051))  # 50 members; 1001 sends
 SENDER = MEMBERS[0]
+QUICK_JOBS = 500
 
 
 def _worker(settings: Settings, mode: str, threads: int) -> None:
@@ -74,15 +79,16 @@ def _worker(settings: Settings, mode: str, threads: int) -> None:
     services.close()
 
 
-def messages(settings: Settings, count: int) -> list[tuple[str, bytes]]:
+def messages(settings: Settings, count: int, seed: int) -> list[tuple[str, bytes]]:
     """(redis message id, encoded dramatiq message) for ``count`` new messages in one chat."""
+    rng = random.Random(seed)  # the message ids (uuid4-shaped), the same in every run of a seed
     out = []
     for n in range(count):
         payload = {"MessageReceived": {"message": {"id": str(10_000 + n), "chat_id": 42, "sender_id": SENDER,
                                                    "content": f"message {n}", "files": [], "timestamp": 1750992346},
                                        "chat_id": 42, "recipients": MEMBERS}}
         job = parse_event("fechatter.realtime.chat.42", json.dumps(payload).encode())
-        message_id = str(uuid.uuid4())
+        message_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=settings.queues.domain, actor_name=actor_name_for(job), args=(job_to_args(job),), kwargs={},
             options={"redis_message_id": message_id}, message_id=message_id)
@@ -99,7 +105,7 @@ def cpu_seconds(pid: int) -> float:
 def run_mode(mode: str, settings: Settings, server: RedisServer, args: argparse.Namespace) -> dict[str, float]:
     client = server.client()
     client.flushall()
-    batch = messages(settings, args.jobs)
+    batch = messages(settings, args.jobs, args.seed)
     queue = settings.queues.domain
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(settings, mode, args.threads)) for _ in range(args.processes)]
@@ -154,7 +160,12 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
     parser.add_argument("--modes", default="ours,stock", help="comma-separated: ours, stock")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_JOBS} jobs (unless --jobs is given)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the message ids")
+    parser.add_argument("--json", metavar="PATH", help="write the figures there (bench/run_all.py reads them)")
     args = parser.parse_args()
+    if args.quick and "--jobs" not in sys.argv[1:]:
+        args.jobs = QUICK_JOBS
     with RedisServer() as server:
         settings = Settings.model_validate({
             "redis": {"url": server.url, "namespace": NAMESPACE},
@@ -172,7 +183,23 @@ def main() -> int:
         print(f"{mode:<6} {r['jobs_per_s']:>8.0f} {r['notifications_per_s']:>16.0f} "
               f"{'yes' if r['exactly_once'] else 'NO':>13}  {cpu}")
     print(json.dumps({"workers": results}))
+    if args.json:
+        write_figures(args.json, figures(results), {"jobs": args.jobs, "processes": args.processes,
+                                                    "threads": args.threads, "seed": args.seed,
+                                                    "members": len(MEMBERS), "cpus": os.cpu_count(),
+                                                    "load_average": os.getloadavg()[0], "modes": results})
     return 0
+
+
+def figures(results: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """ours as a ratio to stock dramatiq (same run); exactly-once is a must for both."""
+    out = []
+    for mode, r in results.items():
+        baseline = "stock" if mode != "stock" and "stock" in results else None
+        for key, unit in (("jobs_per_s", "jobs/s"), ("notifications_per_s", "notifications/s")):
+            out.append(figure(f"{mode} {unit}", r[key], unit, f"stock {unit}" if baseline else None))
+    out += [figure(f"{mode} exactly once", r["exactly_once"], "1 = yes", target="== 1") for mode, r in results.items()]
+    return out
 
 
 if __name__ == "__main__":
