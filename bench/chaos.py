@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/chaos.py                        # 1,000,000 events, appendfsync always
     .venv/bin/python bench/chaos.py --events 100000 --appendfsync everysec --seed 7
+    .venv/bin/python bench/chaos.py --quick --json out.json     # 500 events, for bench/run_all.py
 
 The same scenario as tests/chaos/test_everything_at_once.py (the bridge killed -9 every few
 seconds, one of two worker processes killed -9 repeatedly, nats-server and redis-server killed -9
@@ -13,21 +14,32 @@ malformed), sized by ``--events`` and paced by ``--rate``. Prints one line per r
 then the details (durations, recovery times, problems). Exit code 1 when an invariant failed.
 Memory: each notification is an inbox entry kept in Redis for the audit (about 0.3 KB; a chat
 has about 8 members on average, so 1,000,000 events need a few GB).
+
+``--json PATH`` writes the figures for bench/run_all.py: per fsync policy, lost, duplicated and
+unexpected notifications, dead-letter problems, failed jobs (each must be 0 with ``always``), whether
+every invariant held, and the faults, dead letters and recovery times (absolute, this machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.chaos.test_everything_at_once import SCENARIO, everything_at_once
+from report import figure, write_figures
+
+from tests.chaos.harness import ScenarioResult
+from tests.chaos.test_everything_at_once import CI_SETTLE_S, SCENARIO, everything_at_once
+
+QUICK_EVENTS = 500
 
 
 def _arguments() -> argparse.Namespace:
@@ -41,10 +53,19 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=600.0,
                         help="seconds allowed, after the traffic, for the backlog to drain (default 600)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, stores) and print it")
-    return parser.parse_args()
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_EVENTS} events, {CI_SETTLE_S:g} s to settle (unless given explicitly)")
+    parser.add_argument("--json", metavar="PATH", help="write the figures there (bench/run_all.py reads them)")
+    args = parser.parse_args()
+    given = sys.argv[1:]
+    if args.quick and "--events" not in given:
+        args.events = QUICK_EVENTS
+    if args.quick and "--settle" not in given:
+        args.settle = CI_SETTLE_S
+    return args
 
 
-async def _run(args: argparse.Namespace, appendfsync: str) -> bool:
+async def _run(args: argparse.Namespace, appendfsync: str, outcomes: dict[str, dict[str, Any]]) -> bool:
     workdir = Path(tempfile.mkdtemp(prefix=f"chaos-{appendfsync}-"))
     began = time.monotonic()
     result, harness = await everything_at_once(workdir, events=args.events, seed=args.seed,
@@ -62,6 +83,7 @@ async def _run(args: argparse.Namespace, appendfsync: str) -> bool:
         problems = result.problems()
         for problem in problems:
             print("  " + problem.replace("\n", "\n  "), flush=True)
+        outcomes[appendfsync] = _outcome(result, problems)
         return not problems
     finally:
         harness.close()
@@ -71,11 +93,45 @@ async def _run(args: argparse.Namespace, appendfsync: str) -> bool:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _outcome(result: ScenarioResult, problems: list[str]) -> dict[str, Any]:
+    recover = sorted(result.recover_s)
+    return {"faults": len(result.faults), "lost": result.audit.lost, "duplicated": result.audit.duplicated,
+            "unexpected": result.audit.unexpected, "dead_lettered": len(result.dead_letters),
+            "dead_letter_problems": len(result.dead_letter_problems), "failed_jobs": result.failed_jobs,
+            "recover_max_s": recover[-1] if recover else None,
+            "recover_median_s": recover[len(recover) // 2] if recover else None,
+            "published_s": result.published_s, "settled_s": result.settled_s, "ok": not problems,
+            "problems": [p[:500] for p in problems[:20]], "line": result.line()}
+
+
+def figures(outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per fsync policy; the invariants are targets with ``always`` (``everysec`` is measured, not promised)."""
+    out = []
+    for policy, o in outcomes.items():
+        must = "== 0" if policy == "always" else None
+        out += [figure(f"{policy} lost", o["lost"], "notifications", target=must),
+                figure(f"{policy} duplicated", o["duplicated"], "notifications", target=must),
+                figure(f"{policy} unexpected", o["unexpected"], "notifications", target=must),
+                figure(f"{policy} dead-letter problems", o["dead_letter_problems"], "problems", target=must),
+                figure(f"{policy} failed jobs", o["failed_jobs"], "jobs", target=must),
+                figure(f"{policy} invariants held", float(o["ok"]), "1 = yes",
+                       target="== 1" if policy == "always" else None),
+                figure(f"{policy} faults", o["faults"], "kill -9s"),
+                figure(f"{policy} dead lettered", o["dead_lettered"], "events"),
+                figure(f"{policy} recovery max", o["recover_max_s"], "s"),
+                figure(f"{policy} recovery median", o["recover_median_s"], "s")]
+    return out
+
+
 def main() -> int:
     args = _arguments()
     ok = True
+    outcomes: dict[str, dict[str, Any]] = {}
     for appendfsync in args.appendfsync or ["always"]:
-        ok = asyncio.run(_run(args, appendfsync)) and ok
+        ok = asyncio.run(_run(args, appendfsync, outcomes)) and ok
+    if args.json:
+        write_figures(args.json, figures(outcomes), {"events": args.events, "rate": args.rate, "seed": args.seed,
+                                                     "cpus": os.cpu_count(), "outcomes": outcomes})
     return 0 if ok else 1
 
 
