@@ -263,11 +263,17 @@ class Rig:
     async def frames(self) -> int:
         return sum(a["frames"] for a in await asyncio.gather(*(c.ask("report") for c in self.clients)))
 
-    def backlog(self) -> int:
-        """Events not yet turned into notifications: JetStream pending and ack pending, dramatiq jobs."""
+    def stages(self) -> dict[str, int]:
+        """What waits at each stage, in events: in JetStream for the bridge (pending + ack pending), in
+        dramatiq's queues for the workers (jobs waiting or running)."""
         state = self.h.consumer_state()
         with self.h.client() as client:
-            return state["num_pending"] + state["num_ack_pending"] + self.h.jobs_waiting(client)
+            return {"jetstream": state["num_pending"] + state["num_ack_pending"],
+                    "queue": self.h.jobs_waiting(client)}
+
+    def backlog(self) -> int:
+        """Events not yet turned into notifications (every stage)."""
+        return sum(self.stages().values())
 
     async def wait_delivered(self, frames: int, patience_s: float) -> bool:
         """Until the clients counted ``frames`` and nothing is left in the pipeline; False at the deadline."""
@@ -315,15 +321,22 @@ class Snapshot:
     busy: tuple[float, float]
     counters: dict[str, float]
     frames: int
-    backlog: int
+    #: Events waiting per stage (Rig.stages), and "gateway": notifications written but not yet
+    #: received as frames, in events (divided by the fan-out).
+    stages: dict[str, int]
 
     @classmethod
     async def take(cls, rig: Rig, pids: dict[str, int]) -> Snapshot:
         frames = await rig.frames()
         counters = await asyncio.to_thread(rig.scrape)
-        backlog = await asyncio.to_thread(rig.backlog)
+        stages = await asyncio.to_thread(rig.stages)
+        stages["gateway"] = max(0, round((counters["notifications"] - frames) / rig.fanout))
         return cls(time.time(), {n: cpu_seconds(p) for n, p in pids.items()}, machine_busy(), counters, frames,
-                   backlog)
+                   stages)
+
+    @property
+    def backlog(self) -> int:
+        return sum(self.stages.values())
 
 
 def rates(a: Snapshot, b: Snapshot) -> dict[str, Any]:
@@ -341,7 +354,35 @@ def rates(a: Snapshot, b: Snapshot) -> dict[str, Any]:
         "frames_s": (b.frames - a.frames) / span,
         "cpu": cpu,
         "machine_cpu": 100.0 * (os.cpu_count() or 1) * busy / total if total else 0.0,
+        "stage_growth": {k: b.stages[k] - v for k, v in a.stages.items()},
+        "stages_end": dict(b.stages),
     }
+
+
+def cost_us(step: dict[str, Any]) -> dict[str, float]:
+    """CPU microseconds per delivered message, per process: what each costs whatever the machine's
+    load (a busy machine slows processes down; it inflates their cost per message far less)."""
+    delivered = step["delivered_msgs_s"]
+    if delivered <= 0:
+        return {}
+    return {n: 1e4 * v / delivered for n, v in step["cpu"].items()}
+
+
+def ceilings(step: dict[str, Any], workers: int) -> dict[str, float]:
+    """msg/s at which each stage's process(es) would fill their cores, from ``step``'s costs: one
+    core each for the bridge, the gateway and redis-server (single-threaded event loops), ``workers``
+    cores for the worker processes together, all cores for nats-server (Go, multi-threaded)."""
+    cost = cost_us(step)
+    cores = os.cpu_count() or 1
+    found: dict[str, float] = {}
+    groups = {"bridge": ("bridge-",), "workers": ("wproc-",), "gateway": ("web-",), "redis": ("redis",),
+              "nats": ("nats",)}
+    for stage, prefixes in groups.items():
+        us = sum(v for n, v in cost.items() if n.startswith(prefixes))
+        width = {"workers": min(workers, cores), "nats": cores}.get(stage, 1)
+        if us > 0:
+            found[stage] = 1e6 * width / us
+    return found
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -378,6 +419,7 @@ async def run_step(rig: Rig, rate: float, seconds: float, drain_s: float) -> dic
     result = rates(start, end)
     offered = sent["sent"] / (sent["t1"] - sent["t0"])
     growth = end.backlog - start.backlog
+    # In flight at a steady p99 of 50 ms is rate/20: a quarter second of the load is clearly more.
     growing = growth > max(100.0, 0.25 * rate)
     result.update({
         "target_msgs_s": rate, "offered_msgs_s": offered, "sent": sent["sent"], "pub_acked": sent["acked"],
@@ -391,15 +433,36 @@ async def run_step(rig: Rig, rate: float, seconds: float, drain_s: float) -> dic
     return result
 
 
+def why_not_held(step: dict[str, Any]) -> str:
+    reasons = []
+    if step["p99_ms"] > P99_TARGET_MS:
+        reasons.append(f"p99 {_ms(step['p99_ms'])} ms")
+    if step["growing_backlog"]:
+        reasons.append(f"backlog {step['backlog_start']}->{step['backlog_end']}")
+    if step["missing_frames"]:
+        reasons.append(f"{step['missing_frames']} frames missing after the drain")
+    if step["offered_msgs_s"] < 0.95 * step["target_msgs_s"]:
+        reasons.append(f"the publisher offered only {step['offered_msgs_s']:.0f} msg/s")
+    return ", ".join(reasons)
+
+
+STAGE_PROCESSES = {"jetstream": "bridge", "queue": "wproc", "gateway": "web"}
+
+
 def saturated(step: dict[str, Any]) -> str:
-    """Which process was fullest in ``step`` (the machine named when all its cores were busy)."""
-    cpu = {n: v for n, v in step["cpu"].items() if not n.startswith(("client", "publisher"))}
-    name = max(cpu, key=lambda n: cpu[n])
+    """Where ``step``'s backlog piled up (the stage that did not keep up), its processes' CPU, and
+    whether the machine's cores were all busy."""
+    growth = step["stage_growth"]
+    stage = max(growth, key=lambda k: growth[k])
+    prefix = STAGE_PROCESSES[stage]
+    cpu = ", ".join(f"{n} {v:.0f} %" for n, v in step["cpu"].items() if n.startswith(prefix))
+    ours = sum(step["cpu"].values())
     cores = os.cpu_count() or 1
     machine = step["machine_cpu"]
-    text = f"{name} ({cpu[name]:.0f} % of a core)"
+    text = f"the {stage} stage (+{growth[stage]} events waiting; {cpu} of a core)"
     if machine >= 90.0 * cores:
-        text += f"; the machine was full ({machine:.0f} % of {cores} cores, helpers included)"
+        text += (f"; all {cores} cores busy ({machine:.0f} %: this run's processes {ours:.0f} %, "
+                 f"other processes {max(0.0, machine - ours):.0f} %)")
     return text
 
 
@@ -423,16 +486,32 @@ async def ladder(args: argparse.Namespace, size: int, steps: list[int], work: Pa
         await rig.close()
     held = [s["target_msgs_s"] for s in results if s["held"]]
     first_fail = next((s for s in results if not s["held"]), None)
+    first_growing = next((s for s in results if s["growing_backlog"]), None)
     summary = {
         "chat_size": size, "steps": results, "max_held_msgs_s": max(held) if held else 0,
-        "saturates_first": saturated(first_fail) if first_fail else "none within the steps run",
         "failed_at_msgs_s": first_fail["target_msgs_s"] if first_fail else None,
+        "failed_because": why_not_held(first_fail) if first_fail else None,
+        "saturates_first": (f"at {first_growing['target_msgs_s']} msg/s: {saturated(first_growing)}"
+                            if first_growing else "no stage built a backlog within the steps run"),
     }
-    print_cpu(f"CPU per step, chats of {size} (% of one core)", [(f"{s['target_msgs_s']}/s", s) for s in results])
+    rows = [(f"{s['target_msgs_s']}/s", s) for s in results]
+    print_cpu(f"CPU per step, chats of {size} (% of one core)", rows)
+    print_cost(f"CPU per delivered message, chats of {size} (us; one message = {size - 1} notifications)", rows)
+    # Costs per message fall with the load (batches grow): take them at the highest load run.
+    basis = results[-1]
+    limits = ceilings(basis, args.workers)
+    summary["ceilings_msgs_s"] = limits
+    summary["ceilings_basis_msgs_s"] = basis["target_msgs_s"]
+    if limits:
+        lowest = min(limits, key=lambda k: limits[k])
+        print(f"full-core ceilings from the costs at {basis['target_msgs_s']} msg/s (the rate at which each would "
+              f"fill its cores on a machine of its own): "
+              + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(limits.items(), key=lambda kv: kv[1]))
+              + f" msg/s -> {lowest} first")
     print(f"chats of {size}: highest load held with p99 <= {P99_TARGET_MS:g} ms and no growing backlog: "
           f"{summary['max_held_msgs_s']} msg/s ({summary['max_held_msgs_s'] * (size - 1)} notifications/s); "
-          f"first step not held: {summary['failed_at_msgs_s']}; saturates first: {summary['saturates_first']}",
-          flush=True)
+          f"first step not held: {summary['failed_at_msgs_s']} ({summary['failed_because']}); "
+          f"saturates first: {summary['saturates_first']}", flush=True)
     return summary
 
 
@@ -441,14 +520,17 @@ def _ms(value: float) -> str:
 
 
 LADDER_HEADER = (f"{'size':>4} {'target':>7} {'offered':>8} {'deliv/s':>8} {'notif/s':>8} {'frames/s':>9} "
-                 f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'missing':>7} {'backlog':>13} {'held':>5}")
+                 f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'missing':>7} {'backlog':>13} {'grew at':>9} "
+                 f"{'held':>5}")
 
 
 def print_step(size: int, s: dict[str, Any]) -> None:
     backlog = f"{s['backlog_start']}->{s['backlog_end']}"
+    growth = s["stage_growth"]
+    grew = max(growth, key=lambda k: growth[k]) if s["growing_backlog"] else "-"
     print(f"{size:>4} {s['target_msgs_s']:>7.0f} {s['offered_msgs_s']:>8.0f} {s['delivered_msgs_s']:>8.0f} "
           f"{s['notifications_s']:>8.0f} {s['frames_s']:>9.0f} {_ms(s['p50_ms']):>7} {_ms(s['p99_ms']):>7} "
-          f"{_ms(s['max_ms']):>7} {s['missing_frames']:>7} {backlog:>13} {'yes' if s['held'] else 'NO':>5}",
+          f"{_ms(s['max_ms']):>7} {s['missing_frames']:>7} {backlog:>13} {grew:>9} {'yes' if s['held'] else 'NO':>5}",
           flush=True)
 
 
@@ -459,10 +541,25 @@ def print_cpu(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
     short = {n: n.replace("-server", "").replace("client-", "cli-").replace("publisher", "pub") for n in names}
     width = max(12, *(len(label) for label, _ in rows)) + 1
     print(f"\n{title}; machine = all {os.cpu_count()} cores (max {100 * (os.cpu_count() or 1)} %)")
-    print(f"{'':<{width}}" + "".join(f"{short[n]:>9}" for n in names) + f"{'machine':>9}")
+    print(f"{'':<{width}}" + "".join(f"{short[n]:>9}" for n in names) + f"{'ours':>7}{'others':>7}{'machine':>8}")
     for label, s in rows:
         cells = "".join(f"{s['cpu'][n]:>9.0f}" if n in s["cpu"] else f"{'':>9}" for n in names)
-        print(f"{label:<{width}}{cells}{s['machine_cpu']:>9.0f}")
+        ours = sum(s["cpu"].values())
+        print(f"{label:<{width}}{cells}{ours:>7.0f}{max(0.0, s['machine_cpu'] - ours):>7.0f}{s['machine_cpu']:>8.0f}")
+
+
+def print_cost(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
+    costs = [(label, cost_us(s)) for label, s in rows]
+    names: list[str] = []
+    for _, c in costs:
+        names += [n for n in c if n not in names]
+    width = max(12, *(len(label) for label, _ in rows)) + 1
+    print(f"\n{title}")
+    print(f"{'':<{width}}" + "".join(f"{n.replace('-server', '')[:8]:>9}" for n in names) + f"{'system':>8}")
+    for label, c in costs:
+        cells = "".join(f"{c[n]:>9.0f}" if n in c else f"{'':>9}" for n in names)
+        system = sum(v for n, v in c.items() if not n.startswith(("client", "publisher")))
+        print(f"{label:<{width}}{cells}{system:>8.0f}")
 
 
 # --------------------------------------------------------------------------- scale-out
@@ -491,7 +588,8 @@ async def scale_point(args: argparse.Namespace, layout: Layout, work: Path) -> d
         await rig.close()
     print(f"   {layout.label():<42} offered {result['offered_msgs_s']:>6.0f} msg/s: delivered "
           f"{result['delivered_msgs_s']:>6.0f} msg/s, {result['notifications_s']:>7.0f} notif/s, "
-          f"{result['frames_s']:>7.0f} frames/s, backlog {start.backlog}->{end.backlog}", flush=True)
+          f"{result['frames_s']:>7.0f} frames/s, backlog {start.backlog}->{end.backlog} "
+          f"(grew: " + ", ".join(f"{k} {v:+}" for k, v in result["stage_growth"].items()) + ")", flush=True)
     return result
 
 
@@ -521,6 +619,7 @@ async def scale_out(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         print(f"{name:<26}{point['notifications_s']:>10.0f}{base['notifications_s']:>10.0f}{ratio:>8.2f}"
               f"{frames:>16.2f}")
     print_cpu("CPU per scale-out run (% of one core)", list(points.items()))
+    print_cost("CPU per delivered message per scale-out run (us)", list(points.items()))
     return {"points": points, "ratios": table}
 
 
