@@ -390,6 +390,11 @@ def _link(plot: Path, report_dir: Path) -> str:
 CDF_KEYS = ("cdf", "samples")
 #: meta key of the scale-out steps (see scale_out_steps).
 SCALE_OUT_KEY = "scale_out"
+#: meta key of the load ladders (see load_steps).
+LADDERS_KEY = "ladders"
+#: A figure of one load step (bench/pipeline.py names them ``...chat3.at200.p99_ms``): the load-step
+#: plot shows those, the throughput bars leave them out.
+STEP_FIGURE = re.compile(r"\.at\d+\.")
 
 
 def latency_curves(runs: Sequence[Run]) -> dict[str, list[tuple[float, float]]]:
@@ -402,8 +407,8 @@ def latency_curves(runs: Sequence[Run]) -> dict[str, list[tuple[float, float]]]:
     samples: dict[str, list[float]] = {}
     points: dict[str, list[tuple[float, float]]] = {}
     for run in runs:
-        for key in CDF_KEYS:
-            section = run.meta.get(key)
+        sections = [run.meta.get(key) for key in CDF_KEYS] + [_ladder_curves(run.meta, key) for key in CDF_KEYS]
+        for section in sections:
             if not isinstance(section, Mapping):
                 continue
             for label, data in section.items():
@@ -420,6 +425,57 @@ def latency_curves(runs: Sequence[Run]) -> dict[str, list[tuple[float, float]]]:
         ordered = sorted(values)
         curves[label] = [(v, (i + 1) / len(ordered)) for i, v in enumerate(ordered)]
     return curves
+
+
+def _ladder_curves(meta: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """{step label: data} of ``key`` in each load step of ``meta["ladders"]`` (bench/pipeline.py)."""
+    return {_step_label(ladder, step): step[key] for ladder, step in _ladder_steps(meta) if key in step}
+
+
+def _ladder_steps(meta: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    ladders = meta.get(LADDERS_KEY)
+    if not isinstance(ladders, list):
+        return []
+    return [(ladder, step) for ladder in ladders if isinstance(ladder, Mapping)
+            for step in ladder.get("steps") or [] if isinstance(step, Mapping)]
+
+
+def _step_label(ladder: Mapping[str, Any], step: Mapping[str, Any]) -> str:
+    return f"chats of {ladder.get('chat_size', '?')}, {step.get('target_msgs_s', '?')} msg/s"
+
+
+@dataclass(frozen=True)
+class LoadStep:
+    """One offered-load step of a ladder over the rounds (None: not measured, e.g. a p99 that is
+    infinite because frames never came)."""
+
+    rate: float
+    offered: Spread | None
+    delivered: Spread | None
+    p50: Spread | None
+    p99: Spread | None
+    max: Spread | None
+
+
+def load_steps(runs: Sequence[Run]) -> dict[str, list[LoadStep]]:
+    """bench/pipeline.py's load ladders (``meta["ladders"]``: [{"chat_size": n, "steps": [{"target_msgs_s",
+    "offered_msgs_s", "delivered_msgs_s", "p50_ms", "p99_ms", "max_ms"}, ...]}]) per chat size."""
+    values: dict[str, dict[float, dict[str, list[float]]]] = {}
+    for run in runs:
+        for ladder, step in _ladder_steps(run.meta):
+            try:
+                rate = float(step["target_msgs_s"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            per = values.setdefault(f"chats of {ladder.get('chat_size', '?')}", {}).setdefault(rate, {})
+            for key in ("offered_msgs_s", "delivered_msgs_s", "p50_ms", "p99_ms", "max_ms"):
+                value = step.get(key)
+                if isinstance(value, int | float) and math.isfinite(value):
+                    per.setdefault(key, []).append(float(value))
+    return {label: [LoadStep(rate, *(Spread.of(v.get(k, [])) for k in ("offered_msgs_s", "delivered_msgs_s",
+                                                                          "p50_ms", "p99_ms", "max_ms")))
+                     for rate, v in sorted(by_rate.items())]
+            for label, by_rate in values.items()}
 
 
 def _curve(data: Any) -> tuple[str, list[tuple[float, float]]] | None:
@@ -442,13 +498,17 @@ def scale_out_steps(runs: Sequence[Run]) -> dict[str, list[tuple[float, Spread]]
 
     ``meta["scale_out"]``: {what is scaled: steps}, steps either {"1": v, "2": v, ...},
     [[1, v], [2, v], ...] or [{"n": 1, "value": v}, ...], v a throughput (any unit, the same
-    within one series). Each round's steps are divided by that round's first step.
+    within one series); or bench/pipeline.py's {"points": {name: {"layout": {"bridges": b,
+    "workers": w, "gateways": g}, "notifications_s": v}}} (see :func:`_layout_series`). Each
+    round's steps are divided by that round's first step.
     """
     ratios: dict[str, dict[float, list[float]]] = {}
     for run in runs:
         section = run.meta.get(SCALE_OUT_KEY)
         if not isinstance(section, Mapping):
             continue
+        if isinstance(section.get("points"), Mapping):
+            section = _layout_series(section["points"])
         for series, raw in section.items():
             steps = sorted(_steps(raw))
             if not steps or not steps[0][1]:
@@ -460,6 +520,35 @@ def scale_out_steps(runs: Sequence[Run]) -> dict[str, list[tuple[float, Spread]]
     for series, by_n in ratios.items():
         out[series] = [(n, spread) for n, values in sorted(by_n.items()) if (spread := Spread.of(values))]
     return out
+
+
+def _layout_series(points: Mapping[str, Any]) -> dict[str, list[tuple[float, float]]]:
+    """bench/pipeline.py's scale-out runs as series: one process kind varied, the others fixed.
+
+    "workers": the runs with one bridge and one gateway, by worker processes; "bridges (w=N)" and
+    "gateways (w=N)": the runs with N workers and one of the other kind, by bridges or gateways
+    (the run with one of each is the series' first step).
+    """
+    layouts: list[tuple[int, int, int, float]] = []
+    for point in points.values():
+        try:
+            layout, value = point["layout"], float(point["notifications_s"])
+            layouts.append((int(layout["bridges"]), int(layout["workers"]), int(layout["gateways"]), value))
+        except (KeyError, TypeError, ValueError):
+            continue
+    series: dict[str, list[tuple[float, float]]] = {}
+    for b, w, g, value in layouts:
+        if b == 1 and g == 1:
+            series.setdefault("workers", []).append((w, value))
+    for kind, index in (("bridges", 0), ("gateways", 2)):
+        for layout in layouts:
+            if layout[index] == 1:
+                continue
+            w = layout[1]
+            steps = [(float(x[index]), x[3]) for x in layouts
+                     if x[1] == w and x[2 - index] == 1 and (x[index] == 1 or x == layout)]
+            series[f"{kind} (w={w})"] = sorted(set(steps))
+    return {name: steps for name, steps in series.items() if len(steps) > 1}
 
 
 def _steps(raw: Any) -> list[tuple[float, float]]:
@@ -483,7 +572,8 @@ def throughput_summaries(aggregated: Mapping[str, Sequence[Summary]]) -> dict[st
     """Per bench, its absolute throughputs: figures whose unit is a rate ("/s")."""
     out = {}
     for bench, summaries in aggregated.items():
-        rates = [s for s in summaries if s.unit.endswith("/s") and s.value is not None]
+        rates = [s for s in summaries
+                 if s.unit.endswith("/s") and s.value is not None and not STEP_FIGURE.search(s.name)]
         if rates:
             out[bench] = rates
     return out
@@ -514,6 +604,11 @@ def write_plots(runs: Sequence[Run], plots_dir: Path) -> dict[str, list[Path]]:
         out.setdefault("", []).append(_plot_ratios(ratios, plots_dir / "ratios.png"))
     for bench in _bench_order(runs):
         mine = [r for r in runs if r.bench == bench]
+        ladders = load_steps(mine)
+        if ladders:
+            bound = _p99_bound(aggregated.get(bench, []))
+            out.setdefault(bench, []).append(_plot_load_steps(bench, ladders, bound,
+                                                              plots_dir / f"{bench}-load-steps.png"))
         steps = scale_out_steps(mine)
         if steps:
             out.setdefault(bench, []).append(_plot_scale_out(bench, steps, plots_dir / f"{bench}-scale-out.png"))
@@ -587,6 +682,55 @@ def _plot_scale_out(bench: str, steps: Mapping[str, Sequence[tuple[float, Spread
     return _save(fig, path)
 
 
+def _p99_bound(summaries: Sequence[Summary]) -> float | None:
+    """The p99 target of the load steps' figures (bench/pipeline.py: ``<= 50`` ms), if any."""
+    for s in summaries:
+        if STEP_FIGURE.search(s.name) and "p99" in s.name and s.target is not None and s.target.bound is not None:
+            return s.target.bound
+    return None
+
+
+def _plot_load_steps(bench: str, ladders: Mapping[str, Sequence[LoadStep]], p99_bound: float | None,
+                     path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    top = 1.0
+    for label, steps in ladders.items():
+        rates = [s.rate for s in steps]
+        top = max(top, *rates)
+        _errorline(left, rates, [s.delivered for s in steps], label=label, marker="o")
+        line = _errorline(right, rates, [s.p99 for s in steps], label=f"{label}: p99", marker="o")
+        _errorline(right, rates, [s.p50 for s in steps], label=f"{label}: p50", marker=".", linestyle="--",
+                   color=line)
+    left.plot([0, top], [0, top], color="gray", linestyle=":", linewidth=1, label="delivered = offered")
+    left.set_xlabel("offered msg/s (step)")
+    left.set_ylabel("delivered msg/s")
+    left.legend(fontsize=7)
+    left.set_title("throughput per load step", fontsize=10)
+    right.set_yscale("log")
+    if p99_bound is not None:
+        right.axhline(p99_bound, color="red", linestyle=":", linewidth=1, label=f"p99 target {number(p99_bound)} ms")
+    right.set_xlabel("offered msg/s (step)")
+    right.set_ylabel("publish -> frame latency, ms (log)")
+    right.legend(fontsize=7)
+    right.set_title("latency per load step (missing: frames that never came)", fontsize=10)
+    fig.suptitle(f"{bench}: load steps (median, min{DASH}max over rounds)", fontsize=11)
+    return _save(fig, path)
+
+
+def _errorline(ax: Any, xs: Sequence[float], spreads: Sequence[Spread | None], color: Any = None,
+               **style: Any) -> Any:
+    """A line of medians with min-max bars, skipping unmeasured steps; returns its color."""
+    points = [(x, s) for x, s in zip(xs, spreads, strict=True) if s is not None]
+    if not points:
+        return color
+    drawn = ax.errorbar([x for x, _ in points], [s.median for _, s in points],
+                        yerr=[[s.median - s.low for _, s in points], [s.high - s.median for _, s in points]],
+                        capsize=3, color=color, **style)
+    return drawn.lines[0].get_color()
+
+
 def _plot_cdf(bench: str, curves: Mapping[str, Sequence[tuple[float, float]]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -599,7 +743,7 @@ def _plot_cdf(bench: str, curves: Mapping[str, Sequence[tuple[float, float]]], p
     ax.set_ylabel("fraction of events")
     ax.set_ylim(0, 1.01)
     ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(f"{bench}: latency CDF per load step", fontsize=10)
+    ax.set_title(f"{bench}: latency CDF (pooled over rounds)", fontsize=10)
     ax.legend(fontsize=7)
     return _save(fig, path)
 

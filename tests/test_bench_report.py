@@ -200,6 +200,59 @@ def test_scale_out_steps_are_ratios_to_each_rounds_first_step() -> None:
     assert [(n, s.median, s.low, s.high) for n, s in steps] == [(1.0, 1.0, 1.0, 1.0), (2.0, 1.7, 1.5, 1.9)]
 
 
+def pipeline_round(round_: int, delivered: float, p99: float | None, workers2: float) -> Any:
+    """The shape bench/pipeline.py writes: per-step figures, ``meta.ladders`` and ``meta.scale_out.points``."""
+    def point(bridges: int, workers: int, gateways: int, notifications_s: float) -> dict[str, Any]:
+        return {"layout": {"bridges": bridges, "workers": workers, "gateways": gateways},
+                "notifications_s": notifications_s}
+
+    steps = [{"target_msgs_s": 200, "offered_msgs_s": 200.0, "delivered_msgs_s": 200.0, "p50_ms": 2.0,
+              "p99_ms": 9.0, "max_ms": 20.0, "samples": 1800, "cdf": [[2.0, 0.5], [9.0, 0.99], [20.0, 1.0]]},
+             {"target_msgs_s": 4000, "offered_msgs_s": 3900.0, "delivered_msgs_s": delivered, "p50_ms": 40.0,
+              "p99_ms": p99, "max_ms": None, "samples": 30000}]
+    figures = [
+        {"name": "pipeline.chat3.max_held_msgs_s", "value": 200.0, "unit": "msg/s", "baseline": None, "target": None},
+        {"name": "pipeline.chat3.at4000.delivered_msgs_s", "value": delivered, "unit": "msg/s", "baseline": None,
+         "target": None},
+        {"name": "pipeline.chat3.at4000.p99_ms", "value": p99, "unit": "ms", "baseline": None, "target": "<= 50"},
+    ]
+    points = {"workers=1": point(1, 1, 1, 1000.0), "workers=2": point(1, 2, 1, workers2),
+              "workers=4": point(1, 4, 1, 2500.0), "bridges=2 (w=2)": point(2, 2, 1, workers2 * 1.1),
+              "gateways=2 (w=2)": point(1, 2, 2, workers2 * 0.9)}
+    meta = {"ladders": [{"chat_size": 3, "steps": steps}], "scale_out": {"points": points, "ratios": []}}
+    return report.Run.from_output("pipeline", round_, {"figures": figures, "meta": meta})
+
+
+def test_pipeline_ladders_and_scale_out_runs_become_load_steps_and_series() -> None:
+    rounds = [pipeline_round(1, 2000.0, None, 1800.0), pipeline_round(2, 2600.0, 400.0, 2000.0)]
+
+    (label, steps), = report.load_steps(rounds).items()
+    assert label == "chats of 3"
+    assert [(s.rate, s.delivered.median, s.p99.median if s.p99 else None) for s in steps] == [
+        (200.0, 200.0, 9.0), (4000.0, 2300.0, 400.0)]
+    assert steps[1].p99.n == 1 and steps[1].max is None  # an infinite (null) p99 or max is not a number
+
+    series = {name: [(n, round(s.median, 3)) for n, s in points] for name, points in
+              report.scale_out_steps(rounds).items()}
+    assert series == {"workers": [(1.0, 1.0), (2.0, 1.9), (4.0, 2.5)],
+                      "bridges (w=2)": [(1.0, 1.0), (2.0, 1.1)], "gateways (w=2)": [(1.0, 1.0), (2.0, 0.9)]}
+
+    assert report.latency_curves(rounds) == {"chats of 3, 200 msg/s": [(2.0, 0.5), (9.0, 0.99), (20.0, 1.0)]}
+    # The throughput bars leave the per-step figures to the load-step plot.
+    rates = report.throughput_summaries(report.aggregate(rounds))
+    assert [s.name for s in rates["pipeline"]] == ["pipeline.chat3.max_held_msgs_s"]
+
+
+def test_the_pipeline_plots_are_written(tmp_path: Path) -> None:
+    rounds = [pipeline_round(1, 2000.0, None, 1800.0), pipeline_round(2, 2600.0, 400.0, 2000.0)]
+
+    plots = report.write_plots(rounds, tmp_path)
+
+    assert sorted(p.name for p in plots["pipeline"]) == ["pipeline-latency-cdf.png", "pipeline-load-steps.png",
+                                                          "pipeline-scale-out.png"]
+    assert [p.name for p in plots[""]] == ["throughput.png"]
+
+
 def fake_bench(tmp_path: Path, body: str) -> Any:
     script = tmp_path / "fake_bench.py"
     script.write_text(textwrap.dedent(body))
