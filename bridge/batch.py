@@ -23,7 +23,7 @@ from typing import Final
 from bridge.dead_letters import TOO_LARGE_PREFIX, dead_letter_fields
 from bridge.enqueue import DEDUPE_PREFIX, Batch
 from bridge.messages import StampedBatch, message_id_for, producer_trace, random_message_id
-from events import ACTORS, EventRejected, Lane, RejectCode, parse_event
+from events import ACTORS, EventParser, EventRejected, Lane, RejectCode
 from settings import Events
 
 __all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "EventBatch", "event_identity", "too_large"]
@@ -77,8 +77,8 @@ class EventBatch:
       max_payload_bytes(int): Larger payloads become ``payload_too_large`` dead letters.
     """
 
-    __slots__ = ("_max_payload", "_queue_index", "_ttls", "batch", "job_types", "received_at", "rejects",
-                 "stamped")
+    __slots__ = ("_dedupe_prefix", "_max_payload", "_parser", "_queue_index", "_routes", "batch", "job_types",
+                 "received_at", "rejects", "stamped")
 
     def __init__(
         self,
@@ -94,8 +94,11 @@ class EventBatch:
         self._max_payload = max_payload_bytes
         self.stamped = stamped
         self.received_at = received_at
-        self._ttls = (typing_ttl, presence_ttl)
+        self._parser = EventParser(received_at, typing_ttl, presence_ttl)
         self._queue_index = {lane: (queue, batch.queue_index(queue)) for lane, queue in queues.items()}
+        #: Per job type: (its name, its queue, the queue's script index, its actor), looked up once per batch.
+        self._routes: dict[type, tuple[str, str, int, str]] = {}
+        self._dedupe_prefix = f"{batch.namespace}:{DEDUPE_PREFIX}:"
         #: Per entry: the job type's name, or None for a dead letter.
         self.job_types: list[str | None] = []
         #: Per entry: the reject of a dead letter, or None for a job.
@@ -127,36 +130,39 @@ class EventBatch:
         the batch's arrival time for this event (events held through a Redis outage are enqueued
         together, each with the time it arrived).
         """
-        if received_at is None:
-            received_at = self.received_at
         if identity is None:
             identity = event_identity(stream, stream_seq, headers, stored_ns)
-        dedupe_key = "" if identity is None else f"{self.batch.namespace}:{DEDUPE_PREFIX}:{identity}"
+        dedupe_key = "" if identity is None else self._dedupe_prefix + identity
         size = len(data)
         try:
             if size > self._max_payload:
                 raise too_large(subject, size, self._max_payload)
-            job = parse_event(
-                subject, data, headers, stream=stream, stream_seq=stream_seq, delivered=delivered,
-                received_at=received_at, typing_ttl_s=self._ttls[0], presence_ttl_s=self._ttls[1],
-            )
+            job = self._parser.parse(subject, data, headers, stream, stream_seq, delivered, received_at)
         except EventRejected as reject:
             kept = data[:TOO_LARGE_PREFIX] if reject.code is RejectCode.PAYLOAD_TOO_LARGE else data
             self.batch.add_dead_letter(dedupe_key, dead_letter_fields(
                 subject, kept, headers, consumer=consumer, code=str(reject.code), reason=reject.reason,
-                at=received_at, stream=stream, stream_seq=stream_seq, delivered=delivered, size=size,
-                stored_ns=stored_ns,
+                at=received_at or self.received_at, stream=stream, stream_seq=stream_seq, delivered=delivered,
+                size=size, stored_ns=stored_ns,
             ))
             self.job_types.append(None)
             self.rejects.append(reject)
             return
-        spec = ACTORS[type(job)]
-        queue, index = self._queue_index[spec.lane]
+        route = self._routes.get(type(job))
+        if route is None:
+            route = self._route(type(job))
+        name, queue, index, actor = route
         message_id = message_id_for(identity) if identity is not None else random_message_id()
-        encoded = self.stamped.encode(job, queue, spec.actor_name, message_id, producer_trace(headers))
-        self.batch.add_job(dedupe_key, index, message_id, encoded)
-        self.job_types.append(type(job).__name__)
+        trace = producer_trace(headers) if headers else None
+        self.batch.add_job_text(dedupe_key, index, message_id, self.stamped.text(job, queue, actor, message_id, trace))
+        self.job_types.append(name)
         self.rejects.append(None)
+
+    def _route(self, job_type: type) -> tuple[str, str, int, str]:
+        spec = ACTORS[job_type]
+        queue, index = self._queue_index[spec.lane]
+        route = self._routes[job_type] = (job_type.__name__, queue, index, spec.actor_name)
+        return route
 
 
 def too_large(subject: str, size: int, limit: int) -> EventRejected:

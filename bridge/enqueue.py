@@ -103,8 +103,13 @@ class Batch:
     def add_job(self, dedupe_key: str, queue_index: int, message_id: str, message: bytes) -> None:
         """Add one dramatiq message (``message`` is its JSON encoding, UTF-8)."""
         # A msgpack str, not bin: Redis' cmsgpack cannot read bin. JSON from msgspec is valid UTF-8.
-        self.durable = self.durable or bool(dedupe_key)
-        self.entries.append(("J", dedupe_key, queue_index, message_id, message.decode()))
+        self.add_job_text(dedupe_key, queue_index, message_id, message.decode())
+
+    def add_job_text(self, dedupe_key: str, queue_index: int, message_id: str, message: str) -> None:
+        """:meth:`add_job` with the message's JSON already text (:meth:`bridge.messages.StampedBatch.text`)."""
+        if dedupe_key:
+            self.durable = True
+        self.entries.append(("J", dedupe_key, queue_index, message_id, message))
 
     def add_dead_letter(self, dedupe_key: str, fields: list[str | bytes]) -> None:
         """Add one dead letter: alternating field names and values for the Redis stream."""

@@ -43,7 +43,7 @@ from events.jobs import (
     dedupe_key,
 )
 from events.lanes import ACTORS, LIVE_ONLY, ActorSpec, Lane, actor_name_for, is_live_only, lane_for
-from events.parse import parse_event
+from events.parse import EventParser, parse_event
 from events.queues import (
     dead_letter_queue,
     delay_queue,
@@ -59,6 +59,7 @@ __all__ = [
     # Parsing (bridge)
     "DEFAULT_PRESENCE_TTL_S",
     "DEFAULT_TYPING_TTL_S",
+    "EventParser",
     "parse_event",
     # Jobs
     "JOB_TYPES",
