@@ -62,7 +62,7 @@ gateway:
   host: 127.0.0.1
 """
 P99_TARGET_MS = 50.0
-DEFAULT_STEPS = {3: [200, 500, 1000, 2000, 4000], 50: [50, 100, 200, 500, 1000]}
+DEFAULT_STEPS = {3: [200, 500, 1000, 1500, 2000, 3000, 4000], 50: [50, 100, 200, 300, 500, 1000]}
 QUICK_STEPS = {3: [500, 2000], 50: [100, 400]}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -156,7 +156,8 @@ class Layout:
 
 
 def _scrape(url: str) -> dict[str, float]:
-    """Counters of one /metrics page summed by metric name (``name{outcome="ok"}`` kept apart)."""
+    """Counters of one /metrics page summed by metric name; new messages' samples also apart, as
+    ``name{new_message,ok}`` (jobs done) and ``name{new_message}`` (notifications)."""
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
     sums: dict[str, float] = {}
@@ -165,8 +166,10 @@ def _scrape(url: str) -> dict[str, float]:
             continue
         name, _, value = line.rpartition(" ")
         base = name.split("{", 1)[0]
-        if 'outcome="ok"' in name:
-            base += "{ok}"
+        if 'outcome="ok"' in name and 'actor="new_message"' in name:
+            base += "{new_message,ok}"
+        elif 'type="new_message"' in name:
+            base += "{new_message}"
         sums[base] = sums.get(base, 0.0) + float(value)
     return sums
 
@@ -181,6 +184,8 @@ class Rig:
     users: int
     seed: int
     client_procs: int = 2
+    #: Run ``worker`` exactly as the Procfile says (no -p) when the layout's worker count is its default.
+    procfile_default: bool = True
     harness: Harness | None = None
     publisher: Helper | None = None
     clients: list[Helper] = field(default_factory=list)
@@ -208,7 +213,9 @@ class Rig:
             raise RuntimeError(f"provision exited with {code}:\n{release.log_tail()}")
         del h.instances[release.name]
         h.add("bridge", self.layout.bridges)
-        h.add("worker", 1, ["-p", str(self.layout.workers)])
+        # The Procfile's own line when the layout asks for its default (-p = the CPU count).
+        default = self.layout.workers == (os.cpu_count() or 1) and self.procfile_default
+        h.add("worker", 1, [] if default else ["-p", str(self.layout.workers)])
         h.add("web", self.layout.gateways)
         h.start()
         await asyncio.to_thread(h.wait_ready, None, 120)
@@ -302,8 +309,9 @@ class Rig:
                 totals[key] = totals.get(key, 0.0) + value
         return {
             "acked": totals.get("fechatter_notify_bridge_events_acked_total", 0.0),
-            "jobs": totals.get("fechatter_notify_worker_jobs_total{ok}", 0.0),
-            "notifications": totals.get("fechatter_notify_worker_notifications_total", 0.0),
+            "jobs": totals.get("fechatter_notify_worker_jobs_total{new_message,ok}", 0.0),
+            # new_message only: the gateway's presence announcements on connect are notifications too.
+            "notifications": totals.get("fechatter_notify_worker_notifications_total{new_message}", 0.0),
             "frames_sent": totals.get("fechatter_notify_gateway_frames_sent_total", 0.0),
         }
 
@@ -467,7 +475,8 @@ def saturated(step: dict[str, Any]) -> str:
 
 
 async def ladder(args: argparse.Namespace, size: int, steps: list[int], work: Path) -> dict[str, Any]:
-    rig = Rig(work / f"ladder-{size}", Layout(1, args.workers, 1), size, args.users, args.seed)
+    rig = Rig(Path(tempfile.mkdtemp(prefix=f"ladder-{size}-", dir=work)), Layout(1, args.workers, 1), size,
+              args.users, args.seed)
     results: list[dict[str, Any]] = []
     try:
         await rig.start()
@@ -567,8 +576,8 @@ def print_cost(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
 
 async def scale_point(args: argparse.Namespace, layout: Layout, work: Path) -> dict[str, Any]:
     """Delivered rates at ``--scale-rate`` with ``layout``, measured after a warm-up of the load."""
-    rig = Rig(work / f"scale-{layout.bridges}b{layout.workers}w{layout.gateways}g", layout, args.scale_size,
-              args.users, args.seed)
+    rig = Rig(Path(tempfile.mkdtemp(prefix=f"scale-{layout.bridges}b{layout.workers}w{layout.gateways}g-", dir=work)),
+              layout, args.scale_size, args.users, args.seed)
     try:
         await rig.start()
         assert rig.publisher is not None
@@ -710,7 +719,8 @@ def main() -> int:
     parser.add_argument("--steps", type=_steps, action="append", metavar="SIZE=R1,R2,...",
                         help="offered msg/s steps for a chat size (default 3=200,...,4000 and 50=50,...,1000)")
     parser.add_argument("--users", type=int, default=600, help="SSE streams (users) per run: users/size chats")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes in the ladders")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="worker processes in the ladders (default: the Procfile's, -p = the CPU count)")
     parser.add_argument("--step-seconds", type=float, default=None, help="each step (default 10, quick 3)")
     parser.add_argument("--drain-seconds", type=float, default=30.0, help="wait for the backlog to drain")
     parser.add_argument("--scale-rate", type=float, default=4000, help="offered msg/s of the scale-out runs")
