@@ -52,18 +52,33 @@ sys.path.insert(0, str(ROOT))
 TARGET_STREAMS = 10_000
 TARGET_RSS_MB = 300
 TARGET_FRAMES_PER_S = 50_000
+#: Issue 15: memory per idle stream, net of the idle process, after a GC.
+TARGET_KB_PER_STREAM = 11
+#: Issue 15: gateway CPU per idle stream at the 20 s keep-alive, microseconds per second.
+TARGET_IDLE_US = 2
 #: Concurrent connection attempts per client process (the listen backlog is 4096).
 CONNECT_CONCURRENCY = 500
-#: Client source addresses (127.0.0.2 ...); 10,000 streams are then 40 per address, inside the
-#: default connect burst of 100.
-SOURCE_ADDRESSES = 250
+#: Streams per client source address (127.0.0.2 ...): inside the default connect burst of 100,
+#: and far below the ~28,000 ephemeral ports of one address.
+STREAMS_PER_ADDRESS = 40
+#: The fewest source addresses used (10,000 streams are then 40 per address).
+MIN_SOURCE_ADDRESSES = 250
 _T = re.compile(rb'"t":([0-9.]+)')
 
 
-def raise_fd_limit() -> tuple[int, int]:
-    """Soft RLIMIT_NOFILE := hard limit (each stream is one descriptor on each side)."""
+#: Descriptors beyond one per stream: the gateway's reserve (gateway/limits.py) and then some.
+FD_HEADROOM = 4096
+
+
+def raise_fd_limit(streams: int = 0) -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE := hard limit (each stream is one descriptor on each side); as root,
+    first raise the hard limit to what ``streams`` need (children inherit both)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
+    wanted = streams + FD_HEADROOM
+    if hard != resource.RLIM_INFINITY and hard < wanted and os.geteuid() == 0:
+        ceiling = int(_read(Path("/proc/sys/fs/nr_open")))
+        hard = min(wanted, ceiling)
+    if soft < hard or resource.getrlimit(resource.RLIMIT_NOFILE)[1] != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
@@ -146,11 +161,18 @@ class _SseConnection(asyncio.Protocol):
             self.confirmed.set_exception(ConnectionError("closed before confirmation"))
 
 
-def source_address(index: int) -> str:
-    """The loopback address stream ``index`` connects from: streams come from
-    :data:`SOURCE_ADDRESSES` addresses, as from many browsers, so the gateway's per-address
-    connect rate (``gateway.limits.connect_rate``) applies as it would in production."""
-    return f"127.0.0.{2 + index % SOURCE_ADDRESSES}"
+def source_addresses(streams: int) -> int:
+    """How many loopback source addresses ``streams`` streams come from."""
+    return max(MIN_SOURCE_ADDRESSES, -(-streams // STREAMS_PER_ADDRESS))
+
+
+def source_address(index: int, addresses: int) -> str:
+    """The loopback address stream ``index`` connects from: streams come from ``addresses``
+    addresses (127.0.0.2, ..., 127.0.0.251, 127.0.1.2, ...: all of 127/8 is loopback), as from
+    many browsers, so the gateway's per-address connect rate (``gateway.limits.connect_rate``)
+    applies as it would in production."""
+    k = index % addresses
+    return f"127.0.{k // 250}.{2 + k % 250}"
 
 
 async def client_main(args: argparse.Namespace) -> None:
@@ -172,7 +194,7 @@ async def client_main(args: argparse.Namespace) -> None:
             try:
                 _, protocol = await loop.create_connection(
                     lambda: _SseConnection(request, stats, confirmed, index % args.sample == 0),
-                    host, args.port, local_addr=(source_address(index), 0))
+                    host, args.port, local_addr=(source_address(index, args.addresses), 0))
                 connections.append(protocol)
                 await asyncio.wait_for(confirmed, 60)
                 stats.confirmed += 1
@@ -205,6 +227,132 @@ async def client_main(args: argparse.Namespace) -> None:
     for connection in connections:
         if connection.transport is not None:
             connection.transport.abort()
+
+
+# ---------------------------------------------------------------------------- gateway side
+
+
+def _probe_answer(command: str) -> dict[str, Any]:
+    """One probe command, run in the gateway process (on the probe thread)."""
+    import gc
+    import tracemalloc
+
+    verb, _, arg = command.partition(" ")
+    if verb == "gc":
+        # Every generation, frozen objects aside (the gateway freezes its start-up objects):
+        # what is left is what the streams really hold.
+        collected = gc.collect()
+        return {"collected": collected, **_smaps_rollup()}
+    if verb == "top" and tracemalloc.is_tracing():
+        gc.collect()
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            (tracemalloc.Filter(False, tracemalloc.__file__),))
+        stats = snapshot.statistics("traceback" if arg.endswith("tb") else "lineno")
+        limit = int(arg.rstrip("tb") or 25)
+        return {"top": [{"kb": stat.size / 1024, "count": stat.count,
+                         "where": [str(frame) for frame in stat.traceback.format()[-6:]]}
+                        for stat in stats[:limit]],
+                "traced_kb": tracemalloc.get_traced_memory()[0] / 1024}
+    return {"error": f"unknown command {command!r}"}
+
+
+def _smaps_rollup() -> dict[str, float]:
+    """Resident, proportional and anonymous memory of this process, KB."""
+    values: dict[str, float] = {}
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("Rss", "Pss", "Anonymous"):
+            values[name.lower() + "_kb"] = float(rest.split()[0])
+    return values
+
+
+def _serve_probe(path: str) -> None:
+    """Answer probe commands on a Unix socket, one JSON line per command line.
+
+    A thread, not a task or a signal handler: it needs nothing of the gateway's event loop
+    (uvloop or not), and gc.collect() is safe from any thread under the GIL.
+    """
+    import socket
+    import threading
+
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def serve() -> None:
+        while True:
+            conn, _ = server.accept()
+            with conn, conn.makefile("rwb") as stream:
+                for line in stream:
+                    stream.write(json.dumps(_probe_answer(line.decode().strip())).encode() + b"\n")
+                    stream.flush()
+
+    threading.Thread(target=serve, name="bench-probe", daemon=True).start()
+
+
+def gateway_main(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--role gateway``: the gateway (``fechatter-notify`` with ``argv``) plus the probe."""
+    # The checkout to run is the working directory (``--compare DIR`` runs an older one).
+    sys.path.insert(0, os.getcwd())
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start(args.tracemalloc)
+    _serve_probe(args.probe)
+    from fechatter_notify.cli import main as cli_main
+
+    return cli_main(argv)
+
+
+class _Probe:
+    """The orchestrator's end of a gateway's probe socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def ask(self, command: str) -> dict[str, Any]:
+        if self._streams is None:
+            self._streams = await asyncio.open_unix_connection(str(self.path), limit=1 << 24)
+        reader, writer = self._streams
+        writer.write(command.encode() + b"\n")
+        await writer.drain()
+        answer: dict[str, Any] = json.loads(await reader.readline())
+        return answer
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+
+
+def tcp_socket_memory_kb() -> float:
+    """The kernel's memory in TCP socket buffers, machine-wide (/proc/net/sockstat ``mem``, pages)."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            fields = line.split()
+            return int(fields[fields.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE") / 1024
+    return float("nan")
+
+
+def slab_kb() -> float:
+    """Kernel slab memory, machine-wide (/proc/meminfo ``Slab``): socket structures live there."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Slab:"):
+            return float(line.split()[1])
+    return float("nan")
+
+
+async def _memory(pid: int, probe: _Probe) -> dict[str, float]:
+    """The gateway's memory right after a full GC in it, and the kernel's socket memory."""
+    after_gc = await probe.ask("gc")
+    return {**proc_stat(pid), **after_gc, "tcp_mem_kb": tcp_socket_memory_kb(), "slab_kb": slab_kb()}
+
+
+async def idle_cpu(pid: int, seconds: float) -> float:
+    """CPU seconds (user + system) the process used during ``seconds`` of idleness."""
+    before = proc_stat(pid)["cpu_s"]
+    await asyncio.sleep(seconds)
+    return proc_stat(pid)["cpu_s"] - before
 
 
 # ---------------------------------------------------------------------------- orchestrator
@@ -255,7 +403,7 @@ async def _wait_ready(url: str, gateway: asyncio.subprocess.Process, log: Path) 
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
-        for _ in range(400):
+        for _ in range(1200):
             if gateway.returncode is not None:
                 raise RuntimeError(f"gateway exited:\n{_read(log)[-3000:]}")
             try:
@@ -265,7 +413,7 @@ async def _wait_ready(url: str, gateway: asyncio.subprocess.Process, log: Path) 
             except aiohttp.ClientConnectionError:
                 pass
             await asyncio.sleep(0.05)
-    raise RuntimeError("gateway not ready after 20 s")
+    raise RuntimeError("gateway not ready after 60 s")
 
 
 async def _metrics(url: str) -> dict[str, float]:
@@ -319,12 +467,14 @@ class _Setup:
         self.work, self.redis_url, self.public_pem = work, redis_url, public_pem
 
 
-async def orchestrate(args: argparse.Namespace) -> None:
+async def orchestrate(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Run the benchmark; returns the figures of a single run (None for ``--compare``)."""
     from gateway.testing import SigningKey
     from tests.servers import RedisServer
 
-    soft, hard = raise_fd_limit()
-    print(f"fd limit (this process): soft={soft} hard={hard}; cpus={os.cpu_count()}")
+    soft, hard = raise_fd_limit(args.streams)
+    print(f"fd limit (this process and its children): soft={soft} hard={hard}; cpus={os.cpu_count()}; "
+          f"{source_addresses(args.streams)} client source addresses")
     work = Path(tempfile.mkdtemp(prefix="fechatter-notify-bench-"))
     key = SigningKey.generate()
     tokens = [key.token(user, lifetime=3600 * 4) for user in range(1, args.users + 1)]
@@ -334,8 +484,9 @@ async def orchestrate(args: argparse.Namespace) -> None:
         if not args.compare:
             result = await run_gateway(args, setup, ROOT, {}, "run")
             _print_run(args, result)
-            return
+            return figures(args, result)
         await compare(args, setup)
+        return None
 
 
 async def compare(args: argparse.Namespace, setup: _Setup) -> None:
@@ -420,18 +571,23 @@ async def run_gateway(
     )
     log = work / f"gateway-{name}-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY")}
+    env["NOTIFY__GATEWAY__KEEP_ALIVE"] = str(args.keep_alive)
     env.update(extra_env)
+    probe = _Probe(work / f"probe-{name}-{port}.sock")
     with log.open("wb") as out:
         profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+        traced = ["--tracemalloc", str(args.tracemalloc)] if args.tracemalloc else []
         gateway = await asyncio.create_subprocess_exec(
-            sys.executable, *profile, "-m", "fechatter_notify", "--config",
-            str(work / "notify.yml"), "gateway", stdout=out, stderr=out, env=env, cwd=code)
+            sys.executable, *profile, __file__, "--role", "gateway", "--probe", str(probe.path),
+            *traced, "--", "--config", str(work / "notify.yml"), "gateway",
+            stdout=out, stderr=out, env=env, cwd=code)
     url = f"http://127.0.0.1:{port}"
     try:
         await _wait_ready(url, gateway, log)
         fd_line = next((ln for ln in _read(log).splitlines() if "event=fd_limit" in ln), "")
         print(f"gateway pid {gateway.pid} ready on {url}; {fd_line.split('event=')[-1]}")
-        idle = proc_stat(gateway.pid)
+        idle = await _memory(gateway.pid, probe)
+        idle_cpu_0 = await idle_cpu(gateway.pid, args.idle_window)
         share = args.streams // args.clients
         for i in range(args.clients):
             count = share if i < args.clients - 1 else args.streams - share * i
@@ -439,6 +595,7 @@ async def run_gateway(
                 sys.executable, __file__, "--role", "client", "--port", str(port),
                 "--tokens", str(work / "tokens.json"), "--first", str(i * share),
                 "--count", str(count), "--sample", str(args.sample),
+                "--addresses", str(source_addresses(args.streams)),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT,
                 limit=1 << 30)  # a report carries every sampled latency on one line
             clients.append(_Client(proc))
@@ -447,10 +604,14 @@ async def run_gateway(
         answers = await asyncio.gather(*(c.ask("connect") for c in clients))
         confirmed = sum(a["confirmed"] for a in answers)
         connect_s = max(a["done"] for a in answers) - min(a["started"] for a in answers)
-        await asyncio.sleep(1.0)  # let presence updates settle before measuring memory
-        connected = proc_stat(gateway.pid)
         print(f"connected {confirmed}/{args.streams} streams in {connect_s:.2f} s "
               f"({sum(a['failed'] for a in answers)} failed)")
+        await asyncio.sleep(1.0)  # let presence updates settle before measuring memory
+        connected = await _memory(gateway.pid, probe)
+        # -- idle: every stream open, nothing published; the keep-alive comments and the
+        # gateway's periodic work are all that runs.
+        idle_cpu_n = await idle_cpu(gateway.pid, args.idle_window)
+        top = (await probe.ask(f"top {args.top}"))["top"] if args.tracemalloc else []
 
         publish = _publisher(setup.redis_url, args.users, args.max_len)
         loop = asyncio.get_running_loop()
@@ -496,6 +657,7 @@ async def run_gateway(
         end = proc_stat(gateway.pid)
         metrics = await _metrics(url)
     finally:
+        probe.close()
         for client in clients:
             with contextlib.suppress(Exception):
                 assert client.proc.stdin is not None
@@ -504,8 +666,15 @@ async def run_gateway(
         if gateway.returncode is None:
             gateway.terminate()
             await asyncio.wait_for(gateway.wait(), 20)
+    streams = max(confirmed, 1)
     return {
-        "log": log, "confirmed": confirmed, "connect_s": connect_s, "idle": idle,
+        "log": log, "confirmed": confirmed, "connect_s": connect_s, "idle": idle, "top": top,
+        "idle_cpu_0": idle_cpu_0, "idle_cpu_n": idle_cpu_n,
+        "idle_cpu_us_per_s_per_stream": (idle_cpu_n - idle_cpu_0) / args.idle_window / streams * 1e6,
+        "kb_per_stream_gc": (connected["rss_kb"] - idle["rss_kb"]) / streams,
+        "anon_kb_per_stream_gc": (connected["anonymous_kb"] - idle["anonymous_kb"]) / streams,
+        "socket_kb_per_stream": (connected["tcp_mem_kb"] - idle["tcp_mem_kb"]) / streams,
+        "slab_kb_per_stream": (connected["slab_kb"] - idle["slab_kb"]) / streams,
         "connected": connected, "end": end, "fanout": fanout, "burst_rate": burst_rate,
         "burst_cpu": burst_cpu, "burst_s": burst_s, "got": got, "got_paced": got_paced,
         "expected_paced": expected_paced, "paced_span": paced_span, "paced_cpu": paced_cpu,
@@ -517,7 +686,7 @@ async def run_gateway(
         "paced_rate": got_paced / paced_span if paced_span > 0 else 0.0,
         "paced_us_per_frame": paced_cpu / max(got_paced, 1) * 1e6,
         "p99_ms": _percentile(latencies, 0.99) * 1000.0,
-        "kb_per_stream": (connected["rss_mb"] - idle["rss_mb"]) * 1024 / max(confirmed, 1),
+        "kb_per_stream": (connected["rss_mb"] - idle["rss_mb"]) * 1024 / streams,
     }
 
 
@@ -534,6 +703,15 @@ def _print_run(args: argparse.Namespace, r: dict[str, Any]) -> None:
         (f"gateway RSS with {confirmed} streams", f"{r['connected']['rss_mb']:.0f} MB",
          f"<= {TARGET_RSS_MB} MB at {TARGET_STREAMS}"),
         ("  RSS per stream", f"{r['kb_per_stream']:.1f} KB", "-"),
+        ("  after a GC, net of idle: RSS per stream", f"{r['kb_per_stream_gc']:.2f} KB",
+         f"<= {TARGET_KB_PER_STREAM} KB"),
+        ("  after a GC, net of idle: anonymous per stream", f"{r['anon_kb_per_stream_gc']:.2f} KB", "-"),
+        ("  kernel TCP buffers per stream (machine)", f"{r['socket_kb_per_stream']:.2f} KB", "-"),
+        ("  kernel slab per stream (machine, both ends)", f"{r['slab_kb_per_stream']:.2f} KB", "-"),
+        (f"idle CPU per stream (keep-alive {args.keep_alive:g} s)",
+         f"{r['idle_cpu_us_per_s_per_stream']:.2f} us/s "
+         f"({r['idle_cpu_n']:.2f} vs {r['idle_cpu_0']:.2f} CPU-s in {args.idle_window:g} s)",
+         f"<= {TARGET_IDLE_US} us/s"),
         ("gateway RSS peak (whole run)", f"{r['end']['hwm_mb']:.0f} MB", "-"),
         (f"burst fan-out ({args.burst} notif. x {fanout:g})", f"{r['burst_rate']:,.0f} frames/s",
          f">= {TARGET_FRAMES_PER_S:,} frames/s"),
@@ -560,6 +738,43 @@ def _print_run(args: argparse.Namespace, r: dict[str, Any]) -> None:
         print(f"{name:<{width}}{measured:<34}{target}")
     print(f"\n(latency samples: {len(latencies):,}, all frames of every {args.sample}th stream; "
           f"gateway log: {r['log']})")
+    for entry in r["top"]:
+        print(f"\n{entry['kb']:10.1f} KB {entry['count']:8d} blocks")
+        for frame in entry["where"]:
+            print(f"      {frame}")
+
+
+def figures(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
+    """The run's figures in bench/run_all.py's shape."""
+    def fig(name: str, value: float, unit: str, target: str | None = None,
+            baseline: str | None = None) -> dict[str, Any]:
+        return {"name": name, "value": float(value), "unit": unit, "baseline": baseline, "target": target}
+
+    return {
+        "figures": [
+            fig("streams_connected", r["confirmed"], "streams", f">= {args.streams}"),
+            fig("rss_idle", r["idle"]["rss_kb"] / 1024, "MB"),
+            fig("rss_connected", r["connected"]["rss_kb"] / 1024, "MB"),
+            fig("rss_per_stream_after_gc", r["kb_per_stream_gc"], "KB", f"<= {TARGET_KB_PER_STREAM}",
+                "rss_idle"),
+            fig("anon_per_stream_after_gc", r["anon_kb_per_stream_gc"], "KB"),
+            fig("rss_per_stream_no_gc", r["kb_per_stream"], "KB"),
+            fig("kernel_tcp_mem_per_stream", r["socket_kb_per_stream"], "KB"),
+            fig("kernel_slab_per_stream", r["slab_kb_per_stream"], "KB"),
+            fig("idle_cpu_per_stream", r["idle_cpu_us_per_s_per_stream"], "us/s",
+                f"<= {TARGET_IDLE_US}" if args.keep_alive == 20 else None),
+            fig("burst_frames_per_s", r["burst_rate"], "frames/s", f">= {TARGET_FRAMES_PER_S}"),
+            fig("burst_frames_per_cpu_s", r["burst_frames_per_cpu_s"], "frames/CPU-s"),
+            fig("paced_frames_per_cpu_s", r["paced_frames_per_cpu_s"], "frames/CPU-s"),
+            fig("paced_p99", r["p99_ms"], "ms"),
+            fig("rss_peak", r["end"]["hwm_mb"], "MB"),
+        ],
+        "meta": {"streams": args.streams, "users": args.users, "clients": args.clients,
+                 "burst": args.burst, "rate": args.rate, "duration_s": args.duration,
+                 "keep_alive_s": args.keep_alive, "idle_window_s": args.idle_window,
+                 "source_addresses": source_addresses(args.streams), "quick": args.quick,
+                 "seed": args.seed, "cpus": os.cpu_count(), "machine": "shared"},
+    }
 
 
 def _client_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -572,7 +787,7 @@ def _client_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--role", choices=("orchestrator", "client"), default="orchestrator")
+    parser.add_argument("--role", choices=("orchestrator", "client", "gateway"), default="orchestrator")
     parser.add_argument("--streams", type=int, default=TARGET_STREAMS)
     parser.add_argument("--users", type=int, default=2000, help="streams are spread over them")
     parser.add_argument("--clients", type=int, default=2, help="client processes")
@@ -588,12 +803,37 @@ def main() -> None:
                              "a checkout of an earlier commit (git archive REV | tar -x -C DIR); "
                              "prints before/after side by side")
     parser.add_argument("--rounds", type=int, default=3, help="--compare: before/after pairs")
+    parser.add_argument("--keep-alive", type=float, default=20.0,
+                        help="gateway.keep_alive, seconds (the idle-CPU figure is per this interval)")
+    parser.add_argument("--idle-window", type=float,
+                        help="seconds of idle CPU measured with 0 and with all streams "
+                             "(default: two keep-alive intervals)")
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                        help="trace the gateway's allocations (slow) and print the top owners "
+                             "with all streams open")
+    parser.add_argument("--top", default="25", help="--tracemalloc: how many owners ('25tb': by traceback)")
+    parser.add_argument("--json", metavar="PATH", help="write the figures there")
+    parser.add_argument("--quick", action="store_true",
+                        help="1,000 streams, short phases, 5 s keep-alive: well under a minute")
+    parser.add_argument("--seed", type=int, default=0, help="unused: the load is deterministic")
     # client role
     parser.add_argument("--port", type=int)
     parser.add_argument("--tokens")
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--count", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--addresses", type=int, default=MIN_SOURCE_ADDRESSES)
+    # gateway role
+    parser.add_argument("--probe", help="the probe's Unix socket")
+    args, rest = parser.parse_known_args()
+    if args.role == "gateway":
+        raise SystemExit(gateway_main(args, [a for a in rest if a != "--"]))
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.quick:
+        args.streams, args.users, args.burst, args.rate, args.duration = 1000, 200, 2000, 1000, 2.0
+        args.keep_alive = 5.0
+    if args.idle_window is None:
+        args.idle_window = 2 * args.keep_alive
     if args.role == "client":
         # The clients stand in for browsers on other machines; uvloop keeps their share of
         # the 2 cores small, so the numbers are the gateway's rather than the clients'.
@@ -605,7 +845,9 @@ def main() -> None:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         if args.compare and args.compare != "off":
             args.compare = str(Path(args.compare).resolve())
-        asyncio.run(orchestrate(args))
+        result = asyncio.run(orchestrate(args))
+        if args.json and result is not None:
+            Path(args.json).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
