@@ -19,7 +19,6 @@ is never logged).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, Final
 
@@ -141,7 +140,9 @@ class Edge:
         return None
 
     def admit_user(self, request: web.Request, user_id: int) -> web.Response | None:
-        """Count a stream of ``user_id`` (released when the request ends), or refuse it."""
+        """Count a stream of ``user_id``, or refuse it. The caller releases the count with
+        :meth:`release_user` when the stream ends (a stream outlives its request handler:
+        gateway/stream.py, "detached"), however it ends."""
         cap = self.limits.max_streams_per_user
         count = self.user_streams.get(user_id, 0)
         if cap and count >= cap:
@@ -149,12 +150,6 @@ class Edge:
                                f"this user already has {count} streams open (at most {cap})",
                                CAPACITY_RETRY_AFTER_S, user=user_id)
         self.user_streams[user_id] = count + 1
-        # Released when the request's task ends, however it ends (a callback, not a frame kept
-        # suspended around the handler: that would cost memory per open stream).
-        task = asyncio.current_task()
-        if task is None:  # pragma: no cover - handlers always run in a task
-            raise RuntimeError("admit_user outside a task")
-        task.add_done_callback(lambda _: self.release_user(user_id))
         return None
 
     def release_user(self, user_id: int) -> None:

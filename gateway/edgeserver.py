@@ -26,7 +26,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 from http import HTTPStatus
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
@@ -35,6 +35,9 @@ from aiohttp.web_server import Server
 
 from gateway.admission import Edge, answer, screen
 from gateway.limits import raw_refusal, refusal
+
+if TYPE_CHECKING:
+    from gateway.stream import EventStream
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,29 @@ class EdgeHandler(RequestHandler):
         self.headers_received()
         self.edge.open_connections -= 1
         super().connection_lost(exc)
+
+    def detach(self, stream: EventStream) -> bool:
+        """Hand this connection over to ``stream`` (its request handler then returns, and
+        aiohttp's objects for it go away); False when the connection is already closing.
+
+        aiohttp is told the connection is no longer its own: ``transport`` None (so nothing it
+        still does writes to or closes the socket), ``force_close()`` (no next request on it),
+        its keep-alive timer cancelled, and the server's record of it dropped. The connection
+        still counts in ``open_connections`` until the stream ends.
+        """
+        transport = self.transport
+        manager = self._manager
+        if transport is None or transport.is_closing() or manager is None:
+            return False
+        self.headers_received()
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+        manager.connection_lost(self, None)  # forgotten once the handler task ends
+        self.transport = None
+        self.force_close()
+        stream.detach()
+        return True
 
     def headers_received(self) -> None:
         """A request's headers are complete: its deadline is met."""

@@ -16,7 +16,7 @@ from events.inbox import inbox_key
 from gateway.frames import parse_stream_id
 from gateway.hub import Announcement
 from gateway.metrics import GatewayMetrics
-from gateway.stream import EventStream
+from gateway.stream import EventStream, StreamPolicy
 from gateway.testing import (
     RunningGateway,
     SigningKey,
@@ -556,7 +556,7 @@ async def test_a_live_only_frame_buffered_during_the_replay_keeps_its_place_betw
     key = inbox_key(gw.namespace, 14)
     bodies = [f'{{"type":"new_message","id":{n}}}' for n in range(4)]
     ids = [await gw.write_inbox(14, body) for body in bodies[:2]]
-    stream = EventStream(14, _Transport(), chunked=False, limit=100, metrics=GatewayMetrics())
+    stream = EventStream(14, _Transport(), StreamPolicy(limit=100, metrics=GatewayMetrics()), chunked=False)
     typing = '{"type":"typing_started","chat_id":42,"user_id":9,"user_name":null}'
     for n in (2, 3):
         ids.append(await gw.write_inbox(14, bodies[n]))
