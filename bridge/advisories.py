@@ -1,5 +1,12 @@
 """Max-deliveries advisories become dead letters.
 
+Where they come from: with ``jetstream.advisories.stream`` set (the default), a stream keeps every
+consumer's advisories (:mod:`bridge.advisory_assets`) and the bridges read them through one shared
+durable, acking each once its outcome is stored: a give-up announced while no bridge was connected
+is read by the next bridge that starts, and one met during a Redis outage is offered again after
+:data:`REDIS_RETRY_DELAY_S`. With it empty, the bridge listens on core NATS (queue group) and keeps
+what Redis refused in memory, up to :data:`MAX_PENDING`.
+
 When a message was delivered ``max_deliver`` times without an ack, JetStream gives up on it
 and publishes ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`` with its
 stream sequence. The bridge fetches the original message (``STREAM.MSG.GET``) and stores it as
@@ -36,7 +43,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -46,12 +53,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from redis.exceptions import RedisError
 
+from bridge.advisory_assets import advisory_subject
 from bridge.batch import event_identity
 from bridge.dead_letters import MAX_DELIVERIES, dead_letter_fields
 from bridge.enqueue import DEDUPE_PREFIX, Enqueuer
-from bridge.errors import JetStreamError, RedisUnavailable
+from bridge.errors import JetStreamError, JetStreamRefused, RedisUnavailable
 from bridge.jsapi import JetStreamApi
 from bridge.metrics import BridgeMetrics
+from bridge.status import ERR_CONSUMER_NOT_FOUND, ERR_STREAM_NOT_FOUND
 from runtime import backoff_delay, log_event, stop_task
 from settings import Consumer
 
@@ -67,11 +76,14 @@ MAX_PENDING: Final = 10_000
 ALREADY_ENQUEUED_LOG_INTERVAL_S: Final = 10.0
 #: The value :file:`enqueue.lua` gives the marker of an event it stored as a dead letter.
 _DEAD_LETTER_MARKER: Final = b"dead-letter"
-
-
-def advisory_subject(consumer: Consumer) -> str:
-    """The max-deliveries advisory subject of ``consumer``."""
-    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{consumer.stream}.{consumer.durable}"
+#: Seconds before an advisory whose outcome Redis could not store is offered again (a nak's delay).
+REDIS_RETRY_DELAY_S: Final = 2.0
+#: Seconds one pull for advisories waits: they are rare, so a pull mostly expires empty.
+ADVISORY_PULL_WAIT_S: Final = 5.0
+#: Cap of the delay between two failed pulls for advisories.
+ADVISORY_RETRY_CAP_S: Final = 10.0
+#: The original message named by an advisory is gone (purged, aged out, stream deleted): final.
+_ERR_NO_MESSAGE: Final = 10037
 
 
 #: Go's ``time.Time`` in JSON (RFC 3339 with up to 9 fraction digits, trailing zeros cut, none
@@ -112,42 +124,115 @@ def parse_headers(raw: bytes) -> dict[str, str]:
 
 
 class MaxDeliveries:
-    """Listens to the advisories of every consumer and records dead letters.
+    """Reads the advisories of every consumer and records dead letters.
 
     Parameters:
       nc(NATS), api(JetStreamApi), enqueuer(Enqueuer), metrics(BridgeMetrics): Shared parts.
       consumers(list[Consumer]): The consumers whose advisories to follow.
-      queue_group(str): Shared by bridge replicas.
+      queue_group(str): Shared by bridge replicas (core NATS only).
+      source(Consumer | None): The durable on the advisories' stream (already provisioned); None
+        listens on core NATS.
+      recover(Callable | None): Re-creates ``source`` when it was deleted under the bridge.
     """
 
     def __init__(self, nc: NATS, api: JetStreamApi, enqueuer: Enqueuer, metrics: BridgeMetrics,
-                 consumers: list[Consumer], queue_group: str) -> None:
+                 consumers: list[Consumer], queue_group: str, source: Consumer | None = None,
+                 recover: Callable[[Consumer], Awaitable[object]] | None = None) -> None:
         self._nc = nc
         self._api = api
         self._enqueuer = enqueuer
         self._metrics = metrics
         self._consumers = consumers
         self._queue_group = queue_group
+        self._source = source
+        self._recover = recover
         self._subs: list[Subscription] = []
         self._pending: list[list[Any]] = []
         self._retry: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         # Already-enqueued give-ups: when the last log line was written, and how many since.
         self._quiet_since = -ALREADY_ENQUEUED_LOG_INTERVAL_S
         self._quiet_count = 0
 
     async def start(self) -> None:
-        """Subscribe to every consumer's advisory subject."""
+        """Read the advisories' durable, or subscribe to every consumer's advisory subject."""
+        if self._source is not None:
+            self._reader = asyncio.get_running_loop().create_task(self._read_durable(self._source),
+                                                                  name="advisories-reader")
+            return
         for consumer in self._consumers:
             self._subs.append(await self._nc.subscribe(advisory_subject(consumer), queue=self._queue_group,
                                                        cb=self._on_advisory))
 
     async def stop(self) -> None:
-        """Unsubscribe and stop retrying."""
+        """Unsubscribe and stop reading and retrying."""
         for sub in self._subs:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-        await asyncio.gather(*(stop_task(task) for task in [*self._tasks, self._retry]))
+        await asyncio.gather(*(stop_task(task) for task in [*self._tasks, self._retry, self._reader]))
+
+    async def _read_durable(self, source: Consumer) -> None:
+        """Pull advisories from ``source`` for ever; each is acked once its outcome is stored."""
+        attempt, failing = 0, False
+        sub: Any = None
+        while True:
+            try:
+                if sub is None:
+                    sub = await self._nc.jetstream().pull_subscribe_bind(durable=source.durable, stream=source.stream)
+                messages = await sub.fetch(source.batch, timeout=ADVISORY_PULL_WAIT_S)
+            except (nats.errors.TimeoutError, TimeoutError):
+                continue  # nothing given up on: the pull expired empty
+            except (nats.errors.Error, JetStreamError) as exc:
+                if not failing:
+                    log_event(log, "advisories_pull_failing", logging.WARNING, stream=source.stream,
+                              consumer=source.durable, reason=f"{type(exc).__name__}: {exc}")
+                failing = True
+                await asyncio.sleep(backoff_delay(attempt, 0.2, ADVISORY_RETRY_CAP_S))
+                attempt += 1
+                await self._recover_source(source)
+                continue
+            if failing:
+                log_event(log, "advisories_pull_recovered", stream=source.stream, consumer=source.durable,
+                          attempts=attempt)
+            attempt, failing = 0, False
+            for message in messages:
+                await self._settle(message)
+
+    async def _recover_source(self, source: Consumer) -> None:
+        """Re-create the advisories' durable (or stream) when the server says it is gone.
+
+        A pull on a missing durable gets 'no responders' like one on a leaderless stream: only
+        ``CONSUMER.INFO`` tells the two apart.
+        """
+        if self._recover is None:
+            return
+        try:
+            await self._api.consumer_info(source.stream, source.durable)
+        except JetStreamRefused as exc:
+            if exc.err_code not in (ERR_CONSUMER_NOT_FOUND, ERR_STREAM_NOT_FOUND):
+                return
+            with contextlib.suppress(JetStreamError):
+                await self._recover(source)
+                log_event(log, "advisories_consumer_recreated", logging.WARNING, stream=source.stream,
+                          consumer=source.durable)
+        except JetStreamError:
+            return
+
+    async def _settle(self, message: Msg) -> None:
+        """Store one advisory's outcome and ack it; nak it (with a delay) while that cannot be stored."""
+        try:
+            item = await self._item(message.data, final=False)
+            if item is not None:
+                await self._store(item)
+        except (RedisUnavailable, JetStreamError) as exc:
+            log_event(log, "advisory_deferred", logging.WARNING, reason=f"{type(exc).__name__}: {exc}",
+                      retry_in_s=REDIS_RETRY_DELAY_S)
+            with contextlib.suppress(nats.errors.Error):
+                await message.nak(delay=REDIS_RETRY_DELAY_S)
+            return
+        with contextlib.suppress(nats.errors.Error):
+            await message.ack()
 
     async def _on_advisory(self, msg: Msg) -> None:
         task = asyncio.get_running_loop().create_task(self._record(msg.data))
@@ -155,14 +240,25 @@ class MaxDeliveries:
         task.add_done_callback(self._tasks.discard)
 
     async def _record(self, data: bytes) -> None:
+        item = await self._item(data, final=True)
+        if item is not None:
+            await self._write(item)
+
+    async def _item(self, data: bytes, *, final: bool) -> list[Any] | None:
+        """What to store for one advisory; None for an unreadable one (logged).
+
+        Raises:
+          JetStreamError: (``final`` False) the original could not be read for a reason that may pass
+            (a timeout, a leaderless stream): the caller offers the advisory again later. With
+            ``final`` True, or when the original is gone for good, the dead letter says so instead.
+        """
         try:
             advisory = json.loads(data)
             stream, durable = str(advisory["stream"]), str(advisory["consumer"])
             seq, deliveries = int(advisory["stream_seq"]), int(advisory.get("deliveries", 0))
         except (ValueError, KeyError, TypeError):
             log_event(log, "advisory_unreadable", logging.WARNING, data=data[:200])
-            return
-        self._metrics.advisories.labels(durable).inc()
+            return None
         subject, payload, headers, note, when = "", b"", {}, "", None
         try:
             stored = (await self._api.stream_msg_get(stream, seq))["message"]
@@ -170,8 +266,13 @@ class MaxDeliveries:
             payload = base64.b64decode(stored.get("data") or "")
             headers = parse_headers(base64.b64decode(stored["hdrs"])) if stored.get("hdrs") else {}
             when = stored_ns(stored)
-        except (JetStreamError, KeyError, ValueError) as exc:
+        except JetStreamError as exc:
+            if not final and not _gone_for_good(exc):
+                raise
             note = f"; the original could not be read: {exc}"
+        except (KeyError, ValueError) as exc:
+            note = f"; the original could not be read: {exc}"
+        self._metrics.advisories.labels(durable).inc()
         reason = f"delivered {deliveries} times without an ack (max_deliver reached){note}"
         fields = dead_letter_fields(subject, payload, headers, consumer=durable, code=MAX_DELIVERIES, reason=reason,
                                     at=datetime.now(UTC), stream=stream, stream_seq=seq, delivered=deliveries,
@@ -184,7 +285,7 @@ class MaxDeliveries:
         # The marker the pull path gave the event (its Nats-Msg-Id counts there); none when the original
         # was not read: without its time or headers the identity is unknown, so it is dead-lettered.
         marker = f"{prefix}:{event_identity(stream, seq, headers, when)}" if subject else ""
-        await self._write([dedupe, fields, durable, marker, seq, deliveries])
+        return [dedupe, fields, durable, marker, seq, deliveries]
 
     async def _write(self, item: list[Any]) -> bool:
         try:
@@ -250,6 +351,11 @@ class MaxDeliveries:
                 self._pending.insert(0, item)
                 continue
             attempt = 0
+
+
+def _gone_for_good(exc: JetStreamError) -> bool:
+    """The original message or its stream no longer exists: reading it again cannot help."""
+    return isinstance(exc, JetStreamRefused) and exc.err_code in (_ERR_NO_MESSAGE, ERR_STREAM_NOT_FOUND)
 
 
 def _text(fields: list[str | bytes], name: str) -> str:

@@ -132,7 +132,8 @@ class Bridge:
         await self._provision(provisioner, stop)
         js = self.settings.jetstream
         self.advisories = MaxDeliveries(nc, api, self.enqueuer, self.metrics, list(js.consumers),
-                                        f"{self.settings.realtime.queue_group}.advisories")
+                                        f"{self.settings.realtime.queue_group}.advisories",
+                                        source=provisioner.advisories, recover=provisioner.recover_consumer)
         await self.advisories.start()
         for consumer in js.consumers:
             processor = JetStreamProcessor(

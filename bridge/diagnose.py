@@ -15,6 +15,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from redis.asyncio import Redis
 
+from bridge.advisory_assets import advisory_consumer, advisory_stream
 from bridge.errors import JetStreamError, JetStreamRefused, JetStreamTimeout, JetStreamUnavailable
 from bridge.jsapi import JetStreamApi
 from bridge.provision import consumer_config, diff_consumer, diff_stream, stream_config
@@ -32,6 +33,9 @@ from settings import (
 )
 
 __all__ = ["diagnose_dead_letters", "diagnose_nats"]
+
+#: Where findings about the give-ups' stream and durable point (bridge/advisory_assets.py).
+ADVISORIES_PATH: Final = "jetstream.advisories"
 
 #: Seconds allowed to connect and for each request.
 TIMEOUT_S: Final = 5.0
@@ -99,10 +103,17 @@ async def _check_assets(api: JetStreamApi, settings: Settings, report: Findings,
                         cluster: str | None) -> BaseException | None:
     """Every stream and durable at once, reported in settings order up to the first that failed (returned)."""
     js = settings.jetstream
-    parts = [Findings() for _ in [*js.streams, *js.consumers]]
-    checks = [_check_stream(api, settings, i, stream, parts[i], origin, cluster) for i, stream in enumerate(js.streams)]
-    checks += [_check_consumer(api, settings, i, consumer, parts[len(js.streams) + i], origin, cluster)
-               for i, consumer in enumerate(js.consumers)]
+    streams = [(f"jetstream.streams[{i}]", stream) for i, stream in enumerate(js.streams)]
+    consumers = [(f"jetstream.consumers[{i}]", consumer) for i, consumer in enumerate(js.consumers)]
+    # The give-ups' own stream and durable (bridge/advisory_assets.py), provisioned like the others.
+    advisories, reader = advisory_stream(js), advisory_consumer(js)
+    streams += [(ADVISORIES_PATH, advisories)] if advisories else []
+    consumers += [(ADVISORIES_PATH, reader)] if reader else []
+    parts = [Findings() for _ in [*streams, *consumers]]
+    checks = [_check_stream(api, settings, path, stream, parts[i], origin, cluster)
+              for i, (path, stream) in enumerate(streams)]
+    checks += [_check_consumer(api, settings, path, consumer, parts[len(streams) + i], origin, cluster)
+               for i, (path, consumer) in enumerate(consumers)]
     outcomes = await asyncio.gather(*checks, return_exceptions=True)
     for part, outcome in zip(parts, outcomes, strict=True):
         report.extend(part)
@@ -171,9 +182,9 @@ async def _check_jetstream(api: JetStreamApi, report: Findings, origin: str, clu
     return True
 
 
-async def _check_stream(api: JetStreamApi, settings: Settings, index: int, stream: Stream, report: Findings,
+async def _check_stream(api: JetStreamApi, settings: Settings, path: str, stream: Stream, report: Findings,
                         origin: str, cluster: str | None) -> None:
-    path, what = f"jetstream.streams[{index}]", f"stream {stream.name}"
+    what = f"stream {stream.name}"
     try:
         info = await api.stream_info(stream.name)
     except JetStreamError as exc:
@@ -192,19 +203,22 @@ async def _check_stream(api: JetStreamApi, settings: Settings, index: int, strea
     # A lone server's STREAM.INFO also has a "cluster" (its own name as leader), but no cluster name.
     cluster = cluster or placement.get("name")
     if cluster and int(info["config"].get("num_replicas") or 1) == 1:
-        report.add("warning", "stream_r1_on_cluster", f"{path}.replicas",
+        own = path != ADVISORIES_PATH  # the give-ups' stream has no replicas setting of its own
+        report.add("warning", "stream_r1_on_cluster", f"{path}.replicas" if own else path,
                    f"{what} has 1 replica on cluster {cluster}: while its one "
                    "server is down the stream has no leader, Fechatter's publishes fail and every pull gets "
                    "'no responders'", origin=origin,
-                   fix=f"set {path}.replicas: 3 (provision auto updates the stream; the durables follow it)")
+                   fix=f"set {path}.replicas: 3 (provision auto updates the stream; the durables follow it)" if own
+                   else "set jetstream.streams[].replicas: 3: the give-ups' stream follows the most replicated "
+                   "event stream")
     state = info.get("state") or {}
     report.add("info", "stream", path, f"{what}: {state.get('messages', 0)} message(s), "
                f"sequences {state.get('first_seq', 0)}..{state.get('last_seq', 0)}", origin=origin)
 
 
-async def _check_consumer(api: JetStreamApi, settings: Settings, index: int, consumer: Consumer, report: Findings,
+async def _check_consumer(api: JetStreamApi, settings: Settings, path: str, consumer: Consumer, report: Findings,
                           origin: str, cluster: str | None) -> None:
-    path, what = f"jetstream.consumers[{index}]", f"consumer {consumer.stream}/{consumer.durable}"
+    what = f"consumer {consumer.stream}/{consumer.durable}"
     try:
         info = await api.consumer_info(consumer.stream, consumer.durable)
     except JetStreamError as exc:

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
+from bridge.advisory_assets import advisory_consumer, advisory_stream
 from bridge.errors import (
     ConfigMismatch,
     ConsumerMissing,
@@ -139,7 +140,12 @@ class Provisioner:
     def __init__(self, api: JetStreamApi, settings: JetStream) -> None:
         self._api = api
         self._settings = settings
-        self._streams = {s.name: s for s in settings.streams}
+        #: The event streams and durables, then (unless disabled) the give-ups' own pair.
+        stream, consumer = advisory_stream(settings), advisory_consumer(settings)
+        self.streams = [*settings.streams, *([stream] if stream else [])]
+        self.consumers = [*settings.consumers, *([consumer] if consumer else [])]
+        self.advisories = consumer
+        self._streams = {s.name: s for s in self.streams}
 
     @property
     def auto(self) -> bool:
@@ -155,12 +161,12 @@ class Provisioner:
           JetStreamError: JetStream could not be reached.
         """
         problems: list[str] = []
-        for stream in self._settings.streams:
+        for stream in self.streams:
             try:
                 await self.ensure_stream(stream)
             except (StreamMissing, ConfigMismatch) as exc:
                 problems.append(str(exc))
-        for consumer in self._settings.consumers:
+        for consumer in self.consumers:
             try:
                 await self.ensure_consumer(consumer, create=self.auto)
             except (ConsumerMissing, ConfigMismatch, StreamMissing) as exc:

@@ -5,6 +5,7 @@ from settings.durations import DurationError, format_duration, parse_duration
 from settings.load import Loaded, load_settings
 from settings.model import (
     DEFAULT_DOMAIN_SUBJECTS,
+    Advisories,
     Consumer,
     Database,
     Delivery,
@@ -35,6 +36,7 @@ __all__ = [
     "Origins",
     # The model (each section a class)
     "DEFAULT_DOMAIN_SUBJECTS",
+    "Advisories",
     "Consumer",
     "Database",
     "Delivery",

@@ -114,6 +114,9 @@ def names_are_valid(s: Settings, o: Origins) -> Iterator[Problem]:
         (("jetstream", "streams", i, "name"), st.name) for i, st in enumerate(s.jetstream.streams)
     ]
     named += [(("jetstream", "consumers", i, "durable"), c.durable) for i, c in enumerate(s.jetstream.consumers)]
+    if s.jetstream.advisories.stream:
+        named += [(("jetstream", "advisories", "stream"), s.jetstream.advisories.stream),
+                  (("jetstream", "advisories", "durable"), s.jetstream.advisories.durable)]
     for path, name in named:
         if not name or any(ch in name for ch in ".*> \t\r\n/\\"):
             yield problem_at(o, path, "invalid_name", "names may not be empty or contain . * > / \\ or spaces",
@@ -126,6 +129,15 @@ def names_are_valid(s: Settings, o: Origins) -> Iterator[Problem]:
                            f"consumer {c.durable!r} on stream {c.stream!r} is declared twice "
                            f"(also jetstream.consumers[{seen[key]}])", c.durable, "give each durable its own name")
         seen[key] = i
+
+
+def advisories_stream_is_its_own(s: Settings, o: Origins) -> Iterator[Problem]:
+    """The give-ups' stream is not one of the event streams (its subjects would replace theirs)."""
+    name = s.jetstream.advisories.stream
+    if name and name in {st.name for st in s.jetstream.streams}:
+        yield problem_at(o, ("jetstream", "advisories", "stream"), "advisories_stream_is_an_event_stream",
+                         f"stream {name!r} is declared in jetstream.streams: the give-ups need a stream of their own",
+                         name, "stream: FECHATTER_NOTIFY_ADVISORIES (or \"\" to listen on core NATS only)")
 
 
 def streams_do_not_overlap(s: Settings, o: Origins) -> Iterator[Problem]:
@@ -306,6 +318,7 @@ ALL_CHECKS: tuple[Check, ...] = (
     dedupe_window_covers_redelivery,
     subjects_are_valid,
     names_are_valid,
+    advisories_stream_is_its_own,
     streams_do_not_overlap,
     consumers_fit_their_streams,
     consumers_do_not_share_events,

@@ -130,6 +130,21 @@ class Consumer(Section):
         return self.expires if self.expires is not None else 2 * self.idle_heartbeat
 
 
+class Advisories(Section):
+    """Where JetStream's give-ups wait for a bridge.
+
+    JetStream announces each event it gives up on (``max_deliver`` reached) once, on core NATS: a
+    give-up announced while no bridge is connected would leave no dead letter. A stream capturing
+    each consumer's advisory subject keeps it until a bridge reads it through its own durable.
+    """
+
+    #: The stream; "" listens on core NATS only (a give-up while no bridge is connected is lost).
+    stream: str = "FECHATTER_NOTIFY_ADVISORIES"
+    durable: str = "fechatter_notify_advisories"
+    #: How long an unread give-up is kept (the longest every bridge may be down).
+    max_age: PositiveSeconds = 7 * 24 * 3600.0
+
+
 class JetStream(Section):
     """Durable domain events: streams and their durable pull consumers."""
 
@@ -139,6 +154,7 @@ class JetStream(Section):
     consumers: list[Consumer] = Field(default_factory=lambda: [Consumer()])
     #: Misses in a row before the bridge reports itself not ready.
     max_missed_heartbeats: int = Field(default=3, ge=1)
+    advisories: Advisories = Field(default_factory=Advisories)
 
 
 class Realtime(Section):

@@ -28,8 +28,8 @@ def codes(findings: list[Problem], level: str | None = None) -> list[str]:
     return [f.code for f in findings if level is None or f.level == level]
 
 
-def one(findings: list[Problem], code: str) -> Problem:
-    matches = [f for f in findings if f.code == code]
+def one(findings: list[Problem], code: str, path: str | None = None) -> Problem:
+    matches = [f for f in findings if f.code == code and (path is None or f.path == path)]
     assert len(matches) == 1, [f.format() for f in findings]
     return matches[0]
 
@@ -40,7 +40,13 @@ async def test_fresh_servers_have_nothing_wrong_the_bridge_would_not_create(
     findings = await diagnose(bridge_settings(nats_server.url, redis_server.url))
     # The harness runs redis-server without AOF or RDB (--save ""): the one thing doctor warns of.
     assert codes(findings, "error") == [] and codes(findings, "warning") == ["redis_not_persistent"]
-    assert "stream FECHATTER_EVENTS does not exist: the bridge creates it" in one(findings, "stream_missing").message
+    assert "stream FECHATTER_EVENTS does not exist: the bridge creates it" in one(
+        findings, "stream_missing", "jetstream.streams[0]").message
+    # and the give-ups' stream and durable (bridge/advisory_assets.py), which the bridge creates too
+    assert "stream FECHATTER_NOTIFY_ADVISORIES does not exist: the bridge creates it" in one(
+        findings, "stream_missing", "jetstream.advisories").message
+    assert "consumer FECHATTER_NOTIFY_ADVISORIES/fechatter_notify_advisories does not exist" in one(
+        findings, "consumer_missing", "jetstream.advisories").message
     assert one(findings, "nats_server").origin == nats_server.url
     assert one(findings, "redis_server").message.startswith("redis-server 6.")
 
@@ -63,7 +69,8 @@ async def test_events_waiting_with_no_bridge_and_jobs_waiting_with_no_worker_are
     assert codes(findings, "error") == []
     assert "has 2 message(s) waiting and nobody pulling" in one(findings, "consumer_not_pulled").message
     assert "3 job(s) waiting and no worker heartbeating" in one(findings, "no_live_workers").message
-    assert "stream FECHATTER_EVENTS: 5 message(s)" in one(findings, "stream").message
+    assert "stream FECHATTER_EVENTS: 5 message(s)" in one(findings, "stream", "jetstream.streams[0]").message
+    assert "stream FECHATTER_NOTIFY_ADVISORIES: 0 message(s)" in one(findings, "stream", "jetstream.advisories").message
 
 
 async def test_verify_mode_names_each_field_that_differs_on_the_server(

@@ -27,7 +27,9 @@ def cluster_settings(cluster: NatsCluster, redis_url: str, stream: str, replicas
     return bridge_settings(cluster.urls[0], redis_url, {
         "nats": {"servers": cluster.urls},
         "jetstream": {"streams": [{"name": stream, "subjects": [f"{stream.lower()}.>"], "replicas": replicas}],
-                      "consumers": [{**TEST_CONSUMER, "stream": stream}]},
+                      "consumers": [{**TEST_CONSUMER, "stream": stream}],
+                      # the give-ups' stream follows the event stream's replicas: one per test on the shared cluster
+                      "advisories": {"stream": f"{stream}_ADVISORIES"}},
     })
 
 
@@ -72,12 +74,16 @@ async def test_doctor_warns_about_an_r1_stream_and_durable_on_a_cluster(
     # When doctor looks at it
     findings = await diagnose(settings)
     # Then both are named as one server's loss away from 'no responders', and nothing is leaderless
-    (stream,) = found(findings, "stream_r1_on_cluster")
+    stream, advisories = found(findings, "stream_r1_on_cluster")
     assert stream.level == "warning" and stream.path == "jetstream.streams[0].replicas", describe(findings)
     assert "stream R1_EVENTS has 1 replica on cluster " + CLUSTER_NAME in stream.message
     assert stream.fix is not None and "replicas: 3" in stream.fix
-    (durable,) = found(findings, "consumer_r1_on_cluster")
+    durable, reader = found(findings, "consumer_r1_on_cluster")
     assert "consumer R1_EVENTS/notification_processor" in durable.message
+    # and so are the give-ups' stream and durable, which follow the event stream's replicas
+    assert advisories.path == "jetstream.advisories" and "R1_EVENTS_ADVISORIES" in advisories.message
+    assert advisories.fix is not None and "jetstream.streams[].replicas: 3" in advisories.fix
+    assert "consumer R1_EVENTS_ADVISORIES/fechatter_notify_advisories" in reader.message
     assert not found(findings, "stream_leaderless") and not found(findings, "consumer_leaderless")
     # and config check's rule says so on paper as well (doctor lists the configuration's findings first)
     assert found(run_checks(settings, {}), "stream_r1_on_cluster")
@@ -108,12 +114,13 @@ async def test_doctor_reports_a_leaderless_stream_while_it_has_none_and_health_a
     finally:
         nats_cluster.heal()
     # Then doctor names the stream (and its durable) as leaderless or unavailable: an error with a fix
-    (stream,) = found(findings, "stream_leaderless")
+    # (the give-ups' stream too, unless the survivor led it: it then still answers from its stale view)
+    (stream,) = [f for f in found(findings, "stream_leaderless") if f.path == "jetstream.streams[0]"]
     assert stream.level == "error" and stream.path == "jetstream.streams[0]", describe(findings)
     assert "stream R3_EVENTS is leaderless or unavailable" in stream.message
     assert stream.fix is not None and "missing servers" in stream.fix
     assert stream.origin == survivor.url
-    (durable,) = found(findings, "consumer_leaderless")
+    (durable,) = [f for f in found(findings, "consumer_leaderless") if f.path == "jetstream.consumers[0]"]
     assert "consumer R3_EVENTS/notification_processor" in durable.message
     assert not found(findings, "jetstream_request_failed"), describe(findings)
     # one request timeout (doctor's TIMEOUT_S, 5 s) for all its requests together, not one per request
@@ -122,6 +129,8 @@ async def test_doctor_reports_a_leaderless_stream_while_it_has_none_and_health_a
     # And once the two servers are back and a leader is elected, doctor finds the stream healthy again
     nats_cluster.wait_stream_leader("R3_EVENTS")
     nats_cluster.wait_consumer_leader("R3_EVENTS", "notification_processor")
+    nats_cluster.wait_stream_leader("R3_EVENTS_ADVISORIES")
+    nats_cluster.wait_consumer_leader("R3_EVENTS_ADVISORIES", "fechatter_notify_advisories")
     after = await diagnose(settings)
     assert not [f for f in after if f.code in cluster_codes], describe(after)
     assert found(after, "stream") and found(after, "consumer")

@@ -356,3 +356,28 @@ def test_a_malformed_url_in_the_file_is_reported_at_its_line() -> None:
           servers: ["nats://ok:4222", "nats//typo:4222"]
     """, "bad_nats_url")
     assert problem.path == "nats.servers[1]" and problem.origin.startswith("notify.yml:3:")
+
+
+def test_the_give_ups_stream_cannot_be_an_event_stream() -> None:
+    problem = only_error("""
+        jetstream:
+          advisories:
+            stream: FECHATTER_EVENTS
+        """, "advisories_stream_is_an_event_stream")
+    assert problem.path == "jetstream.advisories.stream" and "notify.yml:4" in problem.origin
+
+
+def test_the_give_ups_durable_name_is_checked_like_any_durable() -> None:
+    problem = only_error("""
+        jetstream:
+          advisories:
+            durable: "give.ups"
+        """, "invalid_name")
+    assert problem.path == "jetstream.advisories.durable"
+
+
+def test_an_empty_give_ups_stream_is_allowed_and_checks_nothing_more() -> None:
+    for loaded in (load_settings(env={}, text="jetstream:\n  advisories:\n    stream: ''\n"),
+                   load_settings(env={"NOTIFY__JETSTREAM__ADVISORIES__STREAM": ""}, text="")):
+        assert loaded.settings.jetstream.advisories.stream == ""
+        assert not [p for p in loaded.problems if p.level == "error"]
