@@ -602,34 +602,123 @@ async def scale_point(args: argparse.Namespace, layout: Layout, work: Path) -> d
     return result
 
 
+def _average(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean of several runs of one layout (numbers and the CPU table); the runs kept too."""
+    mean: dict[str, Any] = dict(runs[-1])
+    for key, value in runs[0].items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            mean[key] = sum(r[key] for r in runs) / len(runs)
+    mean["cpu"] = {n: sum(r["cpu"].get(n, 0.0) for r in runs) / len(runs) for n in runs[0]["cpu"]}
+    mean["runs"] = [{k: v for k, v in r.items() if k != "runs"} for r in runs]
+    return mean
+
+
+def cpu_groups(point: dict[str, Any]) -> dict[str, float]:
+    """CPU (% of one core) by kind: the Python processes of the pipeline, redis-server, nats-server,
+    the bench's helpers, and everything else on the machine."""
+    groups = dict.fromkeys(("python", "redis", "nats", "helpers"), 0.0)
+    for name, value in point["cpu"].items():
+        kind = ("redis" if name.startswith("redis") else "nats" if name.startswith("nats")
+                else "helpers" if name.startswith(("client", "publisher")) else "python")
+        groups[kind] += value
+    groups["others"] = max(0.0, point["machine_cpu"] - sum(groups.values()))
+    return groups
+
+
+def _groups_text(point: dict[str, Any]) -> str:
+    cores = os.cpu_count() or 1
+    g = cpu_groups(point)
+    fullest = max((n for n in point["cpu"] if not n.startswith(("client", "publisher"))), key=lambda n: point["cpu"][n])
+    return (f"machine {point['machine_cpu']:.0f} % of {100 * cores} ("
+            + ", ".join(f"{k} {v:.0f}" for k, v in g.items())
+            + f"); fullest process {fullest} {point['cpu'][fullest]:.0f} %")
+
+
+#: A step that adds less than this (as a ratio to the previous count) is where scaling stopped.
+MIN_GAIN = 1.15
+
+
+def why_limited(point: dict[str, Any]) -> str:
+    """What was full in ``point``: every core, one process's core, or nothing (a wait, not CPU)."""
+    cores = os.cpu_count() or 1
+    g = cpu_groups(point)
+    full = [n for n, v in point["cpu"].items() if v >= 90.0 and not n.startswith(("client", "publisher"))]
+    if point["machine_cpu"] >= 90.0 * cores:
+        kinds = sorted(g.items(), key=lambda kv: -kv[1])
+        return (f"every core is busy ({point['machine_cpu']:.0f} % of {100 * cores}): "
+                + ", ".join(f"{k} {v:.0f} %" for k, v in kinds))
+    if full:
+        return "a full core: " + ", ".join(f"{n} {point['cpu'][n]:.0f} %" for n in full)
+    return f"no core is full ({_groups_text(point)}): the stage waits (round trips), it is not CPU-bound"
+
+
+def verdicts(points: dict[str, dict[str, Any]], w: int) -> list[str]:
+    lines = []
+    n1, n2, n4 = (points[f"workers={n}"]["notifications_s"] for n in (1, 2, 4))
+    if n1 <= 0:
+        return ["no notifications were delivered with 1 worker process: no verdict"]
+    if n2 / n1 < MIN_GAIN:
+        lines.append(f"workers: stops scaling at 1 -> 2 processes (x{n2 / n1:.2f}); with 2: "
+                     f"{why_limited(points['workers=2'])}")
+    elif n4 / max(n2, 1e-9) < MIN_GAIN:
+        lines.append(f"workers: x{n2 / n1:.2f} with 2 processes, stops at 2 -> 4 (x{n4 / n1:.2f} of one); with 4: "
+                     f"{why_limited(points['workers=4'])}")
+    else:
+        lines.append(f"workers: still scaling at 4 processes (x{n4 / n1:.2f} of one)")
+    base = points[f"workers={w}"]
+    for label, key in (("bridges", f"bridges=2 (w={w})"), ("gateways", f"gateways=2 (w={w})")):
+        ratio = points[key]["notifications_s"] / max(base["notifications_s"], 1e-9)
+        if ratio < MIN_GAIN:
+            lines.append(f"{label}: 2 do not scale over 1 (x{ratio:.2f}); with 1: {why_limited(base)}")
+        else:
+            lines.append(f"{label}: 2 give x{ratio:.2f} of 1")
+    return lines
+
+
 async def scale_out(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    print(f"\n== scale-out: chats of {args.scale_size}, offered {args.scale_rate} msg/s, "
-          f"{args.scale_warm:g} s warm-up then {args.scale_seconds:g} s measured, {os.cpu_count()} cores", flush=True)
+    cores = os.cpu_count() or 1
+    print(f"\n== scale-out: chats of {args.scale_size}, offered {args.scale_rate:g} msg/s, "
+          f"{args.scale_warm:g} s warm-up then {args.scale_seconds:g} s measured, {args.scale_rounds} round(s) "
+          f"in alternating order, {cores} cores", flush=True)
     w = args.scale_others_workers
     layouts = {"workers=1": Layout(1, 1, 1), "workers=2": Layout(1, 2, 1), "workers=4": Layout(1, 4, 1),
                f"bridges=2 (w={w})": Layout(2, w, 1), f"gateways=2 (w={w})": Layout(1, w, 2)}
     if w not in (1, 2, 4):
         layouts[f"workers={w}"] = Layout(1, w, 1)
-    points = {name: await scale_point(args, layout, work) for name, layout in layouts.items()}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in layouts}
+    for round_ in range(args.scale_rounds):
+        # Alternate the order: a machine that gets busier during the run penalises every layout alike.
+        order = list(layouts) if round_ % 2 == 0 else list(reversed(layouts))
+        for name in order:
+            runs[name].append(await scale_point(args, layouts[name], work))
+    points = {name: _average(found) for name, found in runs.items()}
     base_w = points[f"workers={w}"]
+    # (printed name, figure key, its point, the baseline's figure key, the baseline's point)
     ratios = [
-        ("2 worker procs / 1", points["workers=2"], points["workers=1"]),
-        ("4 worker procs / 1", points["workers=4"], points["workers=1"]),
-        (f"2 bridges / 1 (w={w})", points[f"bridges=2 (w={w})"], base_w),
-        (f"2 gateways / 1 (w={w})", points[f"gateways=2 (w={w})"], base_w),
+        ("2 worker procs / 1", "workers2", points["workers=2"], "workers1", points["workers=1"]),
+        ("4 worker procs / 1", "workers4", points["workers=4"], "workers1", points["workers=1"]),
+        (f"2 bridges / 1 (w={w})", "bridges2", points[f"bridges=2 (w={w})"], f"workers{w}", base_w),
+        (f"2 gateways / 1 (w={w})", "gateways2", points[f"gateways=2 (w={w})"], f"workers{w}", base_w),
     ]
     print(f"\n{'scale-out ratio':<26}{'notif/s':>10}{'of one':>10}{'ratio':>8}{'frames/s ratio':>16}")
     table = []
-    for name, point, base in ratios:
+    for name, key, point, base_key, base in ratios:
         ratio = point["notifications_s"] / base["notifications_s"] if base["notifications_s"] else math.nan
         frames = point["frames_s"] / base["frames_s"] if base["frames_s"] else math.nan
-        table.append({"name": name, "notifications_s": point["notifications_s"],
+        table.append({"name": name, "key": key, "baseline_key": base_key, "notifications_s": point["notifications_s"],
                       "baseline_notifications_s": base["notifications_s"], "ratio": ratio, "frames_ratio": frames})
         print(f"{name:<26}{point['notifications_s']:>10.0f}{base['notifications_s']:>10.0f}{ratio:>8.2f}"
               f"{frames:>16.2f}")
-    print_cpu("CPU per scale-out run (% of one core)", list(points.items()))
+    print_cpu("CPU per scale-out run (% of one core, mean of the rounds)", list(points.items()))
     print_cost("CPU per delivered message per scale-out run (us)", list(points.items()))
-    return {"points": points, "ratios": table}
+    print("\nwhere the CPU went (% of one core: python = bridge + workers + gateway processes):")
+    for name, point in points.items():
+        print(f"   {name:<22} {_groups_text(point)}")
+    found = verdicts(points, w)
+    print("\nwhere it stops scaling on this machine, and why:")
+    for line in found:
+        print(f"   {line}")
+    return {"points": points, "ratios": table, "verdicts": found}
 
 
 # --------------------------------------------------------------------------- output
@@ -644,7 +733,9 @@ def figures(ladders: list[dict[str, Any]], scale: dict[str, Any] | None) -> list
 
     for lad in ladders:
         size = lad["chat_size"]
-        fig(f"pipeline.chat{size}.max_held_msgs_s", lad["max_held_msgs_s"], "msg/s")
+        fig(f"pipeline.chat{size}.max_held_msgs_s", lad["max_held_msgs_s"], "msg/s", target=None)
+        for stage, value in lad.get("ceilings_msgs_s", {}).items():
+            fig(f"pipeline.chat{size}.ceiling.{stage}_msgs_s", value, "msg/s")
         for s in lad["steps"]:
             p = f"pipeline.chat{size}.at{s['target_msgs_s']}"
             fig(f"{p}.offered_msgs_s", s["offered_msgs_s"], "msg/s")
@@ -659,11 +750,11 @@ def figures(ladders: list[dict[str, Any]], scale: dict[str, Any] | None) -> list
         for name, point in scale["points"].items():
             key = name.split(" ")[0].replace("=", "")
             fig(f"pipeline.scale.{key}.notifications_s", point["notifications_s"], "notifications/s")
-        names = {"2 worker procs / 1": ("workers2", "workers1"), "4 worker procs / 1": ("workers4", "workers1")}
+            cost = sum(v for n, v in cost_us(point).items() if not n.startswith(("client", "publisher")))
+            fig(f"pipeline.scale.{key}.system_cpu_us_per_msg", cost, "us/msg")
         for row in scale["ratios"]:
-            mine, base = names.get(row["name"], (row["name"].split(" ")[1] + "2", f"workers{row['name'][-2]}"))
-            fig(f"pipeline.scale.{mine}_vs_1", row["ratio"], "ratio",
-                baseline=f"pipeline.scale.{base}.notifications_s")
+            fig(f"pipeline.scale.{row['key']}_vs_1", row["ratio"], "ratio",
+                baseline=f"pipeline.scale.{row['baseline_key']}.notifications_s")
     return out
 
 
@@ -727,6 +818,7 @@ def main() -> int:
     parser.add_argument("--scale-size", type=int, default=3, help="chat size of the scale-out runs")
     parser.add_argument("--scale-seconds", type=float, default=None, help="measured (default 8, quick 3)")
     parser.add_argument("--scale-warm", type=float, default=None, help="load before measuring (default 3, quick 1.5)")
+    parser.add_argument("--scale-rounds", type=int, default=None, help="runs of each layout (default 2, quick 1)")
     parser.add_argument("--scale-others-workers", type=int, default=2,
                         help="worker processes beside the 1-vs-2 bridge and gateway runs")
     parser.add_argument("--no-ladder", action="store_true")
@@ -737,6 +829,8 @@ def main() -> int:
         args.step_seconds = 3.0 if args.quick else 10.0
     if args.scale_seconds is None:
         args.scale_seconds = 3.0 if args.quick else 8.0
+    if args.scale_rounds is None:
+        args.scale_rounds = 1 if args.quick else 2
     if args.scale_warm is None:
         args.scale_warm = 1.5 if args.quick else 3.0
     if args.quick:
