@@ -6,9 +6,10 @@
 
 Everything runs as in production, on this machine: tests/chaos/harness.py's :class:`Harness` starts a
 nats-server (JetStream, file store) and a redis-server (AOF, ``appendfsync everysec``) on free ports,
-runs the Procfile's ``release:`` line (provision), then its ``bridge:``, ``worker:`` (``-p N``
-worker processes under one supervisor) and ``web:`` lines as subprocesses. Helper processes
-(bench/_pipeline_roles.py) stand in for the rest of the world:
+runs the Procfile's ``release:`` line (provision), then its ``bridge:``, ``worker:`` and ``web:``
+lines as subprocesses (``worker`` as the Procfile has it: ``-p`` = the CPU count; ``-p N`` where a
+run needs another count). Helper processes (bench/_pipeline_roles.py) stand in for the rest of
+the world:
 
 - SSE clients (2 processes, uvloop): one stream per chat member, every recipient connected; with
   two gateways the users are spread over both;
@@ -17,18 +18,30 @@ worker processes under one supervisor) and ``web:`` lines as subprocesses. Helpe
   content is its publish time, which the clients subtract from each frame's receive time (same
   clock): the publish -> SSE frame latency, end to end.
 
-1. Load ladder, per chat size (3 and 50 members; every user in one chat, chats drawn at random
-   with ``--seed``): steps of increasing offered msg/s, each ``--step-seconds`` long, the system
-   drained between steps. Per step: offered and delivered msg/s (worker jobs done), notifications/s
-   (inbox entries written), frames/s at the clients, latency p50/p99/max, the backlog (JetStream
-   pending + ack pending + dramatiq jobs waiting) at the step's start and end, and the CPU of every
-   process (from /proc/<pid>/stat deltas, % of one core). A step is *held* when p99 <= 50 ms, the
-   backlog did not grow, every frame arrived and the publisher kept the pace. The ladder stops at
-   the first step that builds a backlog.
-2. Scale-out, at one offered load above the 1-worker limit: delivered notifications/s with 1, 2, 4
-   worker processes; 1 vs 2 bridges and 1 vs 2 gateways (each beside 2 worker processes), each a
-   ratio to its one-process run in the same invocation, with the CPU table that says which process
-   (or the whole machine) was full.
+1. Load ladder, per chat size (3 and 50 members; every user in one chat, ``--users`` streams, chats
+   drawn with ``--seed``): steps of increasing offered msg/s, each ``--step-seconds`` long, the
+   system drained between steps. Per step: offered and delivered msg/s (``new_message`` jobs
+   done), notifications/s (inbox entries written), frames/s at the clients, latency p50/p99/max,
+   the backlog at the step's start and end and the stage it grew at (``jetstream``: pending + ack
+   pending, the bridge's stage; ``queue``: dramatiq jobs waiting, the workers'; ``gateway``:
+   notifications written but not yet received), and the CPU of every process from /proc/<pid>/stat
+   deltas (% of one core; "others" is the rest of the machine). A step is *held* when p99 <= 50 ms,
+   the backlog did not grow, every frame arrived and the publisher kept the pace. The ladder stops
+   at the first step that builds a backlog. Then the CPU each process spends per delivered message,
+   and from it each stage's *full-core ceiling*: the msg/s at which it would fill its core(s) on a
+   machine of its own (one core each for the bridge, gateway and redis-server event loops, one per
+   worker process, all of them for nats-server). On a shared machine the measured limit follows
+   the others' load; the costs per message, and so the ceilings, much less.
+2. Scale-out, at one offered load above the 1-worker limit, in ``--scale-rounds`` rounds in
+   alternating order: delivered notifications/s with 1, 2, 4 worker processes; 1 vs 2 bridges and
+   1 vs 2 gateways (each beside ``--scale-others-workers`` worker processes), each a ratio to its
+   one-process run of the same invocation; the CPU by kind (the pipeline's Python processes,
+   redis-server, nats-server, the helpers, other processes) and where scaling stopped and why.
+
+Before each run the bench waits (``--quiet-patience``, not with ``--quick``) for the machine to be
+quiet. Several people editing one tree: to measure committed code only, run it from a snapshot,
+``git archive HEAD | tar -x -C DIR; cd DIR; PYTHONPATH=$PWD /path/to/.venv/bin/python bench/pipeline.py``
+(the processes inherit ``PYTHONPATH``, which wins over the venv's editable install).
 """
 
 from __future__ import annotations
@@ -103,6 +116,25 @@ def machine_busy() -> tuple[float, float]:
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]
     return sum(values) - idle, sum(values)
+
+
+async def wait_quiet(args: argparse.Namespace, what: str) -> float:
+    """Before a run: wait (at most ``--quiet-patience`` s) until the machine's cores are less than
+    ``--quiet-below`` % busy over 2 s (nothing of this bench runs then: it is the others' load).
+    Returns the last busy share measured, in % of all cores."""
+    if args.quiet_patience <= 0:
+        return math.nan
+    deadline = time.monotonic() + args.quiet_patience
+    while True:
+        a = machine_busy()
+        await asyncio.sleep(2.0)
+        b = machine_busy()
+        busy = 100.0 * (b[0] - a[0]) / max(1, b[1] - a[1])
+        if busy < args.quiet_below or time.monotonic() >= deadline:
+            print(f"   ({what}: machine {busy:.0f} % busy before starting"
+                  + ("" if busy < args.quiet_below else f", not below {args.quiet_below:g} % "
+                     f"after {args.quiet_patience:g} s: started anyway") + ")", flush=True)
+            return busy
 
 
 # --------------------------------------------------------------------------- helpers' processes
@@ -477,6 +509,7 @@ def saturated(step: dict[str, Any]) -> str:
 async def ladder(args: argparse.Namespace, size: int, steps: list[int], work: Path) -> dict[str, Any]:
     rig = Rig(Path(tempfile.mkdtemp(prefix=f"ladder-{size}-", dir=work)), Layout(1, args.workers, 1), size,
               args.users, args.seed)
+    quiet = await wait_quiet(args, f"ladder, chats of {size}")
     results: list[dict[str, Any]] = []
     try:
         await rig.start()
@@ -497,7 +530,7 @@ async def ladder(args: argparse.Namespace, size: int, steps: list[int], work: Pa
     first_fail = next((s for s in results if not s["held"]), None)
     first_growing = next((s for s in results if s["growing_backlog"]), None)
     summary = {
-        "chat_size": size, "steps": results, "max_held_msgs_s": max(held) if held else 0,
+        "chat_size": size, "steps": results, "machine_busy_before": quiet, "max_held_msgs_s": max(held) if held else 0,
         "failed_at_msgs_s": first_fail["target_msgs_s"] if first_fail else None,
         "failed_because": why_not_held(first_fail) if first_fail else None,
         "saturates_first": (f"at {first_growing['target_msgs_s']} msg/s: {saturated(first_growing)}"
@@ -578,6 +611,7 @@ async def scale_point(args: argparse.Namespace, layout: Layout, work: Path) -> d
     """Delivered rates at ``--scale-rate`` with ``layout``, measured after a warm-up of the load."""
     rig = Rig(Path(tempfile.mkdtemp(prefix=f"scale-{layout.bridges}b{layout.workers}w{layout.gateways}g-", dir=work)),
               layout, args.scale_size, args.users, args.seed)
+    quiet = await wait_quiet(args, layout.label())
     try:
         await rig.start()
         assert rig.publisher is not None
@@ -590,7 +624,8 @@ async def scale_point(args: argparse.Namespace, layout: Layout, work: Path) -> d
         end = await Snapshot.take(rig, pids)
         sent = await publish
         result = rates(start, end)
-        result.update({"layout": layout.__dict__, "offered_msgs_s": sent["sent"] / (sent["t1"] - sent["t0"]),
+        result.update({"layout": layout.__dict__, "machine_busy_before": quiet,
+                       "offered_msgs_s": sent["sent"] / (sent["t1"] - sent["t0"]),
                        "backlog_start": start.backlog, "backlog_end": end.backlog})
         await asyncio.gather(*(c.ask("take") for c in rig.clients))  # drop the samples
     finally:
@@ -821,6 +856,10 @@ def main() -> int:
     parser.add_argument("--scale-rounds", type=int, default=None, help="runs of each layout (default 2, quick 1)")
     parser.add_argument("--scale-others-workers", type=int, default=2,
                         help="worker processes beside the 1-vs-2 bridge and gateway runs")
+    parser.add_argument("--quiet-below", type=float, default=25.0,
+                        help="before each run wait until the machine is less busy than this (%% of all cores)")
+    parser.add_argument("--quiet-patience", type=float, default=None,
+                        help="...but at most this many seconds (default 30, quick 0: no wait)")
     parser.add_argument("--no-ladder", action="store_true")
     parser.add_argument("--no-scale", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
@@ -829,6 +868,8 @@ def main() -> int:
         args.step_seconds = 3.0 if args.quick else 10.0
     if args.scale_seconds is None:
         args.scale_seconds = 3.0 if args.quick else 8.0
+    if args.quiet_patience is None:
+        args.quiet_patience = 0.0 if args.quick else 30.0
     if args.scale_rounds is None:
         args.scale_rounds = 1 if args.quick else 2
     if args.scale_warm is None:
