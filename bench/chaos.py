@@ -114,7 +114,7 @@ def figures(outcomes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 figure(f"{policy} unexpected", o["unexpected"], "notifications", target=must),
                 figure(f"{policy} dead-letter problems", o["dead_letter_problems"], "problems", target=must),
                 figure(f"{policy} failed jobs", o["failed_jobs"], "jobs", target=must),
-                figure(f"{policy} invariants held", float(o["ok"]), "1 = yes",
+                figure(f"{policy} invariants held", float(o["ok"]), "bool",
                        target="== 1" if policy == "always" else None),
                 figure(f"{policy} faults", o["faults"], "kill -9s"),
                 figure(f"{policy} dead lettered", o["dead_lettered"], "events"),

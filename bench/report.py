@@ -42,6 +42,12 @@ RUNS_FILE = "runs.json"
 #: Typography of the tables (written as escapes: ruff flags the characters as look-alikes).
 DASH = "\u2013"
 TIMES = "\u00d7"
+#: The unit of a yes/no figure (1 = yes), shown as yes/no.
+BOOL_UNIT = "bool"
+#: Units of a figure that is itself a ratio (plotted with the computed ratios).
+RATIO_UNITS = frozenset({"ratio", "x", "\u00d7", "", "fraction"})
+#: Units of time per time (CPU microseconds per second...): rates, but not throughputs.
+_TIME_PER_TIME = re.compile(r"^(ns|us|\u00b5s|ms|s|cpu-s)/s$", re.IGNORECASE)
 #: Lines of a failed run's stderr kept in the report.
 STDERR_TAIL_LINES = 20
 
@@ -140,12 +146,13 @@ class Spread:
     low: float
     high: float
     n: int
+    values: tuple[float, ...] = ()
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Spread | None:
         if not values:
             return None
-        return cls(statistics.median(values), min(values), max(values), len(values))
+        return cls(statistics.median(values), min(values), max(values), len(values), tuple(values))
 
 
 @dataclass(frozen=True)
@@ -239,9 +246,9 @@ def _ratios(per_round: Sequence[Mapping[str, Figure]], name: str, baseline: str)
 
 def number(value: float) -> str:
     """A figure as a reader wants it: thousands separated, about three significant digits."""
-    if value == 0:
-        return "0"
     size = abs(value)
+    if value == int(value) and size < 1e15:
+        return f"{int(value):,}"  # a count, or a ratio of exactly 1
     if size >= 1000:
         return f"{value:,.0f}"
     if size >= 100:
@@ -262,11 +269,26 @@ def spread_text(spread: Spread | None) -> tuple[str, str]:
     return number(spread.median), f"{number(spread.low)}{DASH}{number(spread.high)}"
 
 
+def value_text(summary: Summary) -> tuple[str, str]:
+    """(median, min-max) cells of a figure; a yes/no figure (unit ``bool``) says in how many rounds."""
+    if summary.unit != BOOL_UNIT or summary.value is None:
+        return spread_text(summary.value)
+    yes = sum(1 for v in summary.value.values if v)
+    if yes == summary.value.n:
+        return "yes", DASH
+    return ("no", DASH) if yes == 0 else (f"yes in {yes} of {summary.value.n}", DASH)
+
+
+def is_ratio_unit(unit: str) -> bool:
+    return unit.strip().lower() in RATIO_UNITS
+
+
 def _vs_baseline(summary: Summary) -> str:
     if summary.baseline is None:
         return DASH
     if summary.ratio is None:
-        return f"ratio to {summary.baseline}"
+        # Written as a ratio by the bench; a bench that names a baseline of another kind gets it named only.
+        return f"ratio to {summary.baseline}" if is_ratio_unit(summary.unit) else f"baseline: {summary.baseline}"
     median, span = spread_text(summary.ratio)
     return f"**{median}{TIMES}** {summary.baseline}" + (f" ({span})" if span != DASH else "")
 
@@ -283,7 +305,7 @@ def bench_table(summaries: Sequence[Summary]) -> list[str]:
     lines = [f"| figure | median | min{DASH}max | unit | vs baseline (same run) | target | met | rounds |",
              "|---|--:|--:|---|---|---|---|--:|"]
     for s in summaries:
-        median, span = spread_text(s.value)
+        median, span = value_text(s)
         measured = s.checked.n if s.checked is not None else 0
         rounds = str(s.rounds) if measured == s.rounds else f"{measured} of {s.rounds}"
         lines.append(f"| {_cell(s.name)} | {median} | {span} | {_cell(s.unit)} | {_cell(_vs_baseline(s))} | "
@@ -302,9 +324,12 @@ def targets_table(aggregated: Mapping[str, Sequence[Summary]]) -> list[str]:
         return []
     lines = ["| bench | figure | target | median | met |", "|---|---|---|--:|---|"]
     for s in rows:
-        checked = s.checked
-        median = number(checked.median) if checked is not None else DASH
-        what = f"{median}{TIMES} {s.baseline}" if s.ratio is not None else f"{median} {s.unit}".strip()
+        if s.ratio is not None:
+            what = f"{number(s.ratio.median)}{TIMES} {s.baseline}"
+        elif s.unit == BOOL_UNIT or s.value is None or is_ratio_unit(s.unit):
+            what = value_text(s)[0]
+        else:
+            what = f"{number(s.value.median)} {s.unit}"
         lines.append(f"| {s.bench} | {_cell(s.name)} | {_cell(s.target.text if s.target else '')} | {_cell(what)} | "
                      f"{_met(s)} |")
     return lines
@@ -573,7 +598,8 @@ def throughput_summaries(aggregated: Mapping[str, Sequence[Summary]]) -> dict[st
     out = {}
     for bench, summaries in aggregated.items():
         rates = [s for s in summaries
-                 if s.unit.endswith("/s") and s.value is not None and not STEP_FIGURE.search(s.name)]
+                 if s.unit.endswith("/s") and not _TIME_PER_TIME.match(s.unit) and s.value is not None
+                 and not STEP_FIGURE.search(s.name)]
         if rates:
             out[bench] = rates
     return out
@@ -582,7 +608,7 @@ def throughput_summaries(aggregated: Mapping[str, Sequence[Summary]]) -> dict[st
 def ratio_summaries(aggregated: Mapping[str, Sequence[Summary]]) -> list[Summary]:
     """Every figure that is a ratio to a baseline (computed, or written as a ratio)."""
     return [s for summaries in aggregated.values() for s in summaries
-            if s.baseline is not None and (s.ratio is not None or s.value is not None)]
+            if s.baseline is not None and (s.ratio is not None or (s.value is not None and is_ratio_unit(s.unit)))]
 
 
 # --------------------------------------------------------------------------- plots
@@ -641,19 +667,24 @@ def _plot_throughput(rates: Mapping[str, Sequence[Summary]], path: Path) -> Path
 
 def _plot_ratios(ratios: Sequence[Summary], path: Path) -> Path:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, ax = plt.subplots(figsize=(8, max(1.5, 0.35 * len(ratios) + 1)))
     for i, s in enumerate(ratios):
         spread = s.ratio or s.value
-        if spread is None:
-            continue
+        if spread is None or spread.low <= 0:
+            continue  # a log axis has no 0
         color = {True: "tab:green", False: "tab:red", None: "tab:gray"}[s.meets]
-        ax.barh(i, spread.median, xerr=[[spread.median - spread.low], [spread.high - spread.median]],
-                color=color, capsize=3)
-        ax.text(spread.high, i, " " + number(spread.median), va="center", fontsize=7)
-        if s.target is not None and s.target.bound is not None:
-            ax.plot([s.target.bound] * 2, [i - 0.45, i + 0.45], color="black", linewidth=2.5)
+        # Dots, not bars: on a log axis a bar's length means nothing.
+        ax.errorbar(spread.median, i, xerr=[[spread.median - spread.low], [spread.high - spread.median]],
+                    fmt="o", color=color, capsize=3)
+        ax.text(spread.high, i, "  " + number(spread.median), va="center", fontsize=7)
+        if s.target is not None and s.target.bound is not None and s.target.bound > 0:
+            ax.plot([s.target.bound] * 2, [i - 0.4, i + 0.4], color="black", linewidth=2)
     ax.axvline(1.0, color="gray", linestyle=":", linewidth=1)
+    ax.set_xscale("log")  # 0.5 and 2 equally far from 1; ratios here span 0.1 to 100
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: number(x)))
+    ax.grid(True, axis="x", which="major", alpha=0.3)
     labels = [f"{s.bench}: {s.name} / {s.baseline}" if s.ratio is not None else f"{s.bench}: {s.name}"
               for s in ratios]
     ax.set_yticks(range(len(ratios)), labels, fontsize=8)
@@ -736,7 +767,7 @@ def _plot_cdf(bench: str, curves: Mapping[str, Sequence[tuple[float, float]]], p
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, points in curves.items():
-        xs = [max(x, 0.01) for x, _ in points]  # a log axis: floor 0 ms (Redis ms clocks) at 0.01
+        xs = [max(x, 0.1) for x, _ in points]  # a log axis: 0 ms and below (Redis ms clocks) drawn at 0.1
         ax.step(xs, [p for _, p in points], where="post", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("latency, ms (log)")

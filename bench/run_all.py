@@ -179,7 +179,7 @@ def _command_lines(args: argparse.Namespace) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
-    console = Console(stderr=True)
+    console = Console(stderr=True, log_path=False)
     logs = Path(tempfile.mkdtemp(prefix="fechatter-notify-run-all-"))
     started = datetime.now(UTC)
     console.print(f"measuring the machine's load before starting (logs: {logs})")
@@ -230,6 +230,7 @@ def _run_rounds(args: argparse.Namespace, logs: Path, runs: list[report.Run], co
                                      f"{len(run.figures)} figures")
             if round_ < args.rounds:
                 checkpoint()  # a report after every round: a long run stopped midway still leaves one
+        progress.update(current, visible=False)
 
 
 if __name__ == "__main__":

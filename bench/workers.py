@@ -198,7 +198,7 @@ def figures(results: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
         baseline = "stock" if mode != "stock" and "stock" in results else None
         for key, unit in (("jobs_per_s", "jobs/s"), ("notifications_per_s", "notifications/s")):
             out.append(figure(f"{mode} {unit}", r[key], unit, f"stock {unit}" if baseline else None))
-    out += [figure(f"{mode} exactly once", r["exactly_once"], "1 = yes", target="== 1") for mode, r in results.items()]
+    out += [figure(f"{mode} exactly once", r["exactly_once"], "bool", target="== 1") for mode, r in results.items()]
     return out
 
 

@@ -110,11 +110,11 @@ def test_a_round_without_the_figure_counts_less_and_a_missed_target_says_no(runs
     assert p99.value.n == 1 and p99.rounds == 3
     assert p99.meets is True
     table = "\n".join(report.bench_table(report.aggregate(runs)["latency"]))
-    assert "| wake p99 | 3.00 | \u2013 | ms | \u2013 | <= 20 | yes | 1 of 3 |" in table
+    assert "| wake p99 | 3 | \u2013 | ms | \u2013 | <= 20 | yes | 1 of 3 |" in table
 
     late = report.aggregate([latency_round(1, 25.0, [1.0]), latency_round(2, 21.0, [1.0])])["latency"]
     assert by_name(late)["wake p99"].meets is False
-    assert "| wake p99 | 23.0 | 21.0\u201325.0 | ms | \u2013 | <= 20 | **no** | 2 |" in report.bench_table(late)
+    assert "| wake p99 | 23 | 21\u201325 | ms | \u2013 | <= 20 | **no** | 2 |" in report.bench_table(late)
 
 
 @pytest.mark.parametrize(("text", "value", "meets"), [
@@ -127,6 +127,7 @@ def test_targets_are_parsed_and_checked(text: str, value: float, meets: bool | N
 
 @pytest.mark.parametrize(("value", "shown"), [
     (57123.4, "57,123"), (143.4, "143"), (12.345, "12.3"), (0.6512, "0.65"), (0.0012, "0.0012"), (0.0, "0"),
+    (1.0, "1"), (200.0, "200"),
 ])
 def test_numbers_read_with_about_three_significant_digits(value: float, shown: str) -> None:
     assert report.number(value) == shown
@@ -138,7 +139,29 @@ def test_the_markdown_table_shows_the_ratio_beside_its_baseline(runs: list[Any])
     assert table[0] == ("| figure | median | min\u2013max | unit | vs baseline (same run) | target | met | rounds |")
     assert ("| bridge events/s | 130 | 100\u2013150 | events/s | **0.65\u00d7** MSG.NEXT events/s "
             "(0.50\u20130.75) | >= 0.60 | yes | 3 |") in table
-    assert "| bridge / fetch() | 2.00 | 1.86\u20132.50 | ratio | ratio to fetch() events/s | > 1 | yes | 3 |" in table
+    assert "| bridge / fetch() | 2 | 1.86\u20132.50 | ratio | ratio to fetch() events/s | > 1 | yes | 3 |" in table
+
+
+def test_yes_no_figures_say_in_how_many_rounds_and_other_baselines_are_only_named() -> None:
+    def gateway(round_: int, ok: float) -> Any:
+        return report.Run.from_output("gateway", round_, {"figures": [
+            {"name": "streams held", "value": ok, "unit": "bool", "target": "== 1"},
+            {"name": "rss_idle", "value": 90.0, "unit": "MB"},
+            {"name": "per stream", "value": 8.5, "unit": "KB", "baseline": "rss_idle", "target": "<= 11"},
+            {"name": "idle cpu", "value": 2.0, "unit": "us/s"},
+            {"name": "frames", "value": 5e4, "unit": "frames/s"},
+        ]})
+
+    summaries = report.aggregate([gateway(1, 1.0), gateway(2, 0.0), gateway(3, 1.0)])
+    table = report.bench_table(summaries["gateway"])
+
+    assert "| streams held | yes in 2 of 3 | \u2013 | bool | \u2013 | == 1 | yes | 3 |" in table
+    # KB per stream "net of" an MB baseline is no ratio: named, not plotted with the ratios.
+    assert "| per stream | 8.50 | \u2013 | KB | baseline: rss_idle | <= 11 | yes | 3 |" in table
+    assert report.ratio_summaries(summaries) == []
+    # CPU microseconds per second is a rate but no throughput.
+    assert [s.name for s in report.throughput_summaries(summaries)["gateway"]] == ["frames"]
+    assert "| gateway | streams held | == 1 | yes in 2 of 3 | yes |" in report.targets_table(summaries)
 
 
 def context() -> Any:
