@@ -60,6 +60,7 @@ class Pipeline:
     env: dict[str, str]
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     health_urls: dict[str, str] = field(default_factory=dict)
+    metrics_urls: dict[str, str] = field(default_factory=dict)
 
     def token(self, user_id: int) -> str:
         """A Fechatter-shaped access token for ``user_id``."""
@@ -84,6 +85,7 @@ class Pipeline:
                                                 start_new_session=True)
         log.close()
         self.health_urls[name] = f"http://127.0.0.1:{health}"
+        self.metrics_urls[name] = f"http://127.0.0.1:{metrics}/metrics"
 
     def stop(self, name: str, sig: signal.Signals = signal.SIGTERM, timeout: float = 20) -> int:
         """Signal one process group and wait for it; returns its exit code."""

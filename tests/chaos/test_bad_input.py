@@ -20,6 +20,7 @@ not YAML we read), and every valid rewrite loading to the base configuration's s
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import pickle
 import re
@@ -29,7 +30,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -40,6 +41,7 @@ import redis
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
+from bridge.advisories import stored_time_ns
 from settings import ConfigError, load_settings
 from tests.chaos.audit import inbox_entries
 from tests.chaos.bad_configs import BASE, ConfigCase, _dump, config_cases
@@ -108,6 +110,7 @@ PAYLOAD_SEED: Final = 7
 #: Recipes per hypothesis example: one example per payload costs ~1 ms of hypothesis each.
 RECIPES_PER_EXAMPLE: Final = 100
 NAMESPACE: Final = "fechatter-notify"
+STREAM: Final = "FECHATTER_EVENTS"
 DEAD_LETTERS: Final = f"{NAMESPACE}:dead-letters"
 #: Good traffic (half JetStream, half core NATS) runs at GOOD_RATE through the whole schedule;
 #: the malformed payloads are sent only in its "mixed" windows. Baseline windows between them
@@ -158,6 +161,9 @@ class Good:
     recipients: tuple[int, ...]
     published_ms: float = 0.0
     window: str = "warm_up"
+    #: JetStream only: the stream sequence its publication got, and when the stream stored it (ms).
+    seq: int | None = None
+    stored_ms: float | None = None
 
 
 @dataclass
@@ -201,7 +207,7 @@ async def _send_good(nc: Any, js: Any, good: Good) -> None:
         await nc.publish(subject, data)
         await nc.flush()
     else:
-        await js.publish(subject, data)
+        good.seq = (await js.publish(subject, data)).seq
 
 
 def _window_at(elapsed: float) -> str:
@@ -212,15 +218,21 @@ def _window_at(elapsed: float) -> str:
     return "after"
 
 
-async def _publish_good(nc: Any, js: Any, run: Run) -> None:
-    """GOOD_RATE messages a second through the whole schedule, each tagged with its window."""
+async def _publish_good(nc: Any, js: Any, run: Run, on_window: Callable[[str], Awaitable[None]]) -> None:
+    """GOOD_RATE messages a second through the whole schedule, each tagged with its window;
+    ``on_window`` is awaited as each window begins (and with "after" at the end)."""
     started = time.monotonic()
     total = sum(seconds for _, seconds in SCHEDULE)
+    window = ""
     for n in range(int(total * GOOD_RATE)):
         await asyncio.sleep(max(0.0, started + n / GOOD_RATE - time.monotonic()))  # pacing, not a wait
         good = run.next_good()
         good.window = _window_at(time.monotonic() - started)
+        if good.window != window:
+            window = good.window
+            await on_window(window)
         await _send_good(nc, js, good)
+    await on_window("after")
 
 
 def _start_bad_sender(pipeline: Pipeline, payloads: list[BadPayload]) -> subprocess.Popen[bytes]:
@@ -264,6 +276,84 @@ def _latencies_ms(inboxes: dict[int, list[tuple[int, dict[str, Any]]]], goods: l
             if n.get("id") in published:
                 last[n["id"]] = max(last.get(n["id"], 0.0), entry_ms - published[n["id"]])
     return list(last.values())
+
+
+async def _read_stored_times(nc: Any, goods: list[Good]) -> None:
+    """When the stream stored each JetStream good message (STREAM.MSG.GET's ``time``), in ms."""
+    for good in goods:
+        if good.seq is None:
+            continue
+        reply = await nc.request(f"$JS.API.STREAM.MSG.GET.{STREAM}", json.dumps({"seq": good.seq}).encode(), timeout=5)
+        stored = stored_time_ns(json.loads(reply.data)["message"]["time"])
+        good.stored_ms = stored / 1e6 if stored is not None else None
+
+
+def _last_inbox_ms(inboxes: dict[int, list[tuple[int, dict[str, Any]]]], goods: list[Good]) -> dict[int, float]:
+    """Per message id: when its last recipient's inbox entry was written (Redis's clock, ms)."""
+    ids = {g.message_id for g in goods}
+    last: dict[int, float] = {}
+    for entries in inboxes.values():
+        for entry_ms, n in entries:
+            if n.get("id") in ids:
+                last[n["id"]] = max(last.get(n["id"], 0.0), float(entry_ms))
+    return last
+
+
+def _stage_lines(inboxes: dict[int, list[tuple[int, dict[str, Any]]]], goods: list[Good]) -> list[str]:
+    """Where the good traffic's time goes, per window: p50/p90/p99 (ms) of the whole trip per lane, and
+    for JetStream messages its two stages (publish -> stored by nats-server; stored -> last inbox entry:
+    the bridge, Redis and the worker), so a tail under malformed traffic can be placed."""
+    last = _last_inbox_ms(inboxes, goods)
+    lines = []
+    for window in ("baseline", "mixed"):
+        mine = [g for g in goods if g.window == window and g.message_id in last]
+        stages = {
+            "core total": [last[g.message_id] - g.published_ms for g in mine if g.core],
+            "jetstream total": [last[g.message_id] - g.published_ms for g in mine if not g.core],
+            "jetstream publish->stored": [g.stored_ms - g.published_ms for g in mine
+                                          if not g.core and g.stored_ms is not None],
+            "jetstream stored->inbox": [last[g.message_id] - g.stored_ms for g in mine
+                                        if not g.core and g.stored_ms is not None],
+        }
+        parts = [f"{name} {'/'.join(f'{_percentile(v, q):.0f}' for q in QUANTILES)}"
+                 for name, v in stages.items() if v]
+        lines.append(f"stages {window} (p50/p90/p99 ms): " + "; ".join(parts))
+    return lines
+
+
+#: The worker's own stage: from the bridge's enqueue (the job's timestamp) to its first inbox write.
+WORKER_LATENCY: Final = "fechatter_notify_worker_delivery_latency_seconds_bucket"
+
+
+def _worker_buckets(pipeline: Pipeline) -> dict[float, float]:
+    """The worker's delivery-latency histogram now: cumulative count per upper bound, all queues."""
+    with urllib.request.urlopen(pipeline.metrics_urls["worker"], timeout=5) as resp:
+        text = resp.read().decode()
+    buckets: Counter[float] = Counter()
+    for line in text.splitlines():
+        if line.startswith(WORKER_LATENCY):
+            bound = re.search(r'le="([^"]+)"', line)
+            if bound:
+                buckets[float(bound.group(1))] += float(line.rsplit(" ", 1)[1])
+    return dict(buckets)
+
+
+def _worker_stage_line(snapshots: list[tuple[str, dict[float, float]]]) -> str:
+    """The worker stage's p50/p90/p99 per kind of window, from the histogram's growth in each window
+    (upper bucket bounds: the histogram's resolution), beside the whole trip's in the stage lines."""
+    grown: dict[str, Counter[float]] = {"baseline": Counter(), "mixed": Counter()}
+    for (window, before), (_, after) in itertools.pairwise(snapshots):
+        if window in grown:
+            grown[window].update({le: after.get(le, 0.0) - count for le, count in before.items()})
+    parts = []
+    for window, buckets in grown.items():
+        total = buckets.get(float("inf"), 0.0)
+        if not total:
+            continue
+        bounds = sorted(buckets)
+        quantiles = [next(le for le in bounds if buckets[le] >= total * q / 100) * 1000 for q in QUANTILES]
+        parts.append(f"{window} <= {'/'.join(f'{v:g}' for v in quantiles)}")
+    return "stages worker enqueue->inbox (p50/p90/p99 ms, bucket bounds): " + "; ".join(parts)
 
 
 def _percentile(values: list[float], q: int) -> float:
@@ -328,7 +418,12 @@ async def test_ten_thousand_malformed_payloads_are_dead_letters_and_good_traffic
         assert line.strip() == b"ready", line + sender.stdout.read()
         sender.stdin.write(f"{time.monotonic()!r}\n".encode())
         sender.stdin.flush()
-        await _publish_good(nc, js, run)
+        snapshots: list[tuple[str, dict[float, float]]] = []
+
+        async def snapshot(window: str) -> None:
+            snapshots.append((window, await asyncio.to_thread(_worker_buckets, pipeline)))
+
+        await _publish_good(nc, js, run, snapshot)
         out, _ = await asyncio.to_thread(sender.communicate, timeout=120)
         assert sender.returncode == 0, out.decode(errors="replace")[-3000:]
         _bad_sent(pipeline, payloads, run)
@@ -344,6 +439,7 @@ async def test_ten_thousand_malformed_payloads_are_dead_letters_and_good_traffic
         dropped = _bridge_metric(pipeline, "fechatter_notify_bridge_core_events_dropped")
         letters = client.xrange(DEAD_LETTERS)
         inboxes = _inboxes(client)
+        await _read_stored_times(nc, run.good)
     finally:
         if sender.poll() is None:
             sender.kill()
@@ -368,6 +464,8 @@ async def test_ten_thousand_malformed_payloads_are_dead_letters_and_good_traffic
           f"{p['baseline', 50]:.0f}/{p['baseline', 90]:.0f}/{p['baseline', 99]:.0f} ms, mixed "
           f"{p['mixed', 50]:.0f}/{p['mixed', 90]:.0f}/{p['mixed', 99]:.0f} ms; malformed: {len(run.js_bad)} JetStream, "
           f"{len(run.core_bad)} core NATS, {dropped:.0f} counted dropped)")
+    for stage_line in [*_stage_lines(inboxes, run.good), _worker_stage_line(snapshots)]:
+        print(stage_line)
     assert not problems, problems[:10]
     assert (lost, duplicated) == (0, 0)
     _dlq_cli_lists(pipeline, len(letters))
