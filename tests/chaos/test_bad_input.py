@@ -329,22 +329,23 @@ def _worker_buckets(pipeline: Pipeline) -> dict[float, float]:
     """The worker's delivery-latency histogram now: cumulative count per upper bound, all queues."""
     with urllib.request.urlopen(pipeline.metrics_urls["worker"], timeout=5) as resp:
         text = resp.read().decode()
-    buckets: Counter[float] = Counter()
+    buckets: dict[float, float] = {}
     for line in text.splitlines():
-        if line.startswith(WORKER_LATENCY):
-            bound = re.search(r'le="([^"]+)"', line)
-            if bound:
-                buckets[float(bound.group(1))] += float(line.rsplit(" ", 1)[1])
-    return dict(buckets)
+        bound = re.search(r'le="([^"]+)"', line) if line.startswith(WORKER_LATENCY) else None
+        if bound:
+            le = float(bound.group(1))
+            buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    return buckets
 
 
 def _worker_stage_line(snapshots: list[tuple[str, dict[float, float]]]) -> str:
     """The worker stage's p50/p90/p99 per kind of window, from the histogram's growth in each window
     (upper bucket bounds: the histogram's resolution), beside the whole trip's in the stage lines."""
-    grown: dict[str, Counter[float]] = {"baseline": Counter(), "mixed": Counter()}
+    grown: dict[str, dict[float, float]] = {"baseline": {}, "mixed": {}}
     for (window, before), (_, after) in itertools.pairwise(snapshots):
         if window in grown:
-            grown[window].update({le: after.get(le, 0.0) - count for le, count in before.items()})
+            for le, count in before.items():
+                grown[window][le] = grown[window].get(le, 0.0) + after.get(le, 0.0) - count
     parts = []
     for window, buckets in grown.items():
         total = buckets.get(float("inf"), 0.0)
