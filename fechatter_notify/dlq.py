@@ -206,14 +206,22 @@ def show_lines(row: Row, *, show_payload: bool) -> Iterator[str]:
 
 
 def _bridge_details(letter: DeadLetter, show_payload: bool) -> Iterator[str]:
-    yield f"stream: {letter.stream or '-'}  seq: {letter.seq or '-'}  delivered: {letter.delivered or '-'}  " \
-          f"consumer: {letter.consumer}"
+    yield f"stream: {letter.stream or '-'}  seq: {letter.seq or '-'}  stored: {_stored(letter.stored_ns)}  " \
+          f"delivered: {letter.delivered or '-'}  consumer: {letter.consumer}"
     if letter.not_replayable:
         yield f"not replayable: {letter.not_replayable}"
     # Headers are the publisher's metadata (Nats-Msg-Id, trace ids), not chat text: only secrets are masked.
     yield "headers: " + json.dumps(redact_value(letter.headers, show=True), ensure_ascii=False)
     yield "payload:"
     yield from _payload(letter.data, len(letter.data) < letter.size, show_payload)
+
+
+def _stored(stored_ns: int | None) -> str:
+    """When the stream stored the event (part of its identity: a replay keeps it), to the nanosecond."""
+    if stored_ns is None:
+        return "-"
+    seconds, nanos = divmod(stored_ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
 
 
 def _payload(data: bytes, prefix: bool, show: bool) -> Iterator[str]:

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 import threading
@@ -244,6 +245,8 @@ async def test_show_prints_the_whole_record_with_chat_text_hidden_unless_asked_a
     assert code == 0
     assert f"id: {whole['id']}" in out and "code: payload_too_large" in out
     assert "where: bridge FECHATTER_EVENTS#1" in out
+    # with when the stream stored it (part of the event's identity), to the nanosecond
+    assert re.search(r"seq: 1  stored: 20\d\d-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z  delivered: 1", out), out
     assert '    "chat_id": 42,' in out and '"kind": "Created"' in out and '"members": [\n    7,' in out
     assert "Hi team" not in out and '"content": "<hidden: 2008 chars; --show-payload shows it>"' in out
     assert SECRET not in out and '"Authorization": "***"' in out
