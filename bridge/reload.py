@@ -6,7 +6,8 @@ take effect with the next request: an operator can widen a heartbeat that keeps 
 without dropping a connection or an in-flight batch. The same holds for the local in-flight
 cap, the miss count before "not ready", and the core path's batching. Everything else
 (servers, credentials, streams, a durable's server-side config, queues, Redis) is named as
-needing a restart; nothing of it is applied halfway.
+needing a restart; nothing of it is applied halfway. What only the workers or the gateway read
+(:data:`NOT_READ`) is not the bridge's to report.
 
 Pure logic: :func:`plan_reload` compares two validated :class:`Settings`.
 """
@@ -18,10 +19,19 @@ from typing import Final
 
 from settings import Path, Settings, changed_paths, dotted
 
-__all__ = ["LIVE_CONSUMER_FIELDS", "ReloadPlan", "apply_live", "plan_reload"]
+__all__ = ["LIVE_CONSUMER_FIELDS", "NOT_READ", "ReloadPlan", "apply_live", "plan_reload"]
 
 #: Per-durable fields sent with each pull request (or kept locally), applied live.
 LIVE_CONSUMER_FIELDS: Final = frozenset({"batch", "expires", "idle_heartbeat", "max_in_flight"})
+#: What the bridge never reads (the workers', the gateway's): a change there is neither applied
+#: nor a reason to restart the bridge, so it is not reported by the bridge at all.
+NOT_READ: Final = frozenset({
+    ("delivery",),
+    ("gateway",),
+    ("database",),
+    ("health", "worker_port"),
+    ("metrics", "worker_port"),
+})
 #: Other fields applied live, by path.
 LIVE_PATHS: Final = frozenset({
     ("jetstream", "max_missed_heartbeats"),
@@ -49,6 +59,8 @@ def plan_reload(old: Settings, new: Settings) -> ReloadPlan:
     live: list[str] = []
     restart: list[str] = []
     for path in changed_paths(old, new):
+        if any(path[:len(prefix)] == prefix for prefix in NOT_READ):
+            continue
         (live if _is_live(path, old, new) else restart).append(dotted(path))
     return ReloadPlan(tuple(live), tuple(restart))
 

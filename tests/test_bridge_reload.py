@@ -56,6 +56,14 @@ def test_a_renamed_durable_is_a_restart_not_a_retune() -> None:
     assert plan.live == () and "jetstream.consumers[0].batch" in plan.restart
 
 
+def test_what_only_the_workers_and_the_gateway_read_is_not_the_bridges_to_report() -> None:
+    new = settings({"delivery": {"inbox_max_age": "1d"}, "gateway": {"keep_alive": "10s"},
+                    "health": {"worker_port": 18082}, "metrics": {"worker_port": 19092, "port": 19091}})
+    plan = plan_reload(settings(), new)
+    # the bridge's own metrics port still needs its restart; the rest is nothing to it
+    assert (plan.live, plan.restart) == ((), ("metrics.port",))
+
+
 def test_an_unchanged_file_changes_nothing() -> None:
     assert not plan_reload(settings(), settings()).changed
 
