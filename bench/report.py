@@ -354,10 +354,10 @@ def render(context: ReportContext, runs: Sequence[Run], plots: Mapping[str, Sequ
            report_dir: Path) -> str:
     """RESULTS.md: the run, the machine, the targets, then one section per bench."""
     aggregated = aggregate(runs)
-    size = "quick (--quick: small sizes, for trying the tooling, not for numbers)" if context.quick else "full"
+    size = "at --quick size (small: for trying the tooling, not for numbers)" if context.quick else "at full size"
     lines = ["# Benchmark results", "",
              f"Run {context.started}: `{context.command}`, {context.rounds} round(s) interleaved (every bench once "
-             f"per round), seed {context.seed} in every round, {size} size; {context.elapsed_s / 60:.1f} min in all.",
+             f"per round), seed {context.seed} in every round, {size}; {context.elapsed_s / 60:.1f} min in all.",
              "", f"Each figure is the median over the rounds, with its min{DASH}max. A figure with a baseline is a "
              "ratio to another figure measured side by side in the same run (computed round by round when both carry "
              "the same unit); a figure without one is an absolute number, valid on the machine below only.", "",

@@ -19,6 +19,7 @@ stderr stay in a temporary directory, printed at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -33,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -130,7 +131,40 @@ def run_one(bench: Bench, round_: int, args: argparse.Namespace, logs: Path) -> 
             _stop(proc)
             raise
     seconds = time.monotonic() - began
-    return _collect(bench, round_, code, seconds, json_path, err_path)
+    run = _collect(bench, round_, code, seconds, json_path, err_path)
+    left = _group_members(proc.pid)
+    if left:
+        # Whatever it left running (a server, a worker) would load the machine under the next bench.
+        _stop_group(proc.pid)
+        run.meta["left_behind"] = left
+        if not run.failed:
+            run.error = f"left {len(left)} process(es) running, stopped now: {', '.join(left[:5])}"
+    return run
+
+
+def _group_members(pgid: int) -> list[str]:
+    """The processes still in the process group ``pgid`` (Linux /proc), as "pid name"."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" (", 1)
+            name, fields = rest.rsplit(") ", 1)
+        except (OSError, ValueError):
+            continue
+        state, _ppid, pgrp = fields.split()[:3]
+        if int(pgrp) == pgid and state != "Z":  # a zombie is gone already, waiting for its parent
+            found.append(f"{pid} {name}")
+    return found
+
+
+def _stop_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while _group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -213,11 +247,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_rounds(args: argparse.Namespace, logs: Path, runs: list[report.Run], console: Console,
                 checkpoint: Callable[[], object]) -> None:
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    # "runs done/all" on the overall line only; the current run's line pulses (its length is unknown).
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
                TextColumn("elapsed"), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
-        overall = progress.add_task("all runs", total=args.rounds * len(args.benches))
-        current = progress.add_task("", total=None)
+        total = args.rounds * len(args.benches)
+        overall = progress.add_task("all runs", total=total, count=f"0/{total}")
+        current = progress.add_task("", total=None, count="")
         for round_ in range(1, args.rounds + 1):
             for bench in args.benches:
                 progress.reset(current, description=f"[bold]{bench.name}[/] round {round_}/{args.rounds}",
@@ -225,6 +261,7 @@ def _run_rounds(args: argparse.Namespace, logs: Path, runs: list[report.Run], co
                 run = run_one(bench, round_, args, logs)
                 runs.append(run)
                 progress.advance(overall)
+                progress.update(overall, count=f"{len(runs)}/{total}")
                 status = f"[red]failed: {run.error}[/]" if run.failed else "[green]ok[/]"
                 progress.console.log(f"{bench.name} round {round_}: {status} in {run.seconds:.0f} s, "
                                      f"{len(run.figures)} figures")

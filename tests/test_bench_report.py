@@ -325,6 +325,22 @@ def test_run_all_stops_a_bench_past_its_timeout(tmp_path: Path, monkeypatch: pyt
     assert run.failed and run.exit_code is None and run.error.startswith("stopped after")
 
 
+def test_run_all_stops_what_a_bench_left_running_and_says_so(tmp_path: Path) -> None:
+    bench = fake_bench(tmp_path, """
+        import json, subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        args = sys.argv[1:]
+        json.dump({"figures": [], "meta": {}}, open(args[args.index("--json") + 1], "w"))
+    """)
+
+    run = run_all.run_one(bench, 1, options(), tmp_path)
+
+    assert run.failed and run.error.startswith("left 1 process(es) running, stopped now: ")
+    assert len(run.meta["left_behind"]) == 1
+    pid = int(run.meta["left_behind"][0].split()[0])
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+
+
 def test_run_all_rejects_an_unknown_bench_name() -> None:
     with pytest.raises(SystemExit):
         run_all._arguments(["--only", "bridge,nope"])
