@@ -92,6 +92,20 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def runqueue_seconds(pid: int) -> float | None:
+    """Seconds the process's threads spent runnable but waiting for a CPU (/proc/<pid>/task/*/schedstat):
+    high when the machine is full, low when a process is idle waiting on another stage."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 def children(pid: int) -> list[int]:
     """Direct children of ``pid`` (a worker supervisor's worker processes)."""
     found = []
@@ -361,6 +375,7 @@ class Snapshot:
     busy: tuple[float, float]
     counters: dict[str, float]
     frames: int
+    runq: dict[str, float | None]
     #: Events waiting per stage (Rig.stages), and "gateway": notifications written but not yet
     #: received as frames, in events (divided by the fan-out).
     stages: dict[str, int]
@@ -372,7 +387,7 @@ class Snapshot:
         stages = await asyncio.to_thread(rig.stages)
         stages["gateway"] = max(0, round((counters["notifications"] - frames) / rig.fanout))
         return cls(time.time(), {n: cpu_seconds(p) for n, p in pids.items()}, machine_busy(), counters, frames,
-                   stages)
+                   {n: runqueue_seconds(p) for n, p in pids.items()}, stages)
 
     @property
     def backlog(self) -> int:
@@ -385,7 +400,10 @@ def rates(a: Snapshot, b: Snapshot) -> dict[str, Any]:
     cpu = {n: 100.0 * (b.cpu[n] - v) / span for n, v in a.cpu.items()  # type: ignore[operator]
            if v is not None and b.cpu.get(n) is not None}
     busy, total = b.busy[0] - a.busy[0], b.busy[1] - a.busy[1]
+    runq = {n: 100.0 * (b.runq[n] - v) / span for n, v in a.runq.items()  # type: ignore[operator]
+            if v is not None and b.runq.get(n) is not None}
     return {
+        "runq": runq,
         "span_s": span,
         "delivered_msgs_s": (b.counters["jobs"] - a.counters["jobs"]) / span,
         "acked_s": (b.counters["acked"] - a.counters["acked"]) / span,
@@ -505,10 +523,26 @@ def saturated(step: dict[str, Any]) -> str:
     cores = os.cpu_count() or 1
     machine = step["machine_cpu"]
     text = f"the {stage} stage (+{growth[stage]} events waiting; {cpu} of a core)"
+    wanting = full_demand(step)
+    if wanting:
+        text += "; wanting a whole core (running + waiting for one): " + ", ".join(
+            f"{n} {step['cpu'][n]:.0f}+{step['runq'][n]:.0f} %" for n in wanting)
     if machine >= 90.0 * cores:
         text += (f"; all {cores} cores busy ({machine:.0f} %: this run's processes {ours:.0f} %, "
                  f"other processes {max(0.0, machine - ours):.0f} %)")
     return text
+
+
+#: Processes that run Python or Lua on one thread: CPU + run-queue wait near 100 % means saturated.
+SINGLE_THREADED = ("bridge-", "web-", "redis-server")
+
+
+def full_demand(step: dict[str, Any]) -> list[str]:
+    """Single-threaded processes that were running or runnable >= 90 % of the time: each would have
+    used a whole core had it got one, so it is that stage's ceiling (highest first)."""
+    runq = step.get("runq", {})
+    demand = {n: v + runq.get(n, 0.0) for n, v in step["cpu"].items() if n.startswith(SINGLE_THREADED)}
+    return sorted((n for n, v in demand.items() if v >= 90.0), key=lambda n: -demand[n])
 
 
 async def ladder(args: argparse.Namespace, size: int, steps: list[int], work: Path) -> dict[str, Any]:
@@ -593,6 +627,11 @@ def print_cpu(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
         cells = "".join(f"{s['cpu'][n]:>9.0f}" if n in s["cpu"] else f"{'':>9}" for n in names)
         ours = sum(s["cpu"].values())
         print(f"{label:<{width}}{cells}{ours:>7.0f}{max(0.0, s['machine_cpu'] - ours):>7.0f}{s['machine_cpu']:>8.0f}")
+    print("waiting for a CPU (runnable, not running: the machine full), % of the time, threads summed:")
+    for label, s in rows:
+        runq = s.get("runq", {})
+        cells = "".join(f"{runq[n]:>9.0f}" if n in runq else f"{'':>9}" for n in names)
+        print(f"{label:<{width}}{cells}")
 
 
 def print_cost(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
