@@ -24,14 +24,17 @@ the world:
    done), notifications/s (inbox entries written), frames/s at the clients, latency p50/p99/max,
    the backlog at the step's start and end and the stage it grew at (``jetstream``: pending + ack
    pending, the bridge's stage; ``queue``: dramatiq jobs waiting, the workers'; ``gateway``:
-   notifications written but not yet received), and the CPU of every process from /proc/<pid>/stat
-   deltas (% of one core; "others" is the rest of the machine). A step is *held* when p99 <= 50 ms,
-   the backlog did not grow, every frame arrived and the publisher kept the pace. The ladder stops
-   at the first step that builds a backlog. Then the CPU each process spends per delivered message,
-   and from it each stage's *full-core ceiling*: the msg/s at which it would fill its core(s) on a
-   machine of its own (one core each for the bridge, gateway and redis-server event loops, one per
-   worker process, all of them for nats-server). On a shared machine the measured limit follows
-   the others' load; the costs per message, and so the ceilings, much less.
+   notifications written but not yet received), the CPU of every process from /proc/<pid>/stat
+   deltas (% of one core; "others" is the rest of the machine), and the time each spent runnable
+   but waiting for a CPU (/proc/<pid>/task/*/schedstat): a single-threaded process whose running
+   + waiting is near 100 % wanted a whole core, i.e. it is saturated, however little it got.
+   A step is *held* when p99 <= 50 ms, the backlog did not grow, every frame arrived and the
+   publisher kept the pace. The ladder stops at the first step that builds a backlog. Then the
+   CPU each process spends per delivered message, and from it each stage's *full-core ceiling*:
+   the msg/s at which it would fill its core(s) on a machine of its own (one core each for the
+   bridge, gateway and redis-server event loops, one per worker process, all of them for
+   nats-server). On a shared machine the measured limit follows the others' load; the costs per
+   message, and so the ceilings, much less.
 2. Scale-out, at one offered load above the 1-worker limit, in ``--scale-rounds`` rounds in
    alternating order: delivered notifications/s with 1, 2, 4 worker processes; 1 vs 2 bridges and
    1 vs 2 gateways (each beside ``--scale-others-workers`` worker processes), each a ratio to its
@@ -687,7 +690,8 @@ def _average(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key, value in runs[0].items():
         if isinstance(value, int | float) and not isinstance(value, bool):
             mean[key] = sum(r[key] for r in runs) / len(runs)
-    mean["cpu"] = {n: sum(r["cpu"].get(n, 0.0) for r in runs) / len(runs) for n in runs[0]["cpu"]}
+    for table in ("cpu", "runq"):
+        mean[table] = {n: sum(r[table].get(n, 0.0) for r in runs) / len(runs) for n in runs[0][table]}
     mean["runs"] = [{k: v for k, v in r.items() if k != "runs"} for r in runs]
     return mean
 
@@ -722,12 +726,19 @@ def why_limited(point: dict[str, Any]) -> str:
     cores = os.cpu_count() or 1
     g = cpu_groups(point)
     full = [n for n, v in point["cpu"].items() if v >= 90.0 and not n.startswith(("client", "publisher"))]
+    wanting = full_demand(point)
     if point["machine_cpu"] >= 90.0 * cores:
         kinds = sorted(g.items(), key=lambda kv: -kv[1])
         return (f"every core is busy ({point['machine_cpu']:.0f} % of {100 * cores}): "
-                + ", ".join(f"{k} {v:.0f} %" for k, v in kinds))
+                + ", ".join(f"{k} {v:.0f} %" for k, v in kinds)
+                + ("; wanting a whole core (running + waiting for one): "
+                   + ", ".join(f"{n} {point['cpu'][n]:.0f}+{point['runq'][n]:.0f} %" for n in wanting)
+                   if wanting else ""))
     if full:
         return "a full core: " + ", ".join(f"{n} {point['cpu'][n]:.0f} %" for n in full)
+    if wanting:
+        return ("wanting a whole core (running + waiting for one): "
+                + ", ".join(f"{n} {point['cpu'][n]:.0f}+{point['runq'][n]:.0f} %" for n in wanting))
     return f"no core is full ({_groups_text(point)}): the stage waits (round trips), it is not CPU-bound"
 
 
