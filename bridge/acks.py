@@ -126,6 +126,8 @@ class Settler:
         # The reply subjects of this durable's messages start with this (the usual, 9-token form):
         # a first delivery is then told by one comparison, without splitting the subject.
         self._ack_prefix = f"$JS.ACK.{consumer.stream}.{consumer.durable}."
+        # ... and a first delivery's with this ("1." is a first delivery, "10." is not).
+        self._first_prefix = self._ack_prefix + "1."
 
     def count_redeliveries(self, counter: _Counter) -> None:
         """From now on, count each settled message delivered more than once into ``counter``."""
@@ -154,12 +156,13 @@ class Settler:
             return await self._ack_each(msgs)
         acked: list[Msg] = []
         again: list[Msg] = []
-        settled = self._settled
+        first = self._first_prefix if self._redeliveries is not None else ""
         for msg in msgs:
             if msg._ackd or not msg.reply:
                 again.append(msg)  # what Msg.ack() refuses: counted as lost there
                 continue
-            settled(msg)
+            if first and not msg.reply.startswith(first):  # not the common first delivery: count it
+                self._settled(msg)
             acked.append(msg)
         sent = 0
         if acked:

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Final
 
+import msgspec
+
 from bridge.dead_letters import TOO_LARGE_PREFIX, dead_letter_fields
 from bridge.enqueue import DEDUPE_PREFIX, Batch
 from bridge.messages import StampedBatch, message_id_for, producer_trace, random_message_id
@@ -32,6 +34,11 @@ __all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "EventBatch", "event_identity", "too_lar
 DEFAULT_MAX_PAYLOAD_BYTES: Final[int] = Events().max_payload_bytes
 
 _MSG_ID_HEADER = "Nats-Msg-Id"
+_JSON: Final = msgspec.json.Encoder()
+
+#: Per job type in a batch: its name, queue, script queue index, actor, and the script's index of the
+#: batch's frame for them (0: no exact frame, the message is encoded here).
+_Route = tuple[str, str, int, str, int]
 
 
 def event_identity(stream: str | None, stream_seq: int | None, headers: Mapping[str, str] | None,
@@ -97,7 +104,7 @@ class EventBatch:
         self._parser = EventParser(received_at, typing_ttl, presence_ttl)
         self._queue_index = {lane: (queue, batch.queue_index(queue)) for lane, queue in queues.items()}
         #: Per job type: (its name, its queue, the queue's script index, its actor), looked up once per batch.
-        self._routes: dict[type, tuple[str, str, int, str]] = {}
+        self._routes: dict[type, _Route] = {}
         self._dedupe_prefix = f"{batch.namespace}:{DEDUPE_PREFIX}:"
         #: Per entry: the job type's name, or None for a dead letter.
         self.job_types: list[str | None] = []
@@ -131,7 +138,10 @@ class EventBatch:
         together, each with the time it arrived).
         """
         if identity is None:
-            identity = event_identity(stream, stream_seq, headers, stored_ns)
+            if headers is None and stored_ns is not None and stream is not None:  # the usual JetStream event
+                identity = f"{stream}:{stream_seq}:{stored_ns}"
+            else:
+                identity = event_identity(stream, stream_seq, headers, stored_ns)
         dedupe_key = "" if identity is None else self._dedupe_prefix + identity
         size = len(data)
         try:
@@ -150,18 +160,28 @@ class EventBatch:
             return
         route = self._routes.get(type(job))
         if route is None:
-            route = self._route(type(job))
-        name, queue, index, actor = route
-        message_id = message_id_for(identity) if identity is not None else random_message_id()
-        trace = producer_trace(headers) if headers else None
-        self.batch.add_job_text(dedupe_key, index, message_id, self.stamped.text(job, queue, actor, message_id, trace))
+            route = self._route(type(job), identity)
+        name, queue, index, actor, frame = route
+        if frame and identity is not None and not headers:
+            # The usual event: the script derives the message id from the identity and assembles
+            # the JSON around the job's own (the same bytes as StampedBatch.encode).
+            self.batch.add_framed(dedupe_key, index, identity, frame, _JSON.encode(job).decode())
+        else:
+            message_id = message_id_for(identity) if identity is not None else random_message_id()
+            trace = producer_trace(headers) if headers else None
+            self.batch.add_job_text(dedupe_key, index, message_id,
+                                    self.stamped.text(job, queue, actor, message_id, trace))
         self.job_types.append(name)
         self.rejects.append(None)
 
-    def _route(self, job_type: type) -> tuple[str, str, int, str]:
+    def _route(self, job_type: type, identity: str | None) -> _Route:
         spec = ACTORS[job_type]
         queue, index = self._queue_index[spec.lane]
-        route = self._routes[job_type] = (job_type.__name__, queue, index, spec.actor_name)
+        # The template is stamped with the first message's id (as StampedBatch.encode would).
+        first_id = message_id_for(identity) if identity is not None else random_message_id()
+        frame = self.stamped.frame(queue, spec.actor_name, first_id)
+        route = self._routes[job_type] = (job_type.__name__, queue, index, spec.actor_name,
+                                          0 if frame is None else self.batch.frame_index(frame))
         return route
 
 

@@ -38,7 +38,7 @@ import sentry_sdk
 
 from events import Job
 
-__all__ = ["MessageFactory", "StampedBatch", "message_id_for", "producer_trace", "random_message_id"]
+__all__ = ["Frame", "MessageFactory", "StampedBatch", "message_id_for", "producer_trace", "random_message_id"]
 
 #: Namespace of the deterministic message ids (uuid5 of "<stream>:<seq>" or "<stream>:id:<Nats-Msg-Id>").
 MESSAGE_ID_NAMESPACE: Final = bytes.fromhex("6f0b3a1e9d3c5c7e8a5f0c1d2e3f4a5b")
@@ -119,8 +119,12 @@ _JOB_ENCODER: Final = msgspec.json.Encoder()
 _REDIS_MESSAGE_ID: Final = "redis_message_id"
 
 
-class _Frame(NamedTuple):
-    """The text of a (queue, actor)'s dramatiq JSON around its job and message id (see :meth:`StampedBatch.text`)."""
+class Frame(NamedTuple):
+    """The text of a (queue, actor)'s dramatiq JSON around its job and message id.
+
+    ``f"{head}{job JSON}{middle}{message id}{between}{message id}{tail}"`` is :meth:`StampedBatch.encode`'s
+    output (as text) for a job without a producer trace.
+    """
 
     head: str
     middle: str
@@ -138,7 +142,7 @@ class StampedBatch:
         self._templates: list[dramatiq.Message[Any]] = []
         self._options: dict[tuple[str, str], dict[str, Any]] = {}
         #: Per (queue, actor): the JSON around job and id, or None where only :meth:`encode` is exact.
-        self._frames: dict[tuple[str, str], _Frame | None] = {}
+        self._frames: dict[tuple[str, str], Frame | None] = {}
         # One enqueue time per batch, in ms since the epoch (dramatiq's message_timestamp).
         self._timestamp = int(time.time() * 1000)
 
@@ -189,19 +193,29 @@ class StampedBatch:
         message id (twice), so the rest is encoded once per batch (:meth:`_frame`) and the per-event
         work is the job's encoding and one concatenation: the same bytes as :meth:`encode`.
         """
-        frame = self._frames.get((queue, actor), False)
-        if frame is False:
-            frame = self._frame(queue, actor, message_id)
+        try:
+            frame = self._frames[(queue, actor)]
+        except KeyError:
+            frame = self.frame(queue, actor, message_id)
         if frame is None or trace is not None:
             return self.encode(job, queue, actor, message_id, trace).decode()
         return (f"{frame.head}{_JOB_ENCODER.encode(job).decode()}{frame.middle}{message_id}{frame.between}"
                 f"{message_id}{frame.tail}")
 
-    def _frame(self, queue: str, actor: str, message_id: str) -> _Frame | None:
+    def frame(self, queue: str, actor: str, message_id: str) -> Frame | None:
+        """The batch's :class:`Frame` for (queue, actor), stamping its template (with ``message_id``) on first use.
+
+        None when the stamped options make the frame inexact (a middleware stamped
+        ``redis_message_id`` or the Sentry headers, or something msgspec cannot encode): use :meth:`encode`.
+        """
+        try:
+            return self._frames[(queue, actor)]
+        except KeyError:
+            pass
         options = self._options.get((queue, actor))
         if options is None:
             options = self._stamp(queue, actor, message_id)
-        frame: _Frame | None = None
+        frame: Frame | None = None
         if _REDIS_MESSAGE_ID not in options and SENTRY_HEADERS_OPTION not in options:
             try:
                 stamped = _ENCODER.encode(options).decode()
@@ -211,7 +225,7 @@ class StampedBatch:
             else:
                 # '{"a":1}' -> '{"a":1,"redis_message_id":"' ; '{}' -> '{"redis_message_id":"'
                 options_head = stamped[:-1] + ("," if options else "") + f'"{_REDIS_MESSAGE_ID}":"'
-                frame = _Frame(head[:-1] + ',"args":[', '],"kwargs":{},"options":' + options_head,
+                frame = Frame(head[:-1] + ',"args":[', '],"kwargs":{},"options":' + options_head,
                                '"},"message_id":"', f'","message_timestamp":{self._timestamp}}}')
         self._frames[(queue, actor)] = frame
         return frame

@@ -98,6 +98,8 @@ class PullConsumer:
         self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{consumer.stream}.{consumer.durable}"
         self._inbox = ""
         self._sub: Subscription | None = None
+        #: The subscription's queue of messages not yet handed to the callback (nats-py's own).
+        self._queue: asyncio.Queue[Msg] | None = None
         self._buffer: list[Msg] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -132,6 +134,8 @@ class PullConsumer:
         self._inbox = self._nc.new_inbox()
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1,
                                              pending_bytes_limit=-1)
+        queue = getattr(self._sub, "_pending_queue", None)
+        self._queue = queue if isinstance(queue, asyncio.Queue) else None
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._process_loop(), name=f"process-{self.name}"),
                        loop.create_task(self._watchdog(), name=f"watchdog-{self.name}")]
@@ -249,22 +253,39 @@ class PullConsumer:
         self._labels[0].inc()
 
     async def _on_msg(self, msg: Msg) -> None:
+        """The inbox's callback: file ``msg``, and every message already queued behind it.
+
+        nats-py awaits the callback once per message from its subscription task (a queue get and a
+        coroutine each); taking what is already queued in the same call files a burst of a pull's
+        messages in one loop, in the same order, with the same bookkeeping (the task's
+        ``task_done`` and pending-bytes accounting included, so a drain of the subscription still
+        completes). The refill check runs once the burst is filed.
+        """
         self.last_activity = time.monotonic()
-        headers = msg.headers
-        if headers is not None and not msg.reply:
-            status = headers.get(_STATUS)
-            if status is not None:
-                await self._on_status(status, headers)
-                return
         state = self.state
-        state.pending = state.pending - 1 if state.pending > 0 else 0
-        state.in_flight += 1
-        if self.missed_in_a_row or self.circuit.failures_in_a_row:
-            self._healthy("message")
-        self._buffer.append(msg)
-        self._idle.clear()
-        self._wake.set()
-        if state.pending <= state.batch // 2:
+        queue, sub = self._queue, self._sub
+        filed = False
+        while True:
+            headers = msg.headers
+            if headers is not None and not msg.reply and (status := headers.get(_STATUS)) is not None:
+                await self._on_status(status, headers)
+            else:
+                filed = True
+                state.pending = state.pending - 1 if state.pending > 0 else 0
+                state.in_flight += 1
+                if self.missed_in_a_row or self.circuit.failures_in_a_row:
+                    self._healthy("message")
+                self._buffer.append(msg)
+                self._idle.clear()
+                self._wake.set()
+            if queue is None or queue.empty():
+                break
+            msg = queue.get_nowait()
+            # What nats-py's subscription task does for each message it takes from the queue.
+            if sub is not None:
+                sub._pending_size -= len(msg.data)
+            queue.task_done()
+        if filed and state.pending <= state.batch // 2:
             await self._pull()
 
     async def _on_status(self, status: str, headers: dict[str, str]) -> None:

@@ -85,6 +85,10 @@ _PATH_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
 # -- decoding with classified failures -----------------------------------------
 
+#: What a decode can raise; the hot decoders catch these around their own decode and let
+#: :func:`_decode` decode again to classify (a second parse only for a rejected payload).
+_DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
+
 
 def _decode(
     decoder: msgspec.json.Decoder[W],
@@ -171,7 +175,10 @@ def _unknown_variant(rx: Received, shape: str, key: str, value: str, known: froz
 
 def realtime(data: bytes, rx: Received) -> Job:
     """Decode a ``fechatter.realtime.>`` payload: R, else T (``type``), else N (``event_type``)."""
-    env = _decode(_REALTIME, data, rx, "realtime")
+    try:
+        env = _REALTIME.decode(data)
+    except _DECODE_ERRORS:
+        env = _decode(_REALTIME, data, rx, "realtime")
     found = [
         v
         for v in (
@@ -213,19 +220,28 @@ def realtime(data: bytes, rx: Received) -> Job:
 
 def notify_flat(data: bytes, rx: Received) -> Job:
     """Decode a notify-flat (N) payload, dispatched on ``event_type``."""
-    event = _decode(_FLAT, data, rx, "notify-flat", ("event_type", d.FLAT_EVENT_TYPES))
+    try:
+        event = _FLAT.decode(data)
+    except _DECODE_ERRORS:
+        event = _decode(_FLAT, data, rx, "notify-flat", ("event_type", d.FLAT_EVENT_TYPES))
     return from_flat(event, rx)
 
 
 def core_message(data: bytes, rx: Received) -> Job:
     """Decode a core ``MessageEvent`` (C), dispatched on ``kind``."""
-    event = _decode(_CORE_MESSAGE, data, rx, "core message", ("kind", d.MESSAGE_LIFECYCLES))
+    try:
+        event = _CORE_MESSAGE.decode(data)
+    except _DECODE_ERRORS:
+        event = _decode(_CORE_MESSAGE, data, rx, "core message", ("kind", d.MESSAGE_LIFECYCLES))
     return from_core_message(event, rx)
 
 
 def unified_message(data: bytes, rx: Received) -> Job:
     """Decode a unified v1 ``EnhancedMessageEvent`` (U); its ``members`` is ignored."""
-    event = _decode(_UNIFIED_MESSAGE, data, rx, "unified message", ("kind", d.MESSAGE_LIFECYCLES))
+    try:
+        event = _UNIFIED_MESSAGE.decode(data)
+    except _DECODE_ERRORS:
+        event = _decode(_UNIFIED_MESSAGE, data, rx, "unified message", ("kind", d.MESSAGE_LIFECYCLES))
     return from_core_message(event, rx)
 
 

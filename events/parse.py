@@ -116,7 +116,8 @@ class EventParser:
         route = route_for(subject)
         if route is None:
             raise EventRejected(f"no route for subject {subject!r}", RejectCode.NO_ROUTE)
-        _require_utf8(subject, data)
+        if not data.isascii():
+            _require_utf8(subject, data)
         rx = self._rx
         at = self._received_at if received_at is None else received_at
         if at is not rx.received_at:
