@@ -348,6 +348,8 @@ class ReportContext:
     machine: Mapping[str, str]
     #: bench name -> the command line of one of its runs (``--json`` path left out)
     commands: Mapping[str, str] = field(default_factory=dict)
+    #: Stopped (Ctrl-C, SIGTERM) before every run was done.
+    interrupted: bool = False
 
 
 def render(context: ReportContext, runs: Sequence[Run], plots: Mapping[str, Sequence[Path]],
@@ -362,6 +364,8 @@ def render(context: ReportContext, runs: Sequence[Run], plots: Mapping[str, Sequ
              "ratio to another figure measured side by side in the same run (computed round by round when both carry "
              "the same unit); a figure without one is an absolute number, valid on the machine below only.", "",
              "## Machine", "", "| | |", "|---|---|"]
+    if context.interrupted:
+        lines[4:4] = ["**Interrupted**: this report covers only the runs that finished before.", ""]
     lines += [f"| {_cell(key)} | {_cell(value)} |" for key, value in context.machine.items()]
     targets = targets_table(aggregated)
     if targets:

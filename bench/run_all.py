@@ -213,6 +213,8 @@ def _command_lines(args: argparse.Namespace) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
+    # SIGTERM as Ctrl-C: the running bench is stopped and the report of the runs so far is written.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     console = Console(stderr=True, log_path=False)
     logs = Path(tempfile.mkdtemp(prefix="fechatter-notify-run-all-"))
     started = datetime.now(UTC)
@@ -222,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     runs: list[report.Run] = []
 
+    interrupted = False
+
     def context(*, final: bool) -> report.ReportContext:
         info = dict(machine)
         if final:
@@ -229,9 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report.ReportContext(started=started.strftime("%Y-%m-%d %H:%M UTC"), command=command,
                                     rounds=args.rounds, seed=args.seed, quick=args.quick,
                                     elapsed_s=time.monotonic() - began, machine=info,
-                                    commands=_command_lines(args))
+                                    commands=_command_lines(args), interrupted=interrupted)
 
-    interrupted = False
     try:
         _run_rounds(args, logs, runs, console, lambda: report.write_report(context(final=False), runs, args.out))
     except KeyboardInterrupt:

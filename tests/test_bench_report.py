@@ -9,6 +9,7 @@ a failing bench (exit code, stderr tail) and goes on.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -181,6 +182,9 @@ def test_the_report_names_the_machine_the_targets_and_each_failure(runs: list[An
     assert "## bridge" in text and "## latency" in text
     assert "Round 3 failed (did not finish, after 300 s): stopped after the 300 s timeout" in text
     assert "```\nTraceback (most recent call last):\nTimeoutError\n```" in text
+    assert "Interrupted" not in text
+    stopped = report.render(dataclasses.replace(context(), interrupted=True), runs, {}, tmp_path)
+    assert "min in all.\n\n**Interrupted**: this report covers only the runs that finished before.\n\n" in stopped
 
 
 def test_writing_the_report_creates_the_plots_and_runs_json_it_can_be_written_again_from(
