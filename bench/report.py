@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: The report's file name in its directory (bench/RESULTS.md by default).
+REPORT_NAME = "RESULTS.md"
 #: Where the plots go, relative to the report's directory (RESULTS.md links them with this prefix).
 PLOTS_DIR = "results"
 #: The raw runs beside the plots, enough to write the report again (``python bench/report.py``).
@@ -802,7 +804,7 @@ def write_report(context: ReportContext, runs: Sequence[Run], out_dir: Path) -> 
     (plots_dir / RUNS_FILE).write_text(json.dumps(
         {"context": asdict(context), "runs": [r.to_json() for r in runs]}, indent=1) + "\n")
     plots = write_plots(runs, plots_dir)
-    report = out_dir / "RESULTS.md"
+    report = out_dir / REPORT_NAME
     report.write_text(render(context, runs, plots, out_dir))
     return report
 

@@ -195,7 +195,7 @@ def test_writing_the_report_creates_the_plots_and_runs_json_it_can_be_written_ag
 
     path = report.write_report(context(), [*runs, scaled], tmp_path)
 
-    assert path == tmp_path / "RESULTS.md"
+    assert path == tmp_path / report.REPORT_NAME
     plots = sorted(p.name for p in (tmp_path / "results").glob("*.png"))
     assert plots == ["latency-latency-cdf.png", "pipeline-latency-cdf.png", "pipeline-scale-out.png",
                      "ratios.png", "throughput.png"]
