@@ -30,7 +30,8 @@ import json
 import math
 import re
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -510,18 +511,28 @@ def load_steps(runs: Sequence[Run]) -> dict[str, list[LoadStep]]:
 
 
 def _curve(data: Any) -> tuple[str, list[tuple[float, float]]] | None:
+    """("samples" | "cdf", points) of one step's data; None when it is neither (e.g. a sample count)."""
     if isinstance(data, Mapping):
         xs, ps = data.get("ms") or data.get("x"), data.get("p") or data.get("fraction")
         if isinstance(xs, list) and isinstance(ps, list) and len(xs) == len(ps):
-            return "cdf", [(float(x), float(p)) for x, p in zip(xs, ps, strict=True)]
+            return "cdf", _finite_pairs(zip(xs, ps, strict=True))
         return None
     if not isinstance(data, list) or not data:
         return None
-    if all(isinstance(v, int | float) for v in data):
-        return "samples", [(float(v), 0.0) for v in data]
+    if all(isinstance(v, int | float) or v is None for v in data):
+        return "samples", _finite_pairs((v, 0.0) for v in data)
     if all(isinstance(v, list | tuple) and len(v) == 2 for v in data):
-        return "cdf", [(float(x), float(p)) for x, p in data]
+        return "cdf", _finite_pairs(data)
     return None
+
+
+def _finite_pairs(pairs: Iterable[Any]) -> list[tuple[float, float]]:
+    """The pairs of two finite numbers (a null stands for an infinite latency: a frame that never came)."""
+    out = []
+    for x, p in pairs:
+        if isinstance(x, int | float) and isinstance(p, int | float) and math.isfinite(x) and math.isfinite(p):
+            out.append((float(x), float(p)))
+    return out
 
 
 def scale_out_steps(runs: Sequence[Run]) -> dict[str, list[tuple[float, Spread]]]:
@@ -621,32 +632,39 @@ def ratio_summaries(aggregated: Mapping[str, Sequence[Summary]]) -> list[Summary
 
 
 def write_plots(runs: Sequence[Run], plots_dir: Path) -> dict[str, list[Path]]:
-    """The PNG plots; keys: "" for the whole run, else the bench a plot belongs to."""
+    """The PNG plots; keys: "" for the whole run, else the bench a plot belongs to. A plot that
+    cannot be drawn (odd data from a bench) is skipped with a line on stderr: the tables matter more."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a benchmark machine
     plots_dir.mkdir(parents=True, exist_ok=True)
     aggregated = aggregate(runs)
     out: dict[str, list[Path]] = {}
+
+    def draw(key: str, plot: Callable[..., Path], *args: Any) -> None:
+        try:
+            out.setdefault(key, []).append(plot(*args))
+        except Exception as exc:  # any plotting failure: say so and go on
+            print(f"report: {args[-1]} not drawn: {exc!r}", file=sys.stderr)
+
     rates = throughput_summaries(aggregated)
     if rates:
-        out.setdefault("", []).append(_plot_throughput(rates, plots_dir / "throughput.png"))
+        draw("", _plot_throughput, rates, plots_dir / "throughput.png")
     ratios = ratio_summaries(aggregated)
     if ratios:
-        out.setdefault("", []).append(_plot_ratios(ratios, plots_dir / "ratios.png"))
+        draw("", _plot_ratios, ratios, plots_dir / "ratios.png")
     for bench in _bench_order(runs):
         mine = [r for r in runs if r.bench == bench]
         ladders = load_steps(mine)
         if ladders:
             bound = _p99_bound(aggregated.get(bench, []))
-            out.setdefault(bench, []).append(_plot_load_steps(bench, ladders, bound,
-                                                              plots_dir / f"{bench}-load-steps.png"))
+            draw(bench, _plot_load_steps, bench, ladders, bound, plots_dir / f"{bench}-load-steps.png")
         steps = scale_out_steps(mine)
         if steps:
-            out.setdefault(bench, []).append(_plot_scale_out(bench, steps, plots_dir / f"{bench}-scale-out.png"))
+            draw(bench, _plot_scale_out, bench, steps, plots_dir / f"{bench}-scale-out.png")
         curves = latency_curves(mine)
         if curves:
-            out.setdefault(bench, []).append(_plot_cdf(bench, curves, plots_dir / f"{bench}-latency-cdf.png"))
+            draw(bench, _plot_cdf, bench, curves, plots_dir / f"{bench}-latency-cdf.png")
     return out
 
 

@@ -215,6 +215,10 @@ def test_latency_samples_are_pooled_over_rounds_and_a_bench_without_them_has_no_
 
     assert curves == {"wake 1000/s": [(1.0, 0.25), (2.0, 0.5), (3.0, 0.75), (4.0, 1.0)]}
     assert report.latency_curves([r for r in runs if r.bench == "bridge"]) == {}
+    # Nulls (infinitely late: never came) are left out, not an error.
+    odd = report.Run.from_output("x", 1, {"figures": [], "meta": {"cdf": {"a": [[1.0, 0.5], [None, 1.0]]},
+                                                                  "samples": {"b": [2.0, None], "c": 17}}})
+    assert report.latency_curves([odd]) == {"a": [(1.0, 0.5)], "b": [(2.0, 1.0)]}
 
 
 def test_scale_out_steps_are_ratios_to_each_rounds_first_step() -> None:
