@@ -24,7 +24,7 @@ import msgspec
 
 from bridge.dead_letters import TOO_LARGE_PREFIX, dead_letter_fields
 from bridge.enqueue import DEDUPE_PREFIX, Batch
-from bridge.messages import StampedBatch, message_id_for, producer_trace, random_message_id
+from bridge.messages import Frame, StampedBatch, message_id_for, producer_trace, random_message_id
 from events import ACTORS, EventParser, EventRejected, Lane, RejectCode
 from settings import Events
 
@@ -36,9 +36,9 @@ DEFAULT_MAX_PAYLOAD_BYTES: Final[int] = Events().max_payload_bytes
 _MSG_ID_HEADER = "Nats-Msg-Id"
 _JSON: Final = msgspec.json.Encoder()
 
-#: Per job type in a batch: its name, queue, script queue index, actor, and the script's index of the
-#: batch's frame for them (0: no exact frame, the message is encoded here).
-_Route = tuple[str, str, int, str, int]
+#: Per job type in a batch: its name, queue, script queue index, actor, and the batch's frame for them
+#: (None: no exact frame, StampedBatch.text encodes each message).
+_Route = tuple[str, str, int, str, Frame | None]
 
 
 def event_identity(stream: str | None, stream_seq: int | None, headers: Mapping[str, str] | None,
@@ -158,30 +158,27 @@ class EventBatch:
             self.job_types.append(None)
             self.rejects.append(reject)
             return
+        message_id = message_id_for(identity) if identity is not None else random_message_id()
         route = self._routes.get(type(job))
         if route is None:
-            route = self._route(type(job), identity)
+            route = self._route(type(job), message_id)
         name, queue, index, actor, frame = route
-        if frame and identity is not None and not headers:
-            # The usual event: the script derives the message id from the identity and assembles
-            # the JSON around the job's own (the same bytes as StampedBatch.encode).
-            self.batch.add_framed(dedupe_key, index, identity, frame, _JSON.encode(job).decode())
+        if frame is not None and not headers:
+            # StampedBatch.text() inlined for the usual event (no producer trace): the same text.
+            text = (f"{frame.head}{_JSON.encode(job).decode()}{frame.middle}{message_id}{frame.between}"
+                    f"{message_id}{frame.tail}")
         else:
-            message_id = message_id_for(identity) if identity is not None else random_message_id()
             trace = producer_trace(headers) if headers else None
-            self.batch.add_job_text(dedupe_key, index, message_id,
-                                    self.stamped.text(job, queue, actor, message_id, trace))
+            text = self.stamped.text(job, queue, actor, message_id, trace)
+        self.batch.add_job_text(dedupe_key, index, message_id, text)
         self.job_types.append(name)
         self.rejects.append(None)
 
-    def _route(self, job_type: type, identity: str | None) -> _Route:
+    def _route(self, job_type: type, message_id: str) -> _Route:
         spec = ACTORS[job_type]
         queue, index = self._queue_index[spec.lane]
-        # The template is stamped with the first message's id (as StampedBatch.encode would).
-        first_id = message_id_for(identity) if identity is not None else random_message_id()
-        frame = self.stamped.frame(queue, spec.actor_name, first_id)
-        route = self._routes[job_type] = (job_type.__name__, queue, index, spec.actor_name,
-                                          0 if frame is None else self.batch.frame_index(frame))
+        frame = self.stamped.frame(queue, spec.actor_name, message_id)
+        route = self._routes[job_type] = (job_type.__name__, queue, index, spec.actor_name, frame)
         return route
 
 

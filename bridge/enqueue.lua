@@ -9,24 +9,24 @@
 -- ARGV[1]  dedupe window, seconds: how long an event's marker blocks a second enqueue
 -- ARGV[2]  dead-letter stream key
 -- ARGV[3]  dead-letter stream max length (exact MAXLEN)
--- ARGV[4]  msgpack [queues, entries, frames]
+-- ARGV[4]  msgpack [queues, entries]
 --   queues   = { {list_key, msgs_key, wake_channel}, ... }
 --   entries  = { {"J", dedupe_key, queue_index, redis_message_id, message_json}
---              | {"F", dedupe_key, queue_index, identity, job_json, frame_index}
 --              | {"D", dedupe_key, first_argv, count}, ... }
---   frames   = { {head, middle, between, tail}, ... }  (optional)
 --   dedupe_key "" means no dedupe (core NATS: there is no redelivery to absorb).
---   "F" is "J" with the message built here: its redis message id is uuid5(identity) (the value of
---   bridge/messages.py message_id_for) and its JSON head .. job .. middle .. id .. between .. id .. tail
---   (bridge/messages.py Frame): SHA-1 and concatenation in C here cost a fraction of what they
---   cost in the bridge's Python, per event.
 -- ARGV[5..] the dead letters' alternating field names and values; entry "D" names its slice.
 --   (Raw payloads may be any bytes, and Redis' cmsgpack has no msgpack "bin" type: strings only.)
 --
--- Returns one character per entry: "1" written, "0" already written within the window.
+-- Returns one character per entry: "1" written, "0" already written within the window (or
+-- earlier in this batch: a second copy of an event in one batch is written once).
 --
--- Order per event: check the marker, write, then set the marker. If the script fails half
+-- Order for the batch: read the markers, write, then set the markers. If the script fails half
 -- way (OOM, ...), the retry may enqueue an event twice but can never skip one.
+--
+-- Redis runs this script while every other client waits, and its time is on the bridge's path
+-- (the next batch is enqueued after this one answered), so it costs few calls per event: one
+-- MGET for all markers, one HSET and one RPUSH per queue for all jobs (in entry order), then
+-- one SET per marker (a marker has its own expiry: no multi-key command sets one).
 
 local ttl = ARGV[1]
 local dl_key = ARGV[2]
@@ -34,58 +34,85 @@ local dl_max = ARGV[3]
 local batch = cmsgpack.unpack(ARGV[4])
 local queues = batch[1]
 local entries = batch[2]
-local frames = batch[3] or {}
 
--- bridge/messages.py MESSAGE_ID_NAMESPACE (6f0b3a1e-9d3c-5c7e-8a5f-0c1d2e3f4a5b), as bytes.
-local UUID_NAMESPACE = "\111\011\058\030\157\060\092\126\138\095\012\029\046\063\074\091"
--- The RFC 4122 variant (10xx) applied to a hex digit of the hash.
-local VARIANT = {["0"] = "8", ["1"] = "9", ["2"] = "a", ["3"] = "b", ["4"] = "8", ["5"] = "9", ["6"] = "a",
-                 ["7"] = "b", ["8"] = "8", ["9"] = "9", ["a"] = "a", ["b"] = "b", ["c"] = "8", ["d"] = "9",
-                 ["e"] = "a", ["f"] = "b"}
+-- Arguments per variadic call: unpack() puts them all on Lua's C stack (LUAI_MAXCSTACK 8000).
+local CHUNK = 1000
 
--- uuid.uuid5(namespace, identity) as text: SHA-1, version nibble 5, variant nibble.
-local function uuid5(identity)
-    local h = redis.sha1hex(UUID_NAMESPACE .. identity)
-    return string.sub(h, 1, 8) .. "-" .. string.sub(h, 9, 12) .. "-5" .. string.sub(h, 14, 16) .. "-"
-        .. VARIANT[string.sub(h, 17, 17)] .. string.sub(h, 18, 20) .. "-" .. string.sub(h, 21, 32)
+local function call_chunked(command, key, args, step)
+    for first = 1, #args, step do
+        redis.call(command, key, unpack(args, first, math.min(first + step - 1, #args)))
+    end
 end
 
-local out = {}
-local woken = {}
+-- 1. Which events were written before: one MGET over every marker of the batch.
+local marker_keys = {}
+local marker_entry = {}
+for i = 1, #entries do
+    local dedupe = entries[i][2]
+    if dedupe ~= "" then
+        marker_keys[#marker_keys + 1] = dedupe
+        marker_entry[#marker_keys] = i
+    end
+end
+local written_before = {}
+for first = 1, #marker_keys, CHUNK do
+    local last = math.min(first + CHUNK - 1, #marker_keys)
+    local values = redis.call("mget", unpack(marker_keys, first, last))
+    for j = 1, #values do
+        if values[j] then
+            written_before[marker_entry[first + j - 1]] = true
+        end
+    end
+end
 
+-- 2. Write what is new, collecting the jobs per queue in entry order; dead letters go one by one.
+local out = {}
+local seen = {}
+local fields = {}   -- per queue index: id, message, id, message, ...
+local ids = {}      -- per queue index: id, id, ...
+local markers = {}  -- marker key, value, marker key, value, ...
 for i = 1, #entries do
     local e = entries[i]
     local dedupe = e[2]
-    if dedupe ~= "" and redis.call("exists", dedupe) == 1 then
+    if written_before[i] or (dedupe ~= "" and seen[dedupe]) then
         out[i] = "0"
     else
-        if e[1] ~= "D" then
-            local q = queues[e[3]]
-            local id, message = e[4], e[5]
-            if e[1] == "F" then
-                local f = frames[e[6]]
-                id = uuid5(e[4])
-                message = f[1] .. e[5] .. f[2] .. id .. f[3] .. id .. f[4]
+        local value
+        if e[1] == "J" then
+            local q = e[3]
+            if not fields[q] then
+                fields[q], ids[q] = {}, {}
             end
-            redis.call("hset", q[2], id, message)
-            redis.call("rpush", q[1], id)
-            woken[e[3]] = (woken[e[3]] or 0) + 1
-            if dedupe ~= "" then
-                redis.call("set", dedupe, id, "EX", ttl)
-            end
+            local f = fields[q]
+            f[#f + 1] = e[4]
+            f[#f + 1] = e[5]
+            ids[q][#ids[q] + 1] = e[4]
+            value = e[4]
         else
             redis.call("xadd", dl_key, "MAXLEN", dl_max, "*", unpack(ARGV, e[3], e[3] + e[4] - 1))
-            if dedupe ~= "" then
-                redis.call("set", dedupe, "dead-letter", "EX", ttl)
-            end
+            value = "dead-letter"
+        end
+        if dedupe ~= "" then
+            seen[dedupe] = true
+            markers[#markers + 1] = dedupe
+            markers[#markers + 1] = value
         end
         out[i] = "1"
     end
 end
+for q, f in pairs(fields) do
+    call_chunked("hset", queues[q][2], f, CHUNK)
+    call_chunked("rpush", queues[q][1], ids[q], CHUNK)
+end
+
+-- 3. Only now the markers: a failure above leaves none, so the retry writes everything again.
+for m = 1, #markers, 2 do
+    redis.call("set", markers[m], markers[m + 1], "EX", ttl)
+end
 
 -- Wake idle workers blocked on the queue's channel (events/inbox.py wake_channel): payload = count.
-for index, count in pairs(woken) do
-    redis.call("publish", queues[index][3], count)
+for q, queued in pairs(ids) do
+    redis.call("publish", queues[q][3], #queued)
 end
 
 return table.concat(out)

@@ -31,7 +31,6 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from bridge.errors import RedisUnavailable
-from bridge.messages import message_id_for
 from events import messages_key, queue_key, wake_channel
 from runtime import LuaScript, async_client
 from settings import Redis as RedisSettings
@@ -77,7 +76,7 @@ class Batch:
       namespace(str): dramatiq namespace (``redis.namespace``).
     """
 
-    __slots__ = ("_frame_index", "_queue_index", "durable", "entries", "extra", "frames", "namespace", "queues")
+    __slots__ = ("_queue_index", "durable", "entries", "extra", "namespace", "queues")
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
@@ -85,9 +84,6 @@ class Batch:
         self.durable = False
         self._queue_index: dict[str, int] = {}
         self.queues: list[tuple[str, str, str]] = []
-        #: The script's frames table: (head, middle, between, tail) of dramatiq JSON (:meth:`add_framed`).
-        self.frames: list[tuple[str, str, str, str]] = []
-        self._frame_index: dict[tuple[str, str, str, str], int] = {}
         self.entries: list[tuple[Any, ...]] = []
         #: Script arguments after the fixed four: dead-letter fields (any bytes).
         self.extra: list[str | bytes] = []
@@ -104,14 +100,6 @@ class Batch:
             index = self._queue_index[queue] = len(self.queues)
         return index
 
-    def frame_index(self, frame: tuple[str, str, str, str]) -> int:
-        """The 1-based index of ``frame`` in the script's frame table (added on first use)."""
-        index = self._frame_index.get(frame)
-        if index is None:
-            self.frames.append(frame)
-            index = self._frame_index[frame] = len(self.frames)
-        return index
-
     def add_job(self, dedupe_key: str, queue_index: int, message_id: str, message: bytes) -> None:
         """Add one dramatiq message (``message`` is its JSON encoding, UTF-8)."""
         # A msgpack str, not bin: Redis' cmsgpack cannot read bin. JSON from msgspec is valid UTF-8.
@@ -123,23 +111,12 @@ class Batch:
             self.durable = True
         self.entries.append(("J", dedupe_key, queue_index, message_id, message))
 
-    def add_framed(self, dedupe_key: str, queue_index: int, identity: str, frame_index: int, job_json: str) -> None:
-        """Add one dramatiq message that the script assembles: its id is ``uuid5(identity)``
-        (:func:`bridge.messages.message_id_for`), its JSON the frame around ``job_json`` and that id."""
-        if dedupe_key:
-            self.durable = True
-        self.entries.append(("F", dedupe_key, queue_index, identity, job_json, frame_index))
-
     def message(self, i: int) -> tuple[str, str]:
         """The redis message id and the JSON the script writes for job entry ``i`` (tests, tools)."""
         entry = self.entries[i]
-        if entry[0] == "J":
-            return entry[3], entry[4]
-        if entry[0] == "F":
-            head, middle, between, tail = self.frames[entry[5] - 1]
-            message_id = message_id_for(entry[3])
-            return message_id, f"{head}{entry[4]}{middle}{message_id}{between}{message_id}{tail}"
-        raise ValueError(f"entry {i} is a dead letter, not a job")
+        if entry[0] != "J":
+            raise ValueError(f"entry {i} is a dead letter, not a job")
+        return entry[3], entry[4]
 
     def add_dead_letter(self, dedupe_key: str, fields: list[str | bytes]) -> None:
         """Add one dead letter: alternating field names and values for the Redis stream."""
@@ -149,7 +126,7 @@ class Batch:
 
     def pack(self) -> bytes:
         """The script's msgpack argument."""
-        return _PACK.encode((self.queues, self.entries, self.frames))
+        return _PACK.encode((self.queues, self.entries))
 
 
 class Enqueuer:

@@ -159,11 +159,11 @@ def test_the_bridges_message_json_is_what_dramatiq_decodes_with_job_to_args() ->
                         received, 5.0, 60.0)
     events.add("fechatter.message.created", C_CREATED, None, consumer="c", stream="S", stream_seq=7, delivered=1)
     kind, dedupe, queue_index = events.batch.entries[0][:3]
-    message_id, data = events.batch.message(0)  # what enqueue.lua writes (it assembles "F" entries)
+    message_id, data = events.batch.message(0)  # what enqueue.lua writes
     message = dramatiq.Message.decode(data.encode())
     job = parse_event("fechatter.message.created", C_CREATED, None, stream="S", stream_seq=7, delivered=1,
                       received_at=received)
-    assert (kind, dedupe, events.batch.queues[queue_index - 1][0]) == ("F", "ns:bridge:dedupe:S:7", "ns:domain")
+    assert (kind, dedupe, events.batch.queues[queue_index - 1][0]) == ("J", "ns:bridge:dedupe:S:7", "ns:domain")
     assert message.args == (job_to_args(job),)
     assert (message.queue_name, message.actor_name, message.kwargs) == ("domain", "new_message", {})
     assert message.message_id == message_id == message_id_for("S:7")
