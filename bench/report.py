@@ -664,7 +664,7 @@ def write_plots(runs: Sequence[Run], plots_dir: Path) -> dict[str, list[Path]]:
             draw(bench, _plot_scale_out, bench, steps, plots_dir / f"{bench}-scale-out.png")
         curves = latency_curves(mine)
         if curves:
-            draw(bench, _plot_cdf, bench, curves, plots_dir / f"{bench}-latency-cdf.png")
+            draw(bench, _plot_cdf, bench, curves, plots_dir / f"{bench}-cdf.png")
     return out
 
 

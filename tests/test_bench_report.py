@@ -197,7 +197,7 @@ def test_writing_the_report_creates_the_plots_and_runs_json_it_can_be_written_ag
 
     assert path == tmp_path / report.REPORT_NAME
     plots = sorted(p.name for p in (tmp_path / "results").glob("*.png"))
-    assert plots == ["latency-latency-cdf.png", "pipeline-latency-cdf.png", "pipeline-scale-out.png",
+    assert plots == ["latency-cdf.png", "pipeline-cdf.png", "pipeline-scale-out.png",
                      "ratios.png", "throughput.png"]
     assert all((tmp_path / "results" / name).read_bytes().startswith(b"\x89PNG") for name in plots)
     text = path.read_text()
@@ -279,7 +279,7 @@ def test_the_pipeline_plots_are_written(tmp_path: Path) -> None:
 
     plots = report.write_plots(rounds, tmp_path)
 
-    assert sorted(p.name for p in plots["pipeline"]) == ["pipeline-latency-cdf.png", "pipeline-load-steps.png",
+    assert sorted(p.name for p in plots["pipeline"]) == ["pipeline-cdf.png", "pipeline-load-steps.png",
                                                           "pipeline-scale-out.png"]
     assert [p.name for p in plots[""]] == ["throughput.png"]
 
