@@ -28,6 +28,7 @@ from nats.aio.subscription import Subscription
 
 from bridge.batch import DEFAULT_MAX_PAYLOAD_BYTES, EventBatch
 from bridge.circuit import Circuit
+from bridge.dead_letter_log import DeadLetterLog
 from bridge.enqueue import WRITTEN, Enqueuer
 from bridge.errors import RedisUnavailable
 from bridge.messages import MessageFactory
@@ -71,6 +72,7 @@ class CoreSubscriber:
         self._factory = factory
         self._circuit = circuit
         self._metrics = metrics
+        self._dead_letter_log = DeadLetterLog(log)
         self._queues = queues
         self._subs: list[Subscription] = []
         self._buffer: list[Msg] = []
@@ -101,6 +103,7 @@ class CoreSubscriber:
         if self._buffer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._flush(), within)
+        self._dead_letter_log.flush()
 
     def retune(self, settings: Realtime) -> None:
         """Take a reloaded ``batch_window`` and ``batch_size`` (the rest needs a restart)."""
@@ -169,8 +172,8 @@ class CoreSubscriber:
             reject = events.rejects[i]
             if reject is not None and flags[i] == WRITTEN:
                 self._metrics.dead_lettered.labels(CORE_SOURCE, str(reject.code)).inc()
-                log_event(log, "dead_letter", logging.WARNING, subject=msgs[i].subject, consumer=CORE_SOURCE,
-                          code=str(reject.code), reason=reject.reason)
+                self._dead_letter_log.record(consumer=CORE_SOURCE, code=str(reject.code), subject=msgs[i].subject,
+                                             reason=reject.reason)
         for job_type, n in enqueued.items():
             self._metrics.enqueued.labels(CORE_SOURCE, job_type).inc(n)
 

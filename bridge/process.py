@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from bridge.acks import Settler
 from bridge.batch import DEFAULT_MAX_PAYLOAD_BYTES, EventBatch
 from bridge.circuit import Circuit
+from bridge.dead_letter_log import DeadLetterLog
 from bridge.enqueue import WRITTEN, Enqueuer
 from bridge.errors import RedisUnavailable
 from bridge.holding import Holding, Inbound, Meta, hold_limits, reply_metadata
@@ -76,6 +77,7 @@ class JetStreamProcessor:
         self._factory = factory
         self._circuit = circuit
         self._metrics = metrics
+        self._dead_letter_log = DeadLetterLog(log)
         self._queues = queues
         self._ttls = (typing_ttl, presence_ttl)
         self.settler = Settler(consumer)
@@ -145,6 +147,7 @@ class JetStreamProcessor:
             log_event(log, "held_events_naked", logging.WARNING, consumer=self._name,
                       events=sum(len(b.msgs) for b in left), reason="shutdown")
         await stop_task(self._release)
+        self._dead_letter_log.flush()
 
     # -- holding ------------------------------------------------------------------------------
 
@@ -262,9 +265,10 @@ class JetStreamProcessor:
             if flags[i] == WRITTEN:
                 meta = metas[i]
                 self._metrics.dead_lettered.labels(self._name, code).inc()
-                log_event(log, "dead_letter", logging.WARNING, subject=msg.subject, consumer=self._name,
-                          seq=meta[1] if meta else None, delivered=meta[2] if meta else 1, code=code,
-                          reason=reject.reason if reject is not None else "unreadable reply subject")
+                self._dead_letter_log.record(
+                    consumer=self._name, code=code, subject=msg.subject, seq=meta[1] if meta else None,
+                    delivered=meta[2] if meta else 1,
+                    reason=reject.reason if reject is not None else "unreadable reply subject")
         if to_ack:
             self._acked.inc(await self.settler.ack(to_ack))
         if to_term:

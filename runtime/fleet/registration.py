@@ -143,20 +143,34 @@ class ProcessRecord:
 
 
 class _LastWarning(logging.Handler):
-    """Keeps the newest WARNING-or-worse line of the process (formatted, URLs redacted, cut short)."""
+    """Keeps the newest WARNING-or-worse line of the process (formatted, URLs redacted, cut short).
+
+    The record is kept and formatted only when read (each heartbeat of the registration): a burst
+    of warnings would otherwise pay for a second formatting of every line, of which one is kept.
+    """
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.setFormatter(LogfmtFormatter())
-        self.last: dict[str, Any] | None = None
+        self._record: logging.LogRecord | None = None
+        self._formatted: dict[str, Any] | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
+        self._record = record
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        record = self._record
+        if record is None:
+            return self._formatted
+        self._record = None
         try:
             line = self.format(record)
-        except Exception:  # a handler must never raise into the code that logged
-            return
-        self.last = {"at": record.created, "level": record.levelname.lower(), "logger": record.name,
-                     "event": record.getMessage()[:80], "line": line[:MAX_WARNING_CHARS]}
+        except Exception:  # a handler must never raise into the code that logged; keep the previous line
+            return self._formatted
+        self._formatted = {"at": record.created, "level": record.levelname.lower(), "logger": record.name,
+                           "event": record.getMessage()[:80], "line": line[:MAX_WARNING_CHARS]}
+        return self._formatted
 
 
 async def read_registrations(client: aioredis.Redis, namespace: str) -> list[ProcessRecord]:
