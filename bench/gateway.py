@@ -70,15 +70,25 @@ _T = re.compile(rb'"t":([0-9.]+)')
 FD_HEADROOM = 4096
 
 
+#: Descriptors the gateway keeps back from its limit (gateway/limits.py: FD_RESERVE and
+#: PROBE_RESERVE), plus a margin: more streams than the limit minus this cannot be held.
+GATEWAY_FD_RESERVE = 256 + 64 + 100
+
+
 def raise_fd_limit(streams: int = 0) -> tuple[int, int]:
     """Soft RLIMIT_NOFILE := hard limit (each stream is one descriptor on each side); as root,
-    first raise the hard limit to what ``streams`` need (children inherit both)."""
+    first raise the hard limit to what ``streams`` need (children inherit both). Raising the
+    hard limit takes CAP_SYS_RESOURCE, which a container's root may lack: then it stays."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = streams + FD_HEADROOM
     if hard != resource.RLIM_INFINITY and hard < wanted and os.geteuid() == 0:
         ceiling = int(_read(Path("/proc/sys/fs/nr_open")))
-        hard = min(wanted, ceiling)
-    if soft < hard or resource.getrlimit(resource.RLIMIT_NOFILE)[1] != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, ceiling), min(wanted, ceiling)))
+        except (ValueError, OSError) as exc:
+            print(f"cannot raise the hard open-files limit above {hard} ({exc}: no CAP_SYS_RESOURCE?)")
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
@@ -238,6 +248,17 @@ def _probe_answer(command: str) -> dict[str, Any]:
     import tracemalloc
 
     verb, _, arg = command.partition(" ")
+    if verb == "trim":
+        # A diagnostic, not part of the figure: how much of the RSS is memory glibc's malloc
+        # holds free (fragmentation) rather than memory in use.
+        import ctypes
+
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return _smaps_rollup()
+    if verb == "mark" and tracemalloc.is_tracing():
+        _marks.append(tracemalloc.take_snapshot())
+        return {"ok": True}
     if verb == "gc":
         # Every generation, frozen objects aside (the gateway freezes its start-up objects):
         # what is left is what the streams really hold.
@@ -247,13 +268,20 @@ def _probe_answer(command: str) -> dict[str, Any]:
         gc.collect()
         snapshot = tracemalloc.take_snapshot().filter_traces(
             (tracemalloc.Filter(False, tracemalloc.__file__),))
-        stats = snapshot.statistics("traceback" if arg.endswith("tb") else "lineno")
+        key = "traceback" if arg.endswith("tb") else "lineno"
         limit = int(arg.rstrip("tb") or 25)
-        return {"top": [{"kb": stat.size / 1024, "count": stat.count,
-                         "where": [str(frame) for frame in stat.traceback.format()[-6:]]}
+        # Since the mark (taken with no stream open), when there is one: what the streams added.
+        stats = snapshot.compare_to(_marks[-1], key) if _marks else snapshot.statistics(key)
+        return {"top": [{"kb": getattr(stat, "size_diff", stat.size) / 1024,
+                         "count": getattr(stat, "count_diff", stat.count),
+                         "where": [str(frame) for frame in stat.traceback.format(most_recent_first=True)[:8]]}
                         for stat in stats[:limit]],
                 "traced_kb": tracemalloc.get_traced_memory()[0] / 1024}
     return {"error": f"unknown command {command!r}"}
+
+
+#: tracemalloc snapshots taken by the probe's ``mark``.
+_marks: list[Any] = []
 
 
 def _smaps_rollup() -> dict[str, float]:
@@ -403,7 +431,7 @@ async def _wait_ready(url: str, gateway: asyncio.subprocess.Process, log: Path) 
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
-        for _ in range(1200):
+        for _ in range(3600):
             if gateway.returncode is not None:
                 raise RuntimeError(f"gateway exited:\n{_read(log)[-3000:]}")
             try:
@@ -413,7 +441,7 @@ async def _wait_ready(url: str, gateway: asyncio.subprocess.Process, log: Path) 
             except aiohttp.ClientConnectionError:
                 pass
             await asyncio.sleep(0.05)
-    raise RuntimeError("gateway not ready after 60 s")
+    raise RuntimeError("gateway not ready after 180 s")
 
 
 async def _metrics(url: str) -> dict[str, float]:
@@ -473,6 +501,12 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any] | None:
     from tests.servers import RedisServer
 
     soft, hard = raise_fd_limit(args.streams)
+    args.streams_requested = args.streams
+    if args.streams > soft - GATEWAY_FD_RESERVE:
+        # One gateway process cannot hold more streams than its descriptors allow: measure
+        # what it can hold rather than a run in which the rest is refused.
+        args.streams = soft - GATEWAY_FD_RESERVE
+        print(f"open-files limit {soft}: {args.streams} streams instead of {args.streams_requested}")
     print(f"fd limit (this process and its children): soft={soft} hard={hard}; cpus={os.cpu_count()}; "
           f"{source_addresses(args.streams)} client source addresses")
     work = Path(tempfile.mkdtemp(prefix="fechatter-notify-bench-"))
@@ -485,11 +519,10 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any] | None:
             result = await run_gateway(args, setup, ROOT, {}, "run")
             _print_run(args, result)
             return figures(args, result)
-        await compare(args, setup)
-        return None
+        return await compare(args, setup)
 
 
-async def compare(args: argparse.Namespace, setup: _Setup) -> None:
+async def compare(args: argparse.Namespace, setup: _Setup) -> dict[str, Any]:
     """``--compare``: the same load on the gateway without its edge protections ("before") and
     with them at their defaults ("after"), alternating for ``--rounds`` rounds; best of each."""
     if args.compare == "off":
@@ -509,6 +542,30 @@ async def compare(args: argparse.Namespace, setup: _Setup) -> None:
             _print_run(args, result)
             results[mode].append(result)
     _print_comparison(args, label, results)
+    return _comparison_figures(args, label, results)
+
+
+#: Figures of a comparison: (name, result field, unit).
+_COMPARED = (
+    ("burst_frames_per_cpu_s", "burst_frames_per_cpu_s", "frames/CPU-s"),
+    ("paced_frames_per_cpu_s", "paced_frames_per_cpu_s", "frames/CPU-s"),
+    ("burst_frames_per_s", "burst_rate", "frames/s"),
+    ("rss_per_stream_after_gc", "kb_per_stream_gc", "KB"),
+    ("idle_cpu_per_stream", "idle_cpu_us_per_s_per_stream", "us/s"),
+)
+
+
+def _comparison_figures(args: argparse.Namespace, label: str,
+                        results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Medians of "before" and "after", each "after" figure naming its "before" as baseline."""
+    figures_: list[dict[str, Any]] = []
+    for name, field, unit in _COMPARED:
+        for mode in ("before", "after"):
+            figures_.append({"name": f"{name}_{mode}", "value": _median(results[mode], field), "unit": unit,
+                             "baseline": f"{name}_before" if mode == "after" else None, "target": None})
+    return {"figures": figures_, "meta": {"before": label, "rounds": args.rounds, "streams": args.streams,
+                                          "users": args.users, "keep_alive_s": args.keep_alive,
+                                          "machine": "shared"}}
 
 
 def _median(runs: list[dict[str, Any]], field: str) -> float:
@@ -530,16 +587,22 @@ def _print_comparison(args: argparse.Namespace, label: str, results: dict[str, l
         ("paced frames/s", "paced_rate", "{:,.0f}"),
         ("publish->frame p99, ms", "p99_ms", "{:.1f}"),
         ("RSS per stream, KB", "kb_per_stream", "{:.1f}"),
+        ("RSS per stream after a GC, KB", "kb_per_stream_gc", "{:.2f}"),
+        (f"idle CPU per stream, us/s (keep-alive {args.keep_alive:g} s)", "idle_cpu_us_per_s_per_stream",
+         "{:.2f}"),
         ("streams connected", "confirmed", "{:,.0f}"),
     ]
     width = max(len(r[0]) for r in rows) + 2
-    print(f"\nbefore = {label}; after = gateway.limits defaults; median of {args.rounds} round(s) each, "
+    after_label = "gateway.limits defaults" if args.compare == "off" else f"this tree ({ROOT})"
+    print(f"\nbefore = {label}; after = {after_label}; median of {args.rounds} round(s) each, "
           f"{args.streams} streams / {args.users} users")
     print(f"{'metric':<{width}}{'before':>14}{'after':>14}{'after/before':>14}")
     for name, field, fmt in rows:
         b, a = _median(before, field), _median(after, field)
         ratio = a / b if b else float("nan")
         print(f"{name:<{width}}{fmt.format(b):>14}{fmt.format(a):>14}{ratio:>14.3f}")
+    if args.compare != "off":
+        return  # the ratios above are the comparison; the cost lines are about gateway.limits
     for phase in ("burst", "paced"):
         b = _median(before, f"{phase}_frames_per_cpu_s")
         a = _median(after, f"{phase}_frames_per_cpu_s")
@@ -587,6 +650,9 @@ async def run_gateway(
         fd_line = next((ln for ln in _read(log).splitlines() if "event=fd_limit" in ln), "")
         print(f"gateway pid {gateway.pid} ready on {url}; {fd_line.split('event=')[-1]}")
         idle = await _memory(gateway.pid, probe)
+        idle_trimmed = await probe.ask("trim")
+        if args.tracemalloc:
+            await probe.ask("mark")
         idle_cpu_0 = await idle_cpu(gateway.pid, args.idle_window)
         share = args.streams // args.clients
         for i in range(args.clients):
@@ -608,6 +674,7 @@ async def run_gateway(
               f"({sum(a['failed'] for a in answers)} failed)")
         await asyncio.sleep(1.0)  # let presence updates settle before measuring memory
         connected = await _memory(gateway.pid, probe)
+        connected_trimmed = await probe.ask("trim")
         # -- idle: every stream open, nothing published; the keep-alive comments and the
         # gateway's periodic work are all that runs.
         idle_cpu_n = await idle_cpu(gateway.pid, args.idle_window)
@@ -672,6 +739,7 @@ async def run_gateway(
         "idle_cpu_0": idle_cpu_0, "idle_cpu_n": idle_cpu_n,
         "idle_cpu_us_per_s_per_stream": (idle_cpu_n - idle_cpu_0) / args.idle_window / streams * 1e6,
         "kb_per_stream_gc": (connected["rss_kb"] - idle["rss_kb"]) / streams,
+        "kb_per_stream_trimmed": (connected_trimmed["rss_kb"] - idle_trimmed["rss_kb"]) / streams,
         "anon_kb_per_stream_gc": (connected["anonymous_kb"] - idle["anonymous_kb"]) / streams,
         "socket_kb_per_stream": (connected["tcp_mem_kb"] - idle["tcp_mem_kb"]) / streams,
         "slab_kb_per_stream": (connected["slab_kb"] - idle["slab_kb"]) / streams,
@@ -706,6 +774,7 @@ def _print_run(args: argparse.Namespace, r: dict[str, Any]) -> None:
         ("  after a GC, net of idle: RSS per stream", f"{r['kb_per_stream_gc']:.2f} KB",
          f"<= {TARGET_KB_PER_STREAM} KB"),
         ("  after a GC, net of idle: anonymous per stream", f"{r['anon_kb_per_stream_gc']:.2f} KB", "-"),
+        ("  (diagnostic) ... after malloc_trim too", f"{r['kb_per_stream_trimmed']:.2f} KB", "-"),
         ("  kernel TCP buffers per stream (machine)", f"{r['socket_kb_per_stream']:.2f} KB", "-"),
         ("  kernel slab per stream (machine, both ends)", f"{r['slab_kb_per_stream']:.2f} KB", "-"),
         (f"idle CPU per stream (keep-alive {args.keep_alive:g} s)",
@@ -758,6 +827,7 @@ def figures(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
             fig("rss_per_stream_after_gc", r["kb_per_stream_gc"], "KB", f"<= {TARGET_KB_PER_STREAM}",
                 "rss_idle"),
             fig("anon_per_stream_after_gc", r["anon_kb_per_stream_gc"], "KB"),
+            fig("rss_per_stream_after_gc_and_malloc_trim", r["kb_per_stream_trimmed"], "KB"),
             fig("rss_per_stream_no_gc", r["kb_per_stream"], "KB"),
             fig("kernel_tcp_mem_per_stream", r["socket_kb_per_stream"], "KB"),
             fig("kernel_slab_per_stream", r["slab_kb_per_stream"], "KB"),
@@ -769,7 +839,9 @@ def figures(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
             fig("paced_p99", r["p99_ms"], "ms"),
             fig("rss_peak", r["end"]["hwm_mb"], "MB"),
         ],
-        "meta": {"streams": args.streams, "users": args.users, "clients": args.clients,
+        "meta": {"streams": args.streams, "streams_requested": args.streams_requested,
+                 "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "users": args.users,
+                 "clients": args.clients,
                  "burst": args.burst, "rate": args.rate, "duration_s": args.duration,
                  "keep_alive_s": args.keep_alive, "idle_window_s": args.idle_window,
                  "source_addresses": source_addresses(args.streams), "quick": args.quick,
