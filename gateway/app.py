@@ -124,7 +124,7 @@ async def _redis_pool(app: web.Application) -> AsyncIterator[None]:
         config,  # one server, or the primary Sentinel names (runtime.redis_client)
         blocking=True,
         max_connections=REDIS_POOL_SIZE,
-        timeout=config.socket_timeout,
+        timeout=config.pool_timeout,
         socket_timeout=config.socket_timeout,
         socket_connect_timeout=config.socket_connect_timeout,
         # A pooled connection may be dead after a Redis restart: retry once or twice on a

@@ -216,6 +216,10 @@ class Redis(Section):
     namespace: str = "fechatter-notify"
     socket_timeout: PositiveSeconds = 5.0
     socket_connect_timeout: PositiveSeconds = 5.0
+    #: How long a gateway request waits for a free connection of its Redis pool. Each holder gives
+    #: its connection back within socket_timeout, so a reconnect storm of thousands of streams queues
+    #: here rather than failing streams (their clients would only come back and queue again).
+    pool_timeout: PositiveSeconds = 30.0
     #: How long an enqueued event's key blocks a second enqueue (>= ack_wait x max_deliver).
     dedupe_window: PositiveSeconds = 3600.0
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway import state
+from gateway.app import REDIS_POOL_SIZE
 from gateway.testing import RunningGateway, SigningKey, gateway_settings, running_gateway
 from tests.servers import RedisServer, async_wait_until
 
@@ -96,3 +99,24 @@ async def test_metrics_are_exposed_in_prometheus_text(gw: RunningGateway) -> Non
     ):
         assert name in text, name
     response.close()
+
+
+async def test_a_request_waits_for_a_pooled_redis_connection_longer_than_one_command_may_take(
+    redis_server: RedisServer,
+) -> None:
+    # Given a gateway whose Redis commands time out after 300 ms and whose pool waits 30 s (the default)
+    key = SigningKey.generate()
+    settings = gateway_settings(redis_server.url, key.public_pem)
+    settings = settings.model_copy(update={"redis": settings.redis.model_copy(update={"socket_timeout": 0.3})})
+    async with running_gateway(settings, key) as gw:
+        pool = gw.app[state.REDIS].connection_pool
+        # When every pooled connection is taken (a reconnect storm) and one comes back after 1 s
+        taken = [await pool.get_connection() for _ in range(REDIS_POOL_SIZE)]
+        waiting = asyncio.ensure_future(pool.get_connection())
+        await asyncio.sleep(1.0)  # the storm's length: the point is a wait longer than socket_timeout
+        assert not waiting.done()
+        await pool.release(taken.pop())
+        # Then the waiting request gets it, where a wait bounded by socket_timeout had failed it
+        connection = await asyncio.wait_for(waiting, 5)
+        for held in [*taken, connection]:
+            await pool.release(held)
