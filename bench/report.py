@@ -820,7 +820,7 @@ def write_report(context: ReportContext, runs: Sequence[Run], out_dir: Path) -> 
     plots_dir = out_dir / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
     (plots_dir / RUNS_FILE).write_text(json.dumps(
-        {"context": asdict(context), "runs": [r.to_json() for r in runs]}, indent=1) + "\n")
+        {"context": asdict(context), "runs": [r.to_json() for r in runs]}, separators=(",", ":")) + "\n")
     plots = write_plots(runs, plots_dir)
     report = out_dir / REPORT_NAME
     report.write_text(render(context, runs, plots, out_dir))
