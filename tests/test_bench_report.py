@@ -193,6 +193,8 @@ def test_writing_the_report_creates_the_plots_and_runs_json_it_can_be_written_ag
         "scale_out": {"workers": {"1": 1000, "2": 1800, "4": 2600}, "bridges": [[1, 500], [2, 900]]},
         "cdf": {"3 members @ 200/s": [[1.0, 0.5], [2.0, 0.99], [9.0, 1.0]]}}})
 
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "gone-cdf.png").write_bytes(b"an earlier report's plot")
     path = report.write_report(context(), [*runs, scaled], tmp_path)
 
     assert path == tmp_path / report.REPORT_NAME
