@@ -155,19 +155,22 @@ class Settler:
         if client is None:
             return await self._ack_each(msgs)
         acked: list[Msg] = []
+        replies: list[str] = []
         again: list[Msg] = []
         first = self._first_prefix if self._redeliveries is not None else ""
         for msg in msgs:
-            if msg._ackd or not msg.reply:
+            reply = msg.reply
+            if msg._ackd or not reply:
                 again.append(msg)  # what Msg.ack() refuses: counted as lost there
                 continue
-            if first and not msg.reply.startswith(first):  # not the common first delivery: count it
+            if first and not reply.startswith(first):  # not the common first delivery: count it
                 self._settled(msg)
             acked.append(msg)
+            replies.append(reply)
         sent = 0
         if acked:
             try:
-                await publish_acks(client, [msg.reply for msg in acked])
+                await publish_acks(client, replies)
             except nats.errors.Error as exc:
                 for _ in acked:
                     self._lost("ack", exc)

@@ -264,20 +264,21 @@ class PullConsumer:
         self.last_activity = time.monotonic()
         state = self.state
         queue, sub = self._queue, self._sub
-        filed = False
+        buffer = self._buffer
+        filed = 0
         while True:
             headers = msg.headers
             if headers is not None and not msg.reply and (status := headers.get(_STATUS)) is not None:
+                if filed:
+                    self._filed()  # before anything awaits
                 await self._on_status(status, headers)
             else:
-                filed = True
+                filed += 1
                 state.pending = state.pending - 1 if state.pending > 0 else 0
                 state.in_flight += 1
                 if self.missed_in_a_row or self.circuit.failures_in_a_row:
                     self._healthy("message")
-                self._buffer.append(msg)
-                self._idle.clear()
-                self._wake.set()
+                buffer.append(msg)
             if queue is None or queue.empty():
                 break
             msg = queue.get_nowait()
@@ -285,8 +286,15 @@ class PullConsumer:
             if sub is not None:
                 sub._pending_size -= len(msg.data)
             queue.task_done()
-        if filed and state.pending <= state.batch // 2:
-            await self._pull()
+        if filed:
+            self._filed()
+            if state.pending <= state.batch // 2:
+                await self._pull()
+
+    def _filed(self) -> None:
+        """Messages are in the buffer: the processor has work (and stop() must wait for it)."""
+        self._idle.clear()
+        self._wake.set()
 
     async def _on_status(self, status: str, headers: dict[str, str]) -> None:
         try:

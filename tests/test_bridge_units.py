@@ -10,8 +10,11 @@ import dramatiq
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.protocol.command import pub_cmd
 
-from bridge.acks import nak_delay
+from bridge.acks import Settler, nak_delay
 from bridge.batch import EventBatch
 from bridge.enqueue import Batch
 from bridge.messages import MESSAGE_ID_NAMESPACE, MessageFactory, message_id_for
@@ -148,6 +151,25 @@ def test_reply_metadata_reads_both_ack_subject_forms() -> None:
     assert reply_metadata("$JS.ACK.S.c.2.17.9.1700000000000000001.4") == ("S", 17, 2, 1700000000000000001)
     assert reply_metadata("$JS.ACK.dom.acc.S.c.3.18.9.1700000000000000002.4.tok") == ("S", 18, 3, 1700000000000000002)
     assert reply_metadata("_INBOX.x") is None
+
+
+# -- acks --------------------------------------------------------------------------------------
+
+
+async def test_a_batch_of_acks_is_the_bytes_of_one_ack_publish_each_in_one_buffer() -> None:
+    # Given messages of one (not connected: its outbound buffer holds what is published) client
+    client = NATS()
+    client._max_pending_size = 2 * 1024 * 1024  # what connect() sets by default
+    replies = ["$JS.ACK.S.d.1.7.7.1764448000123456789.0", "$JS.ACK.S.d.2.8.9.1764448000123456790.0"]
+    msgs = [Msg(_client=client, subject="s", reply=reply, data=b"{}") for reply in replies]
+    # When the settler acks them, twice
+    settler = Settler(Consumer(stream="S", durable="d"))
+    sent = await settler.ack(msgs)
+    again = await settler.ack(msgs)
+    # Then the buffer holds exactly what Msg.ack() would have published for each, once
+    assert client._pending == [b"".join(pub_cmd(reply, "", b"") for reply in replies)]
+    assert (sent, again, settler.lost) == (2, 0, 2)  # an acked message is not acked again
+    assert all(msg._ackd for msg in msgs)
 
 
 # -- dramatiq encoding --------------------------------------------------------------------------
