@@ -18,6 +18,12 @@ but silently, and its default is an hour. So:
 The hooks used are aiohttp's public ``Server`` (``connection_made``/``connection_lost``,
 ``request_factory``) plus ``RequestHandler.handle_error`` and ``AppRunner._make_server``;
 tests/test_gateway_limits.py exercises each against a real process.
+
+A live SSE stream leaves aiohttp altogether (:meth:`EdgeHandler.detach`): it becomes its
+connection's protocol and the handler returns, so that an idle stream keeps none of aiohttp's
+per-request objects. That takes ``RequestHandler``'s ``_manager`` and ``_keepalive_handle``
+besides its public ``transport`` and ``force_close()``; tests/test_gateway_registry.py checks
+that no handler or request outlives the detach.
 """
 
 from __future__ import annotations
