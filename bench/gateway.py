@@ -2,14 +2,26 @@
 
     python bench/gateway.py                       # 10,000 streams over 2,000 users
     python bench/gateway.py --streams 2000 --users 400 --burst 10000 --rate 2000
+    python bench/gateway.py --quick --json out.json   # 1,000 streams, well under a minute
+    python bench/gateway.py --streams 50000 --users 2000 --rate 2000   # as many as the fd limit allows
+    python bench/gateway.py --quick --tracemalloc 10 --top 20tb         # who holds a stream's memory
 
 What it does, all on 127.0.0.1 and free ports:
 
 1. starts its own redis-server (tests/servers.py's RedisServer) and one gateway subprocess
-   (``python -m fechatter_notify gateway``);
+   (``fechatter-notify gateway`` run by this script's ``--role gateway``, which adds a probe
+   thread on a Unix socket: ``gc`` runs a full collection in the gateway and answers its
+   /proc/self/smaps_rollup, so memory is read after a GC); measures its memory and, over
+   ``--idle-window`` seconds (two keep-alive intervals), its idle CPU (utime + stime);
 2. starts ``--clients`` client processes (so their CPU is not the gateway's; on uvloop, so they
    take as little of the shared cores as they can) that open the streams with raw sockets, like
-   browsers would: ``GET /events?access_token=...``;
+   browsers would: ``GET /events?access_token=...``, from many loopback source addresses
+   (at most 40 streams each); as root it first raises the open-files limits (where the
+   container allows: without CAP_SYS_RESOURCE the hard limit stays, and the streams are
+   clamped to what it lets one gateway hold); then, all streams open and idle, memory per stream
+   after a GC net of the idle process (with the kernel's TCP buffer and slab memory beside it,
+   machine-wide, so noisy on a shared machine) and idle CPU per stream net of the idle window
+   with no stream, in microseconds per second;
 3. burst phase: publishes ``--burst`` notifications as fast as Redis takes them (XADD + PUBLISH
    in one Lua call per notification, pipelined, exactly the worker's contract) and measures
    frames/s delivered from the first publish to the last frame received;
