@@ -64,9 +64,9 @@ sys.path.insert(0, str(ROOT))
 TARGET_STREAMS = 10_000
 TARGET_RSS_MB = 300
 TARGET_FRAMES_PER_S = 50_000
-#: Issue 15: memory per idle stream, net of the idle process, after a GC.
+#: The target: memory per idle stream, net of the idle process, after a GC.
 TARGET_KB_PER_STREAM = 11
-#: Issue 15: gateway CPU per idle stream at the 20 s keep-alive, microseconds per second.
+#: The target: gateway CPU per idle stream at the 20 s keep-alive, microseconds per second.
 TARGET_IDLE_US = 2
 #: Concurrent connection attempts per client process (the listen backlog is 4096).
 CONNECT_CONCURRENCY = 500
