@@ -886,6 +886,18 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _revision() -> str | None:
+    """The commit measured, when ROOT is a git checkout (a ``git archive`` snapshot is not)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
 def _steps(text: str) -> tuple[int, list[int]]:
     size, _, rates_ = text.partition("=")
     return int(size), [int(r) for r in rates_.split(",") if r]
@@ -910,7 +922,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\ndone in {time.time() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at the end")
-    meta = {"cpus": os.cpu_count(), "quick": args.quick, "seed": args.seed, "users": args.users,
+    meta = {"cpus": os.cpu_count(), "rev": _revision(), "quick": args.quick, "seed": args.seed, "users": args.users,
             "step_seconds": args.step_seconds, "scale_rate": args.scale_rate, "scale_size": args.scale_size,
             "load_avg_end": os.getloadavg()[0], "seconds": time.time() - started,
             "ladders": ladders, "scale_out": scale, "shared_machine": True}
