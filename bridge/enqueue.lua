@@ -12,10 +12,12 @@
 -- ARGV[4]  msgpack [queues, entries]
 --   queues   = { {list_key, msgs_key, wake_channel}, ... }
 --   entries  = { {"J", dedupe_key, queue_index, redis_message_id, message_json}
---              | {"D", dedupe_key, first_argv, count}, ... }
+--              | {"D", dedupe_key, argv_index, 1}, ... }
 --   dedupe_key "" means no dedupe (core NATS: there is no redelivery to absorb).
--- ARGV[5..] the dead letters' alternating field names and values; entry "D" names its slice.
---   (Raw payloads may be any bytes, and Redis' cmsgpack has no msgpack "bin" type: strings only.)
+-- ARGV[5..] one per dead letter: its alternating field names and values, each "<length>:<bytes>"
+--   (bridge/enqueue.py pack_fields). Raw payloads may be any bytes, and Redis' cmsgpack has no
+--   msgpack "bin" type; one argument per dead letter, not one per field, because the client packs
+--   each argument in Python.
 --
 -- Returns one character per entry: "1" written, "0" already written within the window (or
 -- earlier in this batch: a second copy of an event in one batch is written once).
@@ -42,6 +44,18 @@ local function call_chunked(command, key, args, step)
     for first = 1, #args, step do
         redis.call(command, key, unpack(args, first, math.min(first + step - 1, #args)))
     end
+end
+
+-- A dead letter's fields from its one argument: "<length>:<bytes>" each.
+local function dead_letter_fields(packed)
+    local out, pos = {}, 1
+    while pos <= #packed do
+        local colon = string.find(packed, ":", pos, true)
+        local length = tonumber(string.sub(packed, pos, colon - 1))
+        out[#out + 1] = string.sub(packed, colon + 1, colon + length)
+        pos = colon + length + 1
+    end
+    return out
 end
 
 -- 1. Which events were written before: one MGET over every marker of the batch.
@@ -89,7 +103,7 @@ for i = 1, #entries do
             ids[q][#ids[q] + 1] = e[4]
             value = e[4]
         else
-            redis.call("xadd", dl_key, "MAXLEN", dl_max, "*", unpack(ARGV, e[3], e[3] + e[4] - 1))
+            redis.call("xadd", dl_key, "MAXLEN", dl_max, "*", unpack(dead_letter_fields(ARGV[e[3]])))
             value = "dead-letter"
         end
         if dedupe ~= "" then
