@@ -117,17 +117,19 @@ DEAD_LETTERS: Final = f"{NAMESPACE}:dead-letters"
 #: measure the good traffic's latency alone under the same machine load (other processes on a
 #: shared machine come and go; a baseline taken once before would compare two different loads).
 #: The bridge must keep up with the mix for a latency bound to mean anything: 10,000 payloads
-#: over 15 s take ~17 % of one core of the bridge here (~0.26 ms of bridge CPU per payload); at
-#: 1,000 a second on this shared 2-core machine a backlog built up.
+#: over 15 s took ~17 % of one core of the bridge here (~0.26 ms of bridge CPU per payload, before the
+#: dead-letter log and argument packing were cut); at 1,000 a second on this shared 2-core machine a
+#: backlog built up.
 GOOD_RATE: Final = 40.0
 SCHEDULE: Final = (("baseline", 4.0), ("mixed", 5.0)) * 3
 WARM_UP: Final = 20
 CHATS: Final = 20
 CHAT_SIZE: Final = 5
-#: The percentiles measured. The 2x bound is asserted on p50 only: p90 and p99 under the
-#: malformed traffic measured 1.6-5x and 2.3-9x their baseline on this shared 2-core machine (a
-#: GC freeze in the bridge did not change that), so the tail's bound is not met yet; they are
-#: printed beside it so that a run shows how far off it is.
+#: The percentiles measured. The 2x bound is asserted on p50 only. On a quiet machine p90 measured
+#: 1.1x and p99 1.5-2.1x (3 runs, after the bridge stopped logging every dead letter and packing its
+#: fields one argument each); with other work on the 2 cores p90 reached 5x and p99 9x, and the
+#: worker's stage, which sees no malformed payload, grew with them: CPU shared with the malformed
+#: sender, nats-server and Redis, not a queue. So the tail is printed (with the stages), not bounded.
 QUANTILES: Final = (50, 90, 99)
 #: Where the 2x bound applies: an entry's id is Redis's clock in whole milliseconds.
 LATENCY_FLOOR_MS: Final = 5.0
