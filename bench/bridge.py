@@ -52,6 +52,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
 from bridge.app import Bridge
+from runtime import tune_gc
 from bridge.testing import bridge_settings
 from tests.servers import NatsServer, RedisServer, async_wait_until, wait_until
 
@@ -414,4 +415,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    tune_gc()  # as `fechatter-notify bridge` does (bridge/main.py); every measurement here runs with it
     asyncio.run(main())

@@ -30,6 +30,7 @@ from runtime import (
     reload_settings,
     report_port_in_use,
     setup_logging,
+    tune_gc,
 )
 from settings import Loaded, Settings
 
@@ -75,6 +76,7 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
     setup_logging()
     init_sentry(loaded.settings.sentry, "bridge")  # before Bridge() builds its dramatiq broker
     path = config_path(args)
+    tune_gc()
     try:
         return asyncio.run(serve(loaded.settings, lambda: reload_settings(path)))
     except PortInUse as exc:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import resource
 import signal
 from collections.abc import Callable
-from typing import Final
 
 from aiohttp import web
 
@@ -36,23 +34,11 @@ from runtime import (
     reload_settings,
     report_port_in_use,
     setup_logging,
+    tune_gc,
 )
 from settings import Loaded, Settings, changed_paths, dotted
 
 log = logging.getLogger(__name__)
-
-#: Net allocations between young-generation collections (CPython's default is 700). Every
-#: frame allocates a few short-lived objects; at the default, cyclic GC passes over ~400,000
-#: live objects (10,000 streams) took a third of the fan-out CPU. Cycles are rare here, so
-#: collecting less often costs little memory.
-GC_THRESHOLDS: Final = (50_000, 20, 100)
-
-
-def tune_gc() -> None:
-    """Fewer GC passes, and none over the objects that exist once startup is done."""
-    gc.set_threshold(*GC_THRESHOLDS)
-    gc.freeze()
-
 
 def raise_fd_limit() -> tuple[int, int]:
     """Raise the soft open-files limit to the hard limit (one descriptor per stream); log it.

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from runtime.exit_codes import RET_CONFIG, RET_OK, RET_PORT_IN_USE, RET_REFUSED, RET_RUNTIME
     from runtime.findings import Findings
     from runtime.fleet import ProcessRecord, ProcessView, Registration, Snapshot, advertised_url, collect_snapshot
+    from runtime.gc_tuning import tune_gc
     from runtime.log import LogfmtFormatter, dump_tasks_on_sigusr2, log_event, setup_logging
     from runtime.lua import LuaScript
     from runtime.nats_options import connect_options, server_address
@@ -73,6 +74,7 @@ __all__ = [
     "stop_task",
     "sync_client",
     "sync_pool",
+    "tune_gc",
 ]
 
 # Each public name and the module that defines it.
@@ -112,6 +114,7 @@ _HOME: dict[str, str] = {
     "sync_client": "redis_client",
     "sync_pool": "redis_client",
     "stop_task": "tasks",
+    "tune_gc": "gc_tuning",
 }
 
 
