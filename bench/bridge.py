@@ -52,8 +52,8 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
 from bridge.app import Bridge
-from runtime import tune_gc
 from bridge.testing import bridge_settings
+from runtime import tune_gc
 from tests.servers import NatsServer, RedisServer, async_wait_until, wait_until
 
 STREAM = "FECHATTER_EVENTS"
