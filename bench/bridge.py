@@ -164,12 +164,13 @@ async def raw_own_pull(url: str, n: int, batch: int) -> Sample:
     return sample
 
 
-async def raw_fetch(url: str, n: int, batch: int) -> Sample:
-    """nats-py fetch(batch) + ack per message."""
+async def _fetch_loop(url: str, durable: str, ack_wait: float, n: int, batch: int,
+                      each: Callable[[Msg], None] | None = None) -> Sample:
+    """nats-py fetch(batch) on its own durable until ``n`` messages; ``each`` (if any), then ack, per message."""
     nc = await nats.connect(url)
     js = nc.jetstream()
-    sub = await js.pull_subscribe("", durable="raw_fetch", stream=STREAM,
-                                  config=ConsumerConfig(ack_wait=30, max_ack_pending=-1))
+    sub = await js.pull_subscribe("", durable=durable, stream=STREAM,
+                                  config=ConsumerConfig(ack_wait=ack_wait, max_ack_pending=-1))
     count = 0
     sample = Sample(n)
     while count < n:
@@ -178,12 +179,19 @@ async def raw_fetch(url: str, n: int, batch: int) -> Sample:
         except nats.errors.TimeoutError:
             continue
         for msg in msgs:
+            if each is not None:
+                each(msg)
             await msg.ack()
         count += len(msgs)
     await nc.flush()
     sample.stop()
     await nc.close()
     return sample
+
+
+async def raw_fetch(url: str, n: int, batch: int) -> Sample:
+    """nats-py fetch(batch) + ack per message."""
+    return await _fetch_loop(url, "raw_fetch", 30, n, batch)
 
 
 def _actor(redis_url: str, namespace: str) -> dramatiq.Actor[..., None]:
@@ -199,26 +207,14 @@ def _actor(redis_url: str, namespace: str) -> dramatiq.Actor[..., None]:
 async def naive_bridge(url: str, redis_url: str, n: int, batch: int, run: int) -> Sample:
     """fetch(batch) -> per message json.loads + actor.send() (one Redis round trip each) -> ack."""
     actor = _actor(redis_url, f"bench-naive-{run}")
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    sub = await js.pull_subscribe("", durable="naive", stream=STREAM,
-                                  config=ConsumerConfig(ack_wait=60, max_ack_pending=-1))
-    count = 0
-    sample = Sample(n)
-    while count < n:
-        try:
-            msgs = await sub.fetch(batch, timeout=2)
-        except nats.errors.TimeoutError:
-            continue
-        for msg in msgs:
-            actor.send(msg.subject, json.loads(msg.data))
-            await msg.ack()
-        count += len(msgs)
-    await nc.flush()
-    sample.stop()
-    await nc.close()
-    actor.broker.close()
-    return sample
+
+    def send(msg: Msg) -> None:
+        actor.send(msg.subject, json.loads(msg.data))
+
+    try:
+        return await _fetch_loop(url, "naive", 60, n, batch, send)
+    finally:
+        actor.broker.close()
 
 
 async def faststream_bridge(url: str, redis_url: str, n: int, batch: int, run: int) -> Sample:
