@@ -3,7 +3,7 @@
 The bridge has no failure path that reaches Sentry while it holds a payload: parsing turns
 every bad event into a dead letter, Redis and NATS failures into a circuit or a counted
 failed settle. To test what a *bug* there would report, this launcher makes the bridge's
-event parsing raise for any payload containing :data:`FAULT_MARKER`, with the payload in the
+event parser raise for any payload containing :data:`FAULT_MARKER`, with the payload in the
 exception's text (as ``ValueError(f"... {value!r}")`` bugs do) and in the frames' locals. The
 batch then fails in ``bridge.pull``'s processing loop, which logs it with its traceback.
 
@@ -20,18 +20,19 @@ FAULT_MARKER: Final = b"plant-a-bug"
 
 
 def plant() -> None:
-    """Wrap the bridge's ``parse_event`` with the bug."""
+    """Make the parser bridge.batch builds per batch raise on the marker."""
     import bridge.batch
 
     namespace = vars(bridge.batch)  # the name bridge.batch calls, imported from events
-    real = namespace["parse_event"]
+    real = namespace["EventParser"]
 
-    def parse_event(subject: str, data: bytes, *args: Any, **kwargs: Any) -> Any:
-        if FAULT_MARKER in data:
-            raise ValueError(f"cannot handle the event on {subject}: {data.decode(errors='replace')}")
-        return real(subject, data, *args, **kwargs)
+    class EventParser(real):  # type: ignore[valid-type]
+        def parse(self, subject: str, data: bytes, *args: Any, **kwargs: Any) -> Any:
+            if FAULT_MARKER in data:
+                raise ValueError(f"cannot handle the event on {subject}: {data.decode(errors='replace')}")
+            return super().parse(subject, data, *args, **kwargs)
 
-    namespace["parse_event"] = parse_event
+    namespace["EventParser"] = EventParser
 
 
 if __name__ == "__main__":
