@@ -126,8 +126,9 @@ def test_dev_uses_the_servers_it_is_given(tmp_path: Path, nats_server: NatsServe
     assert "embedded_server_started" not in text
     assert f"nats:    {nats_server.url} (from --nats)" in text
     assert f"redis:   {redis_server.url} (from --redis)" in text
-    # The bridge provisioned its stream on the server it was given
-    assert nats_server.monitor("/jsz")["streams"] == 1
+    # The bridge provisioned its streams (the events', and the give-ups' of bridge/advisory_assets.py) on the
+    # server it was given
+    assert nats_server.monitor("/jsz")["streams"] == 2
     assert dev.stop() == 0, dev.text()[-3000:]
 
 
