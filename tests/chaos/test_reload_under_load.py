@@ -380,10 +380,11 @@ def round_problems(h: Harness, r: Round) -> list[str]:
         if counts["config_reloaded"] != 1 or counts["config_reload_refused"]:
             problems.append(f"{where}: logged {counts}, expected one config_reloaded")
         if h.instances[name].role == "bridge":
+            # delivery.inbox_max_age is the workers' alone: not the bridge's to report (bridge/reload.py)
             needs = [line for line in lines if "event=config_needs_restart" in line]
-            if counts["pull_retuned"] != 1 or len(needs) != 1 or "fields=delivery.inbox_max_age" not in needs[0]:
-                problems.append(f"{where}: expected one pull_retuned and one config_needs_restart naming "
-                                f"delivery.inbox_max_age: {counts} {needs}")
+            if counts["pull_retuned"] != 1 or needs:
+                problems.append(f"{where}: expected one pull_retuned and no config_needs_restart (the round "
+                                f"changes delivery.inbox_max_age, which the bridge does not read): {counts} {needs}")
         elif counts["worker_processes_restarting"] != 1:
             problems.append(f"{where}: logged {counts}, expected one worker_processes_restarting")
     return problems
