@@ -367,8 +367,10 @@ class Gateway(Section):
     replay_max_entries: int = Field(default=1000, ge=1, le=100_000)
     #: SIGTERM: open streams are closed spread evenly over this window (each with a jittered
     #: ``retry:``), so their clients move to the other gateways without a thundering herd.
-    #: Keep it below the platform's kill grace period (Kubernetes and Heroku: 30 s).
-    drain_window: Seconds = 10.0
+    #: Keep it below the platform's kill grace period with a second to spare for the rest of the
+    #: shutdown: honcho and foreman send SIGKILL 5 s after SIGTERM (Kubernetes and Heroku: 30 s, where
+    #: a longer window spreads a large gateway's reconnects thinner).
+    drain_window: Seconds = 4.0
     #: The operator token of the ops page (``/ops``, ``/ops/data``; README "Ops page"). Unset or
     #: empty: the page is off (404). At least 32 characters of ``A-Z a-z 0-9 . _ ~ -`` (pasted into
     #: a URL as is): ``openssl rand -hex 32``.
