@@ -34,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from _lines import complete_frames
+
 #: Streams come from this many loopback addresses (127.0.0.2 ...), a few streams each: the
 #: gateway's default connect burst (100 per address) is never the limit.
 SOURCE_ADDRESSES = 250
@@ -87,12 +89,9 @@ class _Stream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.time()  # first thing: the receive time the latency is measured to
-        buffer = self.buffer + data
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            self.buffer = buffer
+        chunk, self.buffer = complete_frames(self.buffer, data)
+        if not chunk:
             return
-        chunk, self.buffer = buffer[: end + 2], buffer[end + 2:]
         if not self.confirmed.done():
             if b"connection_confirmed" in chunk:
                 self.confirmed.set_result(None)

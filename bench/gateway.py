@@ -61,6 +61,8 @@ from typing import Any, cast
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _lines import ask, complete_frames  # noqa: E402 - bench/, the script's own directory
+
 TARGET_STREAMS = 10_000
 TARGET_RSS_MB = 300
 TARGET_FRAMES_PER_S = 50_000
@@ -155,12 +157,9 @@ class _SseConnection(asyncio.Protocol):
         self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self.buffer + data
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            self.buffer = buffer
+        chunk, self.buffer = complete_frames(self.buffer, data)
+        if not chunk:
             return
-        chunk, self.buffer = buffer[: end + 2], buffer[end + 2:]
         if not self.confirmed.done():
             if b"connection_confirmed" in chunk:
                 self.confirmed.set_result(None)
@@ -409,14 +408,7 @@ class _Client:
         self.proc = proc
 
     async def ask(self, command: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        await self.proc.stdin.drain()
-        line = await self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"client exited ({command})")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
+        return await ask(self.proc, command, "client")
 
 
 async def _settle(clients: list[_Client], expected: int) -> tuple[list[dict[str, Any]], int]:

@@ -69,6 +69,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _lines import ask  # noqa: E402 - bench/, the script's own directory
+
 from tests.chaos.harness import Harness  # noqa: E402
 
 ROLES = Path(__file__).with_name("_pipeline_roles.py")
@@ -171,14 +173,7 @@ class Helper:
         return cls(name, proc)
 
     async def ask(self, command: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        await self.proc.stdin.drain()
-        line = await self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{self.name} exited while answering {command[:40]!r}")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
+        return await ask(self.proc, command, self.name)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
