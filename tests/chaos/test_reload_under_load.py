@@ -158,9 +158,13 @@ def rounds(count: int) -> list[Tuning]:
 
 
 class PullWatch:
-    """Every MSG.NEXT request the server routes: (arrival ``time.time()``, batch, expires ms, heartbeat ms)."""
+    """Every MSG.NEXT request for the events' durable: (arrival ``time.time()``, batch, expires ms, heartbeat ms).
 
-    SUBJECT: Final = "$JS.API.CONSUMER.MSG.NEXT.>"
+    Only that durable's: the bridges also pull the give-ups' durable (bridge/advisories.py), with its
+    own fixed batch and expiry, which no reload changes.
+    """
+
+    SUBJECT: Final = "$JS.API.CONSUMER.MSG.NEXT.FECHATTER_EVENTS.notification_processor"
 
     def __init__(self) -> None:
         self.seen: list[tuple[float, int, int, int]] = []
