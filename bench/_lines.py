@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 
@@ -28,3 +29,13 @@ def complete_frames(buffer: bytes, data: bytes) -> tuple[bytes, bytes]:
     if end < 0:
         return b"", joined
     return joined[: end + 2], joined[end + 2:]
+
+
+def client_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop factory when installed: client processes stand in for other machines, so they
+    should take as little of the shared cores as they can."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

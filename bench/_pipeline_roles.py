@@ -30,11 +30,10 @@ import resource
 import sys
 import time
 from array import array
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from _lines import complete_frames
+from _lines import client_loop, complete_frames
 
 #: Streams come from this many loopback addresses (127.0.0.2 ...), a few streams each: the
 #: gateway's default connect burst (100 per address) is never the limit.
@@ -212,16 +211,6 @@ async def publisher_main(args: argparse.Namespace) -> None:
     await nc.close()
 
 
-def _loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when installed: the helpers stand in for other machines, so they should take as
-    little of the shared cores as they can."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("role", choices=("client", "publisher"))
@@ -235,7 +224,7 @@ def main() -> None:
     args = parser.parse_args()
     args.loaded = json.loads(Path(args.assign if args.role == "client" else args.chats).read_text())
     main_coro = client_main(args) if args.role == "client" else publisher_main(args)
-    with asyncio.Runner(loop_factory=_loop()) as runner:
+    with asyncio.Runner(loop_factory=client_loop()) as runner:
         runner.run(main_coro)
 
 

@@ -54,14 +54,13 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _lines import ask, complete_frames  # noqa: E402 - bench/, the script's own directory
+from _lines import ask, client_loop, complete_frames  # noqa: E402 - bench/, the script's own directory
 
 TARGET_STREAMS = 10_000
 TARGET_RSS_MB = 300
@@ -853,14 +852,6 @@ def figures(args: argparse.Namespace, r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _client_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--role", choices=("orchestrator", "client", "gateway"), default="orchestrator")
@@ -913,7 +904,7 @@ def main() -> None:
     if args.role == "client":
         # The clients stand in for browsers on other machines; uvloop keeps their share of
         # the 2 cores small, so the numbers are the gateway's rather than the clients'.
-        with asyncio.Runner(loop_factory=_client_loop()) as runner:
+        with asyncio.Runner(loop_factory=client_loop()) as runner:
             runner.run(client_main(args))
     else:
         # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the gateway, the clients and
