@@ -150,6 +150,7 @@ class MaxDeliveries:
         self._pending: list[list[Any]] = []
         self._retry: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._pull_sub: Any = None  # the durable's pull subscription, once bound
         self._tasks: set[asyncio.Task[None]] = set()
         # Already-enqueued give-ups: when the last log line was written, and how many since.
         self._quiet_since = -ALREADY_ENQUEUED_LOG_INTERVAL_S
@@ -171,16 +172,21 @@ class MaxDeliveries:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
         await asyncio.gather(*(stop_task(task) for task in [*self._tasks, self._retry, self._reader]))
+        # A pull subscription left subscribed keeps the connection's drain waiting for it (10 s).
+        if self._pull_sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._pull_sub.unsubscribe()
+            self._pull_sub = None
 
     async def _read_durable(self, source: Consumer) -> None:
         """Pull advisories from ``source`` for ever; each is acked once its outcome is stored."""
         attempt, failing = 0, False
-        sub: Any = None
         while True:
             try:
-                if sub is None:
-                    sub = await self._nc.jetstream().pull_subscribe_bind(durable=source.durable, stream=source.stream)
-                messages = await sub.fetch(source.batch, timeout=ADVISORY_PULL_WAIT_S)
+                if self._pull_sub is None:
+                    self._pull_sub = await self._nc.jetstream().pull_subscribe_bind(durable=source.durable,
+                                                                                    stream=source.stream)
+                messages = await self._pull_sub.fetch(source.batch, timeout=ADVISORY_PULL_WAIT_S)
             except (nats.errors.TimeoutError, TimeoutError):
                 continue  # nothing given up on: the pull expired empty
             except (nats.errors.Error, JetStreamError) as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -144,3 +145,24 @@ async def test_verify_mode_refuses_to_start_without_the_advisories_stream(
         async with running_bridge(settings):
             pass
     assert f"stream {ADVISORIES} does not exist" in str(refused.value)
+
+
+async def test_a_bridge_with_a_pull_waiting_on_the_give_ups_stops_at_once(
+    nats_server: NatsServer, redis_server: RedisServer, nc: NATS, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    settings = _settings(nats_server, redis_server)
+    api = JetStreamApi(nc)
+
+    async def reader_waiting() -> bool:
+        info = await api.consumer_info(ADVISORIES, "fechatter_notify_advisories")
+        return int(info.get("num_waiting", 0)) >= 1
+
+    async with running_bridge(settings):
+        # Given the bridge's pull for give-ups is waiting on the server
+        await async_wait_until(reader_waiting, timeout=10, interval=0.05, message="no pull for give-ups")
+        began = time.monotonic()
+    # Then the bridge stops without waiting for that pull (its subscription would hold the drain 10 s)
+    took = time.monotonic() - began
+    assert took < 3, f"the bridge took {took:.1f} s to stop"
+    assert "never retrieved" not in caplog.text

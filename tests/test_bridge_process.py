@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,38 @@ async def test_sigterm_stops_gracefully_with_exit_0_and_nothing_is_lost(
     await async_wait_until(lambda: sorted(queued_ids(client)) == list(range(1, 1001)), timeout=30,
                            message=lambda: f"{len(queued_ids(client))} jobs, {len(set(queued_ids(client)))} distinct")
     assert second.stop() == 0
+
+
+async def test_sigterm_after_an_expired_pull_for_give_ups_stops_at_once_without_an_error(
+    tmp_path: Path, config_file: Path, nats_server: NatsServer, redis_server: RedisServer,
+    processes: list[BridgeProcess],
+) -> None:
+    # Given a bridge whose pull for give-ups (bridge/advisories.py) expired empty (5 s) and whose next pull
+    # has been waiting for a while: 9 s after the first (where the hang below was seen; stopped within a
+    # second of a pull, it was not)
+    watcher = await nats.connect(nats_server.url)
+    pulls: list[float] = []
+
+    async def seen(msg: Any) -> None:
+        pulls.append(time.monotonic())
+
+    await watcher.subscribe("$JS.API.CONSUMER.MSG.NEXT.FECHATTER_NOTIFY_ADVISORIES.fechatter_notify_advisories",
+                            cb=seen)
+    proc = BridgeProcess(config_file, tmp_path / "bridge.log")
+    processes.append(proc)
+    try:
+        await async_wait_until(lambda: len(pulls) >= 2 and time.monotonic() - pulls[0] >= 9.0, timeout=30,
+                               interval=0.05, message=proc.log)
+    finally:
+        await watcher.close()
+    # When it is told to stop
+    began = time.monotonic()
+    code = await asyncio.to_thread(proc.stop, signal.SIGTERM, 15)
+    took = time.monotonic() - began
+    # Then it exits 0 at once: its pull subscription held the connection's drain for the whole 10 s
+    # stop timeout (and the drain's cancelled gather was logged as an error)
+    assert code == 0 and took < 5, f"exit {code} after {took:.1f} s\n{proc.log()}"
+    assert "level=error" not in proc.log(), proc.log()
 
 
 @pytest.mark.slow
