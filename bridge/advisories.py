@@ -151,6 +151,7 @@ class MaxDeliveries:
         self._retry: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pull_sub: Any = None  # the durable's pull subscription, once bound
+        self._deferring = False  # an advisory's outcome could not be stored; logged once until one is
         self._tasks: set[asyncio.Task[None]] = set()
         # Already-enqueued give-ups: when the last log line was written, and how many since.
         self._quiet_since = -ALREADY_ENQUEUED_LOG_INTERVAL_S
@@ -232,11 +233,17 @@ class MaxDeliveries:
             if item is not None:
                 await self._store(item)
         except (RedisUnavailable, JetStreamError) as exc:
-            log_event(log, "advisory_deferred", logging.WARNING, reason=f"{type(exc).__name__}: {exc}",
-                      retry_in_s=REDIS_RETRY_DELAY_S)
+            # Once per outage, not once per advisory per retry: a backlog of them comes back every 2 s.
+            if not self._deferring:
+                log_event(log, "advisory_deferred", logging.WARNING, reason=f"{type(exc).__name__}: {exc}",
+                          retry_in_s=REDIS_RETRY_DELAY_S)
+            self._deferring = True
             with contextlib.suppress(nats.errors.Error):
                 await message.nak(delay=REDIS_RETRY_DELAY_S)
             return
+        if self._deferring:
+            log_event(log, "advisories_stored_again")
+            self._deferring = False
         with contextlib.suppress(nats.errors.Error):
             await message.ack()
 

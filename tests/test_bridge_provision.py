@@ -27,6 +27,16 @@ async def _consumer_config(url: str) -> dict[str, Any]:
         await nc.close()
 
 
+async def _deploy_durable(url: str, ack_wait: float) -> None:
+    """The stream, and the durable as deployed by hand (max_deliver 3, the earlier default)."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(name=STREAM, subjects=SUBJECTS)
+    await js.add_consumer(STREAM, ConsumerConfig(durable_name=DURABLE, ack_wait=ack_wait, max_deliver=3,
+                                                 max_ack_pending=1000))
+    await nc.close()
+
+
 async def test_verify_refuses_to_start_when_the_stream_is_missing(nats_server: NatsServer,
                                                                   redis_server: RedisServer) -> None:
     settings = bridge_settings(nats_server.url, redis_server.url, {"jetstream": {"provision": "verify"}})
@@ -41,12 +51,7 @@ async def test_verify_refuses_to_start_when_the_stream_is_missing(nats_server: N
 async def test_verify_refuses_a_differing_consumer_naming_the_field(nats_server: NatsServer,
                                                                    redis_server: RedisServer) -> None:
     # Given the stream and a durable deployed with ack_wait 30s (the settings want 3s)
-    nc = await nats.connect(nats_server.url)
-    js = nc.jetstream()
-    await js.add_stream(name=STREAM, subjects=SUBJECTS)
-    await js.add_consumer(STREAM, ConsumerConfig(durable_name=DURABLE, ack_wait=30, max_deliver=3,
-                                                 max_ack_pending=1000))
-    await nc.close()
+    await _deploy_durable(nats_server.url, ack_wait=30)
     settings = bridge_settings(nats_server.url, redis_server.url, {"jetstream": {"provision": "verify"}})
     # Then verify refuses, naming the field and both values
     with pytest.raises(ProvisionRefused) as refused:
@@ -61,12 +66,7 @@ async def test_verify_refuses_a_differing_consumer_naming_the_field(nats_server:
 async def test_auto_updates_a_differing_consumer_and_never_sets_a_consumer_heartbeat(
     nats_server: NatsServer, redis_server: RedisServer
 ) -> None:
-    nc = await nats.connect(nats_server.url)
-    js = nc.jetstream()
-    await js.add_stream(name=STREAM, subjects=SUBJECTS)
-    await js.add_consumer(STREAM, ConsumerConfig(durable_name=DURABLE, ack_wait=30, max_deliver=3,
-                                                 max_ack_pending=1000))
-    await nc.close()
+    await _deploy_durable(nats_server.url, ack_wait=30)
     filters = ["fechatter.message.>", "fechatter.chat.>"]
     settings = bridge_settings(nats_server.url, redis_server.url, {"jetstream": {"consumers": [
         {**TEST_CONSUMER, "filter_subjects": filters}]}})
@@ -82,12 +82,7 @@ async def test_a_durable_made_with_the_old_default_max_deliver_is_updated_or_nam
     nats_server: NatsServer, redis_server: RedisServer, mode: str
 ) -> None:
     # Given a durable created when the default max_deliver was 3, and settings that leave it unset
-    nc = await nats.connect(nats_server.url)
-    js = nc.jetstream()
-    await js.add_stream(name=STREAM, subjects=SUBJECTS)
-    await js.add_consumer(STREAM, ConsumerConfig(durable_name=DURABLE, ack_wait=3, max_deliver=3,
-                                                 max_ack_pending=1000))
-    await nc.close()
+    await _deploy_durable(nats_server.url, ack_wait=3)
     consumer = {key: value for key, value in TEST_CONSUMER.items() if key != "max_deliver"}
     settings = bridge_settings(nats_server.url, redis_server.url,
                                {"jetstream": {"provision": mode, "consumers": [consumer]}})
