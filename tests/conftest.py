@@ -17,6 +17,7 @@ import redis
 from nats.aio.client import Client as NATS
 
 from fechatter_notify.embedded import find_binary
+from gateway.testing import RunningGateway, SigningKey, gateway_settings, running_gateway
 from tests.servers import (
     NatsServer,
     PostgresServer,
@@ -191,3 +192,11 @@ def postgres_url() -> Iterator[str]:
         yield url
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def gw(redis_server: RedisServer) -> AsyncIterator[RunningGateway]:
+    """A gateway at default settings on a real redis-server (a module's own ``gw`` overrides it)."""
+    key = SigningKey.generate()
+    async with running_gateway(gateway_settings(redis_server.url, key.public_pem), key) as gateway:
+        yield gateway

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -11,13 +10,6 @@ from gateway import state
 from gateway.app import REDIS_POOL_SIZE
 from gateway.testing import RunningGateway, SigningKey, gateway_settings, running_gateway
 from tests.servers import RedisServer, async_wait_until
-
-
-@pytest.fixture
-async def gw(redis_server: RedisServer) -> AsyncIterator[RunningGateway]:
-    key = SigningKey.generate()
-    async with running_gateway(gateway_settings(redis_server.url, key.public_pem), key) as gateway:
-        yield gateway
 
 
 @pytest.mark.parametrize("path", ["/events", "/presence/update", "/online-users"])

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncIterator
 
-import pytest
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
@@ -15,8 +13,8 @@ from gateway import state
 from gateway.metrics import GatewayMetrics
 from gateway.registry import SLOTS, StreamRegistry
 from gateway.stream import EventStream, StreamPolicy
-from gateway.testing import RunningGateway, SigningKey, gateway_settings, new_message, running_gateway
-from tests.servers import RedisServer, async_wait_until
+from gateway.testing import RunningGateway, new_message
+from tests.servers import async_wait_until
 
 
 class _Transport:
@@ -81,14 +79,6 @@ async def test_a_stream_closes_at_its_expiry_not_at_the_next_tick() -> None:
     await async_wait_until(lambda: stream.reason == "token_expired", timeout=2.0)
     stream.cancel_timers()
     registry.discard(stream)
-
-
-@pytest.fixture
-async def gw(redis_server: RedisServer) -> AsyncIterator[RunningGateway]:
-    key = SigningKey.generate()
-    settings = gateway_settings(redis_server.url, key.public_pem)
-    async with running_gateway(settings, key) as gateway:
-        yield gateway
 
 
 def _alive(kind: type) -> int:

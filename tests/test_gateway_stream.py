@@ -29,14 +29,6 @@ from gateway.testing import (
 from tests.servers import RedisServer, async_wait_until
 
 
-@pytest.fixture
-async def gw(redis_server: RedisServer) -> AsyncIterator[RunningGateway]:
-    key = SigningKey.generate()
-    settings = gateway_settings(redis_server.url, key.public_pem)
-    async with running_gateway(settings, key) as gateway:
-        yield gateway
-
-
 async def _messages(reader: SseReader, count: int, within: float = 10.0) -> list[tuple[str, int]]:
     """The next ``count`` notification frames as (id, message id); gateway frames are skipped."""
     got: list[tuple[str, int]] = []
