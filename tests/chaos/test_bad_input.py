@@ -6,10 +6,12 @@ the real bridge and worker. No process may crash; every malformed JetStream payl
 dead letter with its reject code and a reason; every malformed core NATS payload is dead-lettered
 too or, should the bridge shed load, counted as dropped (bridge/core.py: core NATS has no
 redelivery, so "nothing silently dropped" means a dead letter or a count); the good traffic
-reaches every inbox exactly once, and its median latency (publish -> its last recipient's inbox
-entry) in the windows with malformed traffic stays within 2x its median in the baseline windows
-between them, which carry the same good traffic alone (SCHEDULE). p90 and p99 are measured and
-printed, not bounded: see QUANTILES.
+reaches every inbox exactly once, and its latency (publish -> its last recipient's inbox entry) in
+the windows with malformed traffic stays within 2x, at the median and at p90, of its latency in the
+baseline windows between them, which carry the same good traffic alone (SCHEDULE). So that a
+backlog carried from a mixed window into the next baseline cannot hide a slowdown (it would slow
+both kinds alike), the baseline windows' median must also stay within 2x of the clean window's, the
+first one, before any malformed payload. p99 is measured and printed, not bounded: see BOUNDED.
 
 Configuration: 1,000 files drawn by hypothesis (tests/chaos/bad_configs.py) go through the loader
 ``fechatter-notify config check`` uses (settings.load_settings): no exception but the loader's own
@@ -120,17 +122,21 @@ DEAD_LETTERS: Final = f"{NAMESPACE}:dead-letters"
 #: over 15 s took ~17 % of one core of the bridge here (~0.26 ms of bridge CPU per payload, before the
 #: dead-letter log and argument packing were cut); at 1,000 a second on this shared 2-core machine a
 #: backlog built up.
+#: Windows of 1.5 s alternate, so that a burst of other work on the machine (the other xdist worker's
+#: tests) falls on both kinds alike; with 3 pairs of 4-5 s windows one burst could land on one kind.
+#: The "clean" window comes first: good traffic before any malformed payload was sent.
 GOOD_RATE: Final = 40.0
-SCHEDULE: Final = (("baseline", 4.0), ("mixed", 5.0)) * 3
+SCHEDULE: Final = (("clean", 3.0), *(("mixed", 1.5), ("baseline", 1.5)) * 10)
+WINDOWS: Final = ("clean", "baseline", "mixed")
 WARM_UP: Final = 20
 CHATS: Final = 20
 CHAT_SIZE: Final = 5
-#: The percentiles measured. The 2x bound is asserted on p50 only. On a quiet machine p90 measured
-#: 1.1x and p99 1.5-2.1x (3 runs, after the bridge stopped logging every dead letter and packing its
-#: fields one argument each); with other work on the 2 cores p90 reached 5x and p99 9x, and the
-#: worker's stage, which sees no malformed payload, grew with them: CPU shared with the malformed
-#: sender, nats-server and Redis, not a queue. So the tail is printed (with the stages), not bounded.
+#: The percentiles measured, and those the 2x bound applies to. p99 is printed with the stages, not
+#: bounded: it is a handful of messages per run, and with other work on the 2 cores it follows the
+#: machine (the worker's stage, which never sees a malformed payload, grew with it: CPU shared with
+#: the malformed sender, nats-server and Redis, not a queue).
 QUANTILES: Final = (50, 90, 99)
+BOUNDED: Final = (50, 90)
 #: Where the 2x bound applies: an entry's id is Redis's clock in whole milliseconds.
 LATENCY_FLOOR_MS: Final = 5.0
 
@@ -307,7 +313,7 @@ def _stage_lines(inboxes: dict[int, list[tuple[int, dict[str, Any]]]], goods: li
     the bridge, Redis and the worker), so a tail under malformed traffic can be placed."""
     last = _last_inbox_ms(inboxes, goods)
     lines = []
-    for window in ("baseline", "mixed"):
+    for window in WINDOWS:
         mine = [g for g in goods if g.window == window and g.message_id in last]
         stages = {
             "core total": [last[g.message_id] - g.published_ms for g in mine if g.core],
@@ -343,7 +349,7 @@ def _worker_buckets(pipeline: Pipeline) -> dict[float, float]:
 def _worker_stage_line(snapshots: list[tuple[str, dict[float, float]]]) -> str:
     """The worker stage's p50/p90/p99 per kind of window, from the histogram's growth in each window
     (upper bucket bounds: the histogram's resolution), beside the whole trip's in the stage lines."""
-    grown: dict[str, dict[float, float]] = {"baseline": {}, "mixed": {}}
+    grown: dict[str, dict[float, float]] = {window: {} for window in WINDOWS}
     for (window, before), (_, after) in itertools.pairwise(snapshots):
         if window in grown:
             for le, count in before.items():
@@ -457,13 +463,14 @@ async def test_ten_thousand_malformed_payloads_are_dead_letters_and_good_traffic
         assert "level=error" not in log and "Traceback" not in log, pipeline.log_tail(name, 60)
     problems = _dead_letter_problems(run, letters, dropped)
     lost, duplicated = _inbox_check(run, inboxes)
-    base = _latencies_ms(inboxes, [g for g in run.good if g.window == "baseline"])
-    mixed = _latencies_ms(inboxes, [g for g in run.good if g.window == "mixed"])
-    p = {(w, q): _percentile(v, q) for w, v in (("baseline", base), ("mixed", mixed)) for q in QUANTILES}
+    latencies = {w: _latencies_ms(inboxes, [g for g in run.good if g.window == w]) for w in WINDOWS}
+    p = {(w, q): _percentile(v, q) for w, v in latencies.items() for q in QUANTILES}
     ratio = {q: p["mixed", q] / max(p["baseline", q], LATENCY_FLOOR_MS) for q in QUANTILES}
+    carried = p["baseline", 50] / max(p["clean", 50], LATENCY_FLOOR_MS)
     print(f"scenario=bad_input events={len(payloads) + len(run.good)} faults=0 lost={lost} duplicated={duplicated} "
           f"dead_lettered={len(letters)} recover_max_s=0 latency_ratio_p50={ratio[50]:.2f} "
-          f"latency_ratio_p90={ratio[90]:.2f} latency_ratio_p99={ratio[99]:.2f} (baseline p50/p90/p99 "
+          f"latency_ratio_p90={ratio[90]:.2f} latency_ratio_p99={ratio[99]:.2f} baseline_to_clean_p50={carried:.2f} "
+          f"(clean p50/p90/p99 {p['clean', 50]:.0f}/{p['clean', 90]:.0f}/{p['clean', 99]:.0f} ms, baseline "
           f"{p['baseline', 50]:.0f}/{p['baseline', 90]:.0f}/{p['baseline', 99]:.0f} ms, mixed "
           f"{p['mixed', 50]:.0f}/{p['mixed', 90]:.0f}/{p['mixed', 99]:.0f} ms; malformed: {len(run.js_bad)} JetStream, "
           f"{len(run.core_bad)} core NATS, {dropped:.0f} counted dropped)")
@@ -472,9 +479,12 @@ async def test_ten_thousand_malformed_payloads_are_dead_letters_and_good_traffic
     assert not problems, problems[:10]
     assert (lost, duplicated) == (0, 0)
     _dlq_cli_lists(pipeline, len(letters))
-    assert ratio[50] <= 2, (
-        f"good traffic slowed by the malformed traffic: p50 x{ratio[50]:.2f} "
-        f"(baseline {p['baseline', 50]:.0f} ms, mixed {p['mixed', 50]:.0f} ms)")
+    assert carried <= 2, (
+        f"a backlog carried into the baseline windows: p50 x{carried:.2f} of the clean window's "
+        f"(clean {p['clean', 50]:.0f} ms, baseline {p['baseline', 50]:.0f} ms)")
+    slowed = {q: ratio[q] for q in BOUNDED if ratio[q] > 2}
+    assert not slowed, "good traffic slowed by the malformed traffic: " + ", ".join(
+        f"p{q} x{r:.2f} (baseline {p['baseline', q]:.0f} ms, mixed {p['mixed', q]:.0f} ms)" for q, r in slowed.items())
 
 
 def _dead_letter_problems(run: Run, letters: list[Any], dropped: float) -> list[str]:
