@@ -78,7 +78,7 @@ class Inbound:
     Attributes:
       msgs: The messages, in delivery order.
       metas: Per message, its :func:`reply_metadata`.
-      received_at: When the batch reached the processor (stamped on its jobs, held or not).
+      received_at: When the batch's first message arrived (stamped on its jobs, held or not).
       payload_bytes: Sum of the payload sizes (what the byte bound counts).
       arrived: ``time.monotonic()`` at ``received_at`` (ack_wait runs since about then).
       wpi_due: Monotonic time its next in-progress ack is due, while held.
@@ -90,12 +90,6 @@ class Inbound:
     payload_bytes: int
     arrived: float
     wpi_due: float = 0.0
-
-    @classmethod
-    def of(cls, msgs: list[Msg], received_at: datetime) -> Inbound:
-        """Read each message's reply subject once."""
-        return cls(msgs, [reply_metadata(m.reply) for m in msgs], received_at, sum(len(m.data) for m in msgs),
-                   time.monotonic())
 
     @property
     def delivered(self) -> list[int]:

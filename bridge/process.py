@@ -1,5 +1,8 @@
 """One fetched JetStream batch: parse, enqueue in one round trip, then settle - ack only after the enqueue.
 
+Messages are parsed as they arrive (:mod:`bridge.forming`), while the batch before theirs is in
+Redis; each batch is then enqueued and settled in arrival order:
+
 * enqueued or already enqueued (dedupe marker) -> ``ack``
 * dead letter stored (or already stored)      -> ``term`` (never redelivered)
 * Redis failed or the circuit is open         -> held (:mod:`bridge.holding`), nothing acked: kept
@@ -18,7 +21,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from nats.aio.msg import Msg
 
@@ -28,6 +31,7 @@ from bridge.circuit import Circuit
 from bridge.dead_letter_log import DeadLetterLog
 from bridge.enqueue import WRITTEN, Enqueuer
 from bridge.errors import RedisUnavailable
+from bridge.forming import Formed, Forming, add_message
 from bridge.holding import Holding, Inbound, Meta, hold_limits, reply_metadata
 from bridge.messages import MessageFactory
 from bridge.metrics import BridgeMetrics
@@ -91,6 +95,8 @@ class JetStreamProcessor:
         self._wpi_after = max(consumer.ack_wait / 2, 0.05)
         self.holding = Holding(self._name, self.settler, hold_limits(consumer, max_payload_bytes), self._wpi_after,
                                metrics)
+        #: Delivered messages not yet processed, parsed on arrival (:meth:`receive`).
+        self.forming = Forming(self._new_events, self._name)
         self._lock = asyncio.Lock()
         self._stopping = False
         self._release: asyncio.Task[None] | None = None
@@ -120,18 +126,26 @@ class JetStreamProcessor:
         log_event(log, "hold_bound_changed", consumer=self._name, limit_events=limits.events,
                   limit_bytes=limits.payload_bytes, was_events=before.events, was_bytes=before.payload_bytes)
 
-    async def process(self, msgs: list[Msg]) -> None:
-        """Enqueue and settle ``msgs``, or hold them while Redis is down; never raises for Redis."""
-        self._fetched.inc(len(msgs))
-        inbound = Inbound.of(msgs, datetime.now(UTC))
+    def receive(self, msg: Msg) -> None:
+        """A delivered message: filed in the batch being formed, parsed now (the pull loop's callback)."""
+        self.forming.add(msg)
+
+    def next_batch(self) -> Formed | None:
+        """The oldest batch received and not yet processed, or None."""
+        return self.forming.take()
+
+    async def process(self, formed: Formed) -> None:
+        """Enqueue and settle ``formed``, or hold it while Redis is down; never raises for Redis."""
+        inbound = formed.inbound
+        self._fetched.inc(len(inbound.msgs))
         async with self._lock:
             if self._stopping:
                 await self._nak(inbound, "shutdown")
             elif self.holding or self._circuit.is_open:
-                # Older events are held: these wait behind them.
+                # Older events are held: these wait behind them (parsed again when released).
                 await self._hold(inbound)
                 await self._release_held()
-            elif not await self._enqueue([inbound]):
+            elif not await self._enqueue([inbound], formed.events):
                 await self._hold(inbound)
 
     async def release(self) -> None:
@@ -209,25 +223,26 @@ class JetStreamProcessor:
 
     # -- enqueue and settle --------------------------------------------------------------------
 
+    def _new_events(self, received_at: datetime) -> EventBatch:
+        return EventBatch(self._enqueuer.new_batch(), self._factory.begin(), self._queues, received_at,
+                          *self._ttls, self._max_payload)
+
     def _build(self, parts: Sequence[Inbound]) -> EventBatch:
-        events = EventBatch(self._enqueuer.new_batch(), self._factory.begin(), self._queues, parts[0].received_at,
-                            *self._ttls, self._max_payload)
-        add = events.add
+        """Parse ``parts`` into one batch, each event stamped with its own part's arrival time."""
+        events = self._new_events(parts[0].received_at)
         name = self._name
         for part in parts:
-            received_at = part.received_at
             for msg, meta in zip(part.msgs, part.metas, strict=True):
-                if meta is None:
-                    add(msg.subject, msg.data, msg.headers, consumer=name, received_at=received_at)  # no identity
-                    continue
-                stream, seq, count, stored_ns = meta
-                add(msg.subject, msg.data, msg.headers, consumer=name, stream=stream, stream_seq=seq,
-                    delivered=count, stored_ns=stored_ns, received_at=received_at)
+                add_message(events, msg, meta, name, part.received_at)
         return events
 
-    async def _enqueue(self, parts: Sequence[Inbound]) -> bool:
-        """Enqueue and settle ``parts`` in one round trip; False (circuit opened) when Redis failed."""
-        events = self._build(parts)
+    async def _enqueue(self, parts: Sequence[Inbound], events: EventBatch | None = None) -> bool:
+        """Enqueue and settle ``parts`` in one round trip; False (circuit opened) when Redis failed.
+
+        ``events`` is what :mod:`bridge.forming` parsed on arrival for a single part, if anything.
+        """
+        if events is None:
+            events = self._build(parts)
         msgs = parts[0].msgs if len(parts) == 1 else [m for p in parts for m in p.msgs]
         keepalive = asyncio.get_running_loop().create_task(self._keep_in_progress(msgs))
         began = time.perf_counter()

@@ -53,8 +53,6 @@ __all__ = ["PullConsumer"]
 
 log = logging.getLogger("bridge.pull")
 
-#: Largest batch handed to one enqueue script call (bounds Redis' time inside the script).
-MAX_SCRIPT_BATCH: Final = 1000
 #: Failed probes logged individually: the first ones, then one in this many (the rest are counted).
 _PROBE_LOG_EVERY: Final = 50
 #: Shortest time a consumer check waits for its answer, in seconds (loopback answers in milliseconds).
@@ -100,7 +98,6 @@ class PullConsumer:
         self._sub: Subscription | None = None
         #: The subscription's queue of messages not yet handed to the callback (nats-py's own).
         self._queue: asyncio.Queue[Msg] | None = None
-        self._buffer: list[Msg] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -264,7 +261,7 @@ class PullConsumer:
         self.last_activity = time.monotonic()
         state = self.state
         queue, sub = self._queue, self._sub
-        buffer = self._buffer
+        receive = self._processor.receive
         filed = 0
         while True:
             headers = msg.headers
@@ -278,7 +275,7 @@ class PullConsumer:
                 state.in_flight += 1
                 if self.missed_in_a_row or self.circuit.failures_in_a_row:
                     self._healthy("message")
-                buffer.append(msg)
+                receive(msg)
             if queue is None or queue.empty():
                 break
             msg = queue.get_nowait()
@@ -343,17 +340,12 @@ class PullConsumer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._buffer:
-                if len(self._buffer) <= MAX_SCRIPT_BATCH:
-                    msgs, self._buffer = self._buffer, []
-                else:
-                    msgs = self._buffer[:MAX_SCRIPT_BATCH]
-                    del self._buffer[:MAX_SCRIPT_BATCH]
+            while (formed := self._processor.next_batch()) is not None:
                 try:
-                    await self._processor.process(msgs)
+                    await self._processor.process(formed)
                 except Exception:  # a bug must not stop the loop; the messages come back after ack_wait
-                    log.exception("batch processing failed; %d messages will be redelivered", len(msgs))
-                self.state.in_flight -= len(msgs)
+                    log.exception("batch processing failed; %d messages will be redelivered", len(formed))
+                self.state.in_flight -= len(formed)
                 self._labels[1].set(self.state.in_flight)
                 await self._pull()
             self._idle.set()

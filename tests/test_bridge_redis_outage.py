@@ -101,7 +101,7 @@ async def test_room_for_keeps_a_prefix_within_both_bounds_and_nothing_once_overf
 
     def batch(*sizes: int) -> holding.Inbound:
         msgs = [Msg(None, "s", "", b"x" * n) for n in sizes]
-        return holding.Inbound.of(msgs, datetime.now(UTC))
+        return holding.Inbound(msgs, [None] * len(msgs), datetime.now(UTC), sum(sizes), time.monotonic())
 
     held = holding.Holding("d", Settler(Consumer()), holding.HoldLimits(3, 100), 60.0, BridgeMetrics())
     assert held.room_for(batch(200)) == 1  # an empty hold takes one event whatever its size
