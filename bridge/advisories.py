@@ -51,7 +51,6 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from redis.exceptions import RedisError
 
 from bridge.advisory_assets import advisory_subject
 from bridge.batch import event_identity
@@ -318,7 +317,7 @@ class MaxDeliveries:
           RedisUnavailable: Redis refused or timed out; nothing was decided.
         """
         dedupe, fields, durable, marker, seq, deliveries = item
-        held = await self._marker(marker) if marker else None
+        held = await self._enqueuer.marker(marker) if marker else None
         if held is not None:
             self._already_enqueued(durable, seq, deliveries, "dead_letter" if held == _DEAD_LETTER_MARKER else "job")
             return
@@ -328,17 +327,6 @@ class MaxDeliveries:
         batch.add_dead_letter(dedupe, fields)
         if await self._enqueuer.run(batch) == b"1":
             self._metrics.dead_lettered.labels(durable, MAX_DELIVERIES).inc()
-
-    async def _marker(self, key: str) -> bytes | None:
-        """The value of the event marker ``key``, None when absent."""
-        # Enqueuer keeps its client to itself (enqueue.py is the Redis contract's owner); one GET
-        # on the same connection pool, with the same redis-py errors mapped as run() maps them.
-        client = self._enqueuer._client
-        try:
-            value = await client.get(key)
-        except (RedisError, OSError) as exc:
-            raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from None
-        return value if isinstance(value, bytes) or value is None else str(value).encode()
 
     def _already_enqueued(self, durable: str, seq: int, deliveries: int, marker: str) -> None:
         """Count a give-up on an event that reached Redis; log the first of a burst and then every

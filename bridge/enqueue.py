@@ -190,6 +190,15 @@ class Enqueuer:
         """An empty batch for this namespace."""
         return Batch(self.namespace)
 
+    async def marker(self, key: str) -> bytes | None:
+        """The value of the event marker ``key`` (a job's redis message id, or the dead-letter
+        value), None when absent; redis-py's errors raised as :class:`RedisUnavailable`, as in :meth:`run`."""
+        try:
+            value = await self._client.get(key)
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from None
+        return value if isinstance(value, bytes) or value is None else str(value).encode()
+
     async def run(self, batch: Batch) -> bytes:
         """Write ``batch`` in one round trip.
 
