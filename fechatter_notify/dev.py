@@ -157,6 +157,9 @@ def run(loaded: Loaded, args: argparse.Namespace) -> int:
     except embedded.ServerBinaryNotFound as exc:  # the message names the extra to install
         print(f"error: {exc}", file=sys.stderr)
         return RET_CONFIG  # no embedded server binary: like a configuration error, nothing was started
+    except embedded.ServerDidNotStart as exc:  # the message says why, with the server's log tail
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         remove_state(here, os.getpid())
         _stop_children(children)

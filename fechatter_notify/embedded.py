@@ -8,6 +8,7 @@ version is new enough (a machine may run an old NATS 2.9 of its own).
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import re
@@ -32,6 +33,10 @@ DEFAULT_PORTS: frozenset[int] = frozenset({1883, 4222, 4369, 5432, 5672, 6222, 6
 
 class ServerBinaryNotFound(RuntimeError):
     """No usable server executable on this machine; the message names the extra to install."""
+
+
+class ServerDidNotStart(RuntimeError):
+    """An embedded server exited, or never accepted a connection on its port; the message says which."""
 
 
 def free_port(host: str = HOST, *, exclude: frozenset[int] | set[int] = frozenset()) -> int:
@@ -121,19 +126,34 @@ class EmbeddedServer:
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
-        """Poll the port until it accepts connections; raise with the log tail otherwise."""
+        """Poll the port until it accepts connections; raise :class:`ServerDidNotStart` otherwise."""
         deadline = time.monotonic() + timeout
+        last: OSError | None = None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 break
             try:
                 with socket.create_connection((HOST, self.port), timeout=0.2):
                     return
-            except OSError:
-                time.sleep(0.02)
+            except OSError as exc:
+                last = exc
+                time.sleep(0.02)  # polling the port until the deadline, not a fixed wait
         tail = (self.workdir / f"{self.kind}.log").read_text(errors="replace")[-2000:]
+        code = self.process.poll()
         self.stop()
-        raise RuntimeError(f"embedded {self.kind} did not start on port {self.port}:\n{tail}")
+        raise ServerDidNotStart(self._failure(code, last, timeout) + (f"; its log ends:\n{tail}" if tail else ""))
+
+    def _failure(self, code: int | None, last: OSError | None, timeout: float) -> str:
+        where = f"{HOST}:{self.port}"
+        if code is not None:
+            return f"embedded {self.kind} exited with code {code} before accepting connections on {where}"
+        reason = f"{type(last).__name__}: {last}" if last is not None else "no attempt finished"
+        message = f"embedded {self.kind} (pid {self.process.pid}) is running but {where} did not accept a " \
+                  f"connection within {timeout:g} s ({reason})"
+        if last is not None and last.errno in (errno.ENETUNREACH, errno.EADDRNOTAVAIL):
+            # A fresh network namespace (``unshare -n``, some sandboxes) starts with loopback down.
+            message += "; the loopback interface looks down here: bring it up (ip link set lo up) and retry"
+        return message
 
     def stop(self) -> None:
         """Terminate the process and close its log."""

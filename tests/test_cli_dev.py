@@ -160,3 +160,19 @@ def test_server_choice_explicit_only(tmp_path: Path, monkeypatch: pytest.MonkeyP
     # The flag beats everything
     choice = choose_server(load_settings(env=env), ("nats", "servers"), "--nats", "nats://flag:1", env, _args())
     assert (choice.url, choice.reason) == ("nats://flag:1", "from --nats")
+
+
+def test_dev_where_loopback_is_down_says_so_without_a_traceback(tmp_path: Path) -> None:
+    # Given a fresh network namespace, whose loopback interface starts down (unshare -n as root)
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-n", "--", "true"], capture_output=True,
+                                           check=False).returncode != 0:
+        pytest.skip("needs root and a working unshare -n")
+    # When dev starts there with nothing configured (its embedded nats-server binds, but nothing connects)
+    out = subprocess.run(["unshare", "-n", "--", sys.executable, "-m", "fechatter_notify", "dev"], cwd=tmp_path,
+                         env=_env(free_port()), capture_output=True, text=True, timeout=60, check=False)
+    # Then it exits 1 with one error naming the server, the address, the cause and the fix
+    assert out.returncode == 1, out.stderr[-3000:]
+    error = next(line for line in out.stderr.splitlines() if line.startswith("error: "))
+    assert re.search(r"embedded nats-server \(pid \d+\) is running but 127\.0\.0\.1:\d+ did not accept", error), error
+    assert "Network is unreachable" in error and "ip link set lo up" in error, error
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
