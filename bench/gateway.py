@@ -17,7 +17,8 @@ What it does, all on 127.0.0.1 and free ports:
    take as little of the shared cores as they can) that open the streams with raw sockets, like
    browsers would: ``GET /events?access_token=...``, from many loopback source addresses
    (at most 40 streams each); as root it first raises the open-files limits (where the
-   container allows: without CAP_SYS_RESOURCE the hard limit stays, and the streams are
+   container allows: without CAP_SYS_RESOURCE, or in a sandbox that refuses it even to a root that has
+   it (seen: EPERM with the capability in the effective set), the hard limit stays, and the streams are
    clamped to what it lets one gateway hold); then, all streams open and idle, memory per stream
    after a GC net of the idle process (with the kernel's TCP buffer and slab memory beside it,
    machine-wide, so noisy on a shared machine) and idle CPU per stream net of the idle window
@@ -99,7 +100,8 @@ def raise_fd_limit(streams: int = 0) -> tuple[int, int]:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, ceiling), min(wanted, ceiling)))
         except (ValueError, OSError) as exc:
-            print(f"cannot raise the hard open-files limit above {hard} ({exc}: no CAP_SYS_RESOURCE?)")
+            print(f"cannot raise the hard open-files limit above {hard} ({exc}: raising it takes CAP_SYS_RESOURCE, "
+                  "and some sandboxes refuse it even to a root that has the capability)")
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
