@@ -25,20 +25,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
 
 from nats.aio.msg import Msg
 
 from bridge.batch import EventBatch
-from bridge.holding import Inbound, Meta, reply_metadata
+from bridge.holding import MAX_RELEASE_BATCH, Inbound, Meta, reply_metadata
 from runtime import log_event
 
-__all__ = ["MAX_SCRIPT_BATCH", "Formed", "Forming", "add_message"]
+__all__ = ["Formed", "Forming", "add_message"]
 
 log = logging.getLogger("bridge.forming")
-
-#: Largest batch handed to one enqueue script call (bounds Redis' time inside the script).
-MAX_SCRIPT_BATCH: Final = 1000
 
 
 def add_message(events: EventBatch, msg: Msg, meta: Meta, consumer: str,
@@ -74,11 +70,11 @@ class Forming:
       new_events(Callable[[datetime], EventBatch]): An empty batch of script entries whose jobs
         are stamped as received at the given time.
       consumer(str): The durable's name (recorded in dead letters).
-      limit(int): Most events per batch.
+      limit(int): Most events per batch (the bound on one enqueue script call, as for held batches).
     """
 
     def __init__(self, new_events: Callable[[datetime], EventBatch], consumer: str,
-                 limit: int = MAX_SCRIPT_BATCH) -> None:
+                 limit: int = MAX_RELEASE_BATCH) -> None:
         self._new_events = new_events
         self._consumer = consumer
         self._limit = limit

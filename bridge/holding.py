@@ -44,7 +44,8 @@ log = logging.getLogger("bridge.holding")
 #: Payload bytes one durable may hold through an outage, whatever its limits would allow
 #: (1000 events of 256 KiB would otherwise be 256 MiB).
 MAX_HELD_PAYLOAD_BYTES: Final = 64 * 1024 * 1024
-#: Most events released in one enqueue script call (the pull loop's bound for one call, too).
+#: Most events in one enqueue script call, released or formed (bridge/forming.py): bounds Redis' time
+#: inside the script.
 MAX_RELEASE_BATCH: Final = 1000
 
 #: ``(stream, stream_seq, delivered, stored_ns)`` of a JetStream message; None for a reply that is not one.

@@ -8,8 +8,9 @@ also ~4x cheaper; docs/nats-pitfalls.md#pull-request-heartbeats). Its request st
 :func:`~bridge.pull_request.next_pull` is the ONE place that decides whether and what to pull
 next (and clamps the heartbeat to expires/2 on every request).
 
-* The inbox callback only files messages (never awaits Redis), so heartbeats are read even
-  while an enqueue is slow; fetching runs ahead of enqueueing up to ``max_in_flight``.
+* The inbox callback only files messages, parsed on arrival (:mod:`bridge.forming`), and never
+  awaits Redis, so heartbeats are read even while an enqueue is slow; fetching runs ahead of
+  enqueueing up to ``max_in_flight``.
 * Statuses go through :func:`bridge.status.classify`.
 * Watchdog: with a request outstanding, 2 x heartbeat without any message or status is a
   *missed idle heartbeat*: counted, logged for the first miss of a row with its likely cause, the
