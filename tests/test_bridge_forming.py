@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 
 import pytest
+import redis.asyncio as aioredis
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from bridge.batch import EventBatch
 from bridge.enqueue import Batch
 from bridge.forming import Forming
 from bridge.messages import MessageFactory, message_id_for
+from bridge.testing import bridge_settings, queued_messages, running_bridge
 from events import Lane
+from tests.servers import NatsServer, RedisServer, async_wait_until
 from tests.test_events_parse import C_CREATED
 
 QUEUES = {Lane.DOMAIN: "d", Lane.REALTIME: "r"}
@@ -90,3 +95,45 @@ def test_a_parse_that_fails_on_arrival_leaves_the_batch_to_be_parsed_again(
     assert (lines[0].__dict__["consumer"], lines[0].__dict__["seq"], lines[0].__dict__["error"]) == ("c", 2,
                                                                                                      "ValueError")
     assert "Hi team" not in caplog.text
+
+
+async def test_a_batch_whose_parse_failed_on_arrival_is_parsed_again_and_enqueued(
+    nats_server: NatsServer, redis_server: RedisServer, nc: NATS, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a bridge whose parsing fails once, on the first parse of stream sequence 1 (a transient bug)
+    real_add = EventBatch.add
+    failed: list[object] = []
+
+    def add(self: EventBatch, subject: str, data: bytes, *args: object, **kwargs: object) -> None:
+        if kwargs.get("stream_seq") == 1 and not failed:
+            failed.append(kwargs["stream_seq"])
+            raise ValueError("transient bug")
+        real_add(self, subject, data, *args, **kwargs)
+
+    monkeypatch.setattr(EventBatch, "add", add)
+    rds = aioredis.Redis.from_url(redis_server.url)
+    try:
+        with caplog.at_level(logging.WARNING, "bridge.forming"):
+            async with running_bridge(bridge_settings(nats_server.url, redis_server.url)):
+                # When a message arrives
+                await nc.jetstream().publish("fechatter.message.created", C_CREATED)
+                # Then its job is enqueued once (parsed again when its batch was processed) and it is acked
+                jobs = await async_wait_until(lambda: _jobs(rds), timeout=10, message="job never enqueued")
+
+                async def acked() -> bool:
+                    info = json.loads((await nc.request("$JS.API.CONSUMER.INFO.FECHATTER_EVENTS.notification_processor",
+                                                        b"", timeout=2)).data)
+                    return bool(info["ack_floor"]["stream_seq"] == 1 and info["num_ack_pending"] == 0)
+
+                await async_wait_until(acked, timeout=10, message="never acked")
+    finally:
+        await rds.aclose()
+    assert failed == [1]
+    assert [job["args"][0]["origin"]["stream_seq"] for job in jobs] == [1]
+    assert [r.getMessage() for r in caplog.records if r.name == "bridge.forming"] == ["parse_on_arrival_failed"]
+
+
+async def _jobs(rds: aioredis.Redis) -> list[dict[str, object]] | None:
+    jobs = await queued_messages(rds, "test-notify", "domain")
+    return jobs or None
