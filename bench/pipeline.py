@@ -249,13 +249,7 @@ class Rig:
         self.workdir.mkdir(parents=True, exist_ok=True)
         h = self.harness = Harness(self.workdir, config=CONFIG, appendfsync="everysec")
         await asyncio.to_thread(h.start_servers)
-        release = h.add("release")[0]
-        release.start()
-        assert release.proc is not None
-        code = await asyncio.to_thread(release.proc.wait, 120)
-        if code != 0:
-            raise RuntimeError(f"provision exited with {code}:\n{release.log_tail()}")
-        del h.instances[release.name]
+        await h.run_once("release")
         h.add("bridge", self.layout.bridges)
         # The Procfile's own line when the layout asks for its default (-p = the CPU count).
         default = self.layout.workers == (os.cpu_count() or 1) and self.procfile_default

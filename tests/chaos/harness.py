@@ -350,6 +350,23 @@ class Harness:
         for name in names if names is not None else list(self.instances):
             self.instances[name].start()
 
+    async def run_once(self, role: str, within_s: float = 120) -> None:
+        """Run the Procfile's ``role`` line to its end, as a deploy runs ``release:`` (provision);
+        raise with its log tail unless it exits 0. It is not kept among the instances."""
+        (instance,) = self.add(role)
+        instance.start()
+        assert instance.proc is not None
+        try:
+            code = await asyncio.to_thread(instance.proc.wait, within_s)
+        except subprocess.TimeoutExpired:
+            instance.kill()
+            raise RuntimeError(f"{instance.command} did not finish within {within_s:g} s:\n"
+                               f"{instance.log_tail()}") from None
+        finally:
+            del self.instances[instance.name]  # ended: not a process to keep ready or to kill later
+        if code != 0:
+            raise RuntimeError(f"{instance.command} exited with {code}:\n{instance.log_tail()}")
+
     def wait_ready(self, names: Iterable[str] | None = None, timeout: float = 60) -> None:
         """Poll until every named instance (default: all) answers ready; a process that exits fails it."""
         chosen = [self.instances[n] for n in (names if names is not None else self.instances)]
