@@ -98,12 +98,7 @@ class Forming:
         if events is None:
             return
         try:
-            if meta is None:  # add_message(), inlined: this runs once per event
-                events.add(msg.subject, msg.data, msg.headers, consumer=self._consumer)
-            else:
-                stream, seq, count, stored_ns = meta
-                events.add(msg.subject, msg.data, msg.headers, consumer=self._consumer, stream=stream,
-                           stream_seq=seq, delivered=count, stored_ns=stored_ns)
+            add_message(events, msg, meta, self._consumer)
         except Exception as exc:
             # A bug. The batch is parsed again when it is processed, and fails there with its
             # traceback (one report, not two); the exception's text may quote the payload.

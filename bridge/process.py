@@ -95,7 +95,8 @@ class JetStreamProcessor:
         self._wpi_after = max(consumer.ack_wait / 2, 0.05)
         self.holding = Holding(self._name, self.settler, hold_limits(consumer, max_payload_bytes), self._wpi_after,
                                metrics)
-        #: Delivered messages not yet processed, parsed on arrival (:meth:`receive`).
+        #: Delivered messages not yet processed, parsed on arrival: the pull loop's callback adds each,
+        #: its processing loop takes the batches (bridge/pull.py).
         self.forming = Forming(self._new_events, self._name)
         self._lock = asyncio.Lock()
         self._stopping = False
@@ -125,14 +126,6 @@ class JetStreamProcessor:
         before, self.holding.limits = self.holding.limits, limits
         log_event(log, "hold_bound_changed", consumer=self._name, limit_events=limits.events,
                   limit_bytes=limits.payload_bytes, was_events=before.events, was_bytes=before.payload_bytes)
-
-    def receive(self, msg: Msg) -> None:
-        """A delivered message: filed in the batch being formed, parsed now (the pull loop's callback)."""
-        self.forming.add(msg)
-
-    def next_batch(self) -> Formed | None:
-        """The oldest batch received and not yet processed, or None."""
-        return self.forming.take()
 
     async def process(self, formed: Formed) -> None:
         """Enqueue and settle ``formed``, or hold it while Redis is down; never raises for Redis."""

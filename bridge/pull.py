@@ -262,7 +262,7 @@ class PullConsumer:
         self.last_activity = time.monotonic()
         state = self.state
         queue, sub = self._queue, self._sub
-        receive = self._processor.receive
+        receive = self._processor.forming.add
         filed = 0
         while True:
             headers = msg.headers
@@ -341,7 +341,7 @@ class PullConsumer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while (formed := self._processor.next_batch()) is not None:
+            while (formed := self._processor.forming.take()) is not None:
                 try:
                     await self._processor.process(formed)
                 except Exception:  # a bug must not stop the loop; the messages come back after ack_wait

@@ -255,18 +255,22 @@ def inbox_times(client: redis.Redis, namespace: str, users: Iterable[int]) -> li
                   for entry_id, _ in inbox_entries(client, namespace, user))
 
 
+def leaders_back_at(sampler: Sampler, record: FaultRecord) -> float | None:
+    """When the sampler first saw the stream and the durable with leaders after ``record``'s kill, or None."""
+    return next((s.at for s in sampler.snapshots
+                 if s.at > record.killed_at and s.stream_leader and s.consumer_leader), None)
+
+
 def leaders_seen_back(sampler: Sampler, records: Sequence[FaultRecord]) -> bool:
     """The sampler saw the stream and the durable with leaders after every fault."""
-    return all(any(s.at > record.killed_at and s.stream_leader and s.consumer_leader for s in sampler.snapshots)
-               for record in records)
+    return all(leaders_back_at(sampler, record) is not None for record in records)
 
 
 def outages(records: Sequence[FaultRecord], sampler: Sampler, delivered: Sequence[float]) -> list[Outage]:
     """Each fault's outage as the sampler saw it, and what the bridge did meanwhile and after."""
     found = []
     for record in records:
-        back = next((s.at for s in sampler.snapshots
-                     if s.at > record.killed_at and s.stream_leader and s.consumer_leader), None)
+        back = leaders_back_at(sampler, record)
         end = back if back is not None else time.time()
         first = None
         if back is not None:
